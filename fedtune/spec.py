@@ -1,0 +1,180 @@
+"""The experiment spec: YAML in, validated pydantic models out. Shared by coordinator and worker.
+
+A bad field gives a ``FedtuneError(INVALID_SPEC)`` whose message names the field's path,
+e.g. ``stages.0.rounds: Input should be greater than or equal to 1``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedtune.errors import ErrorCode, FedtuneError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseModelSpec(_Strict):
+    """The foundation model. Each site loads it from ``<model_root>/<name>`` (no hub access)."""
+
+    name: str = Field(min_length=1)
+    sha256: str | None = None  # optional digest of the weights file, checked by workers
+
+
+class DataSpec(_Strict):
+    """Site-local data files, relative to each worker's ``--data-root``. JSONL or CSV."""
+
+    train: str = "train.jsonl"
+    eval: str | None = "eval.jsonl"
+    text_field: str = "text"
+    label_field: str = "label"
+    # Unlabelled text for a `global` stage (masked/causal LM); defaults to the train file's text.
+    unlabelled: str | None = None
+
+
+class LoraSpec(_Strict):
+    method: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None = peft's default for the architecture
+    # FFA-LoRA: freeze A at the shared init seed and train only B; averaging is then exact.
+    freeze_a: bool = False
+
+
+class PromptTuningSpec(_Strict):
+    method: Literal["prompt_tuning"] = "prompt_tuning"
+    num_virtual_tokens: int = Field(20, ge=1, le=1000)
+    init_text: str | None = None
+
+
+class PrefixTuningSpec(_Strict):
+    method: Literal["prefix_tuning"] = "prefix_tuning"
+    num_virtual_tokens: int = Field(20, ge=1, le=1000)
+
+
+class Ia3Spec(_Strict):
+    method: Literal["ia3"] = "ia3"
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+
+PeftSpec = Annotated[
+    LoraSpec | PromptTuningSpec | PrefixTuningSpec | Ia3Spec, Field(discriminator="method")
+]
+
+
+class TrainingSpec(_Strict):
+    """Local training settings, applied at every site."""
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(128, ge=8, le=8192)
+    seed: int = 0
+    # FedProx proximal term (0 = off); set by the fedprox strategy or here.
+    proximal_mu: float = Field(0.0, ge=0)
+
+
+class SelectionSpec(_Strict):
+    """Which sites take part in a round."""
+
+    mode: Literal["all", "fraction"] = "all"
+    fraction: float = Field(1.0, gt=0, le=1)
+    min_sites: int = Field(1, ge=1)
+    # Restrict to these site names (default: every registered site that is online).
+    sites: list[str] | None = None
+
+
+class StrategySpec(_Strict):
+    """An aggregation strategy by registered name, with its options (validated by the coordinator)."""
+
+    name: str = "fedavg"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PrivacySpec(_Strict):
+    """Client-side DP (clip + Gaussian noise) for updates; off by default."""
+
+    clip_norm: float | None = Field(None, gt=0)
+    noise_multiplier: float = Field(0.0, ge=0)
+    secure_aggregation: bool = False
+
+
+class StageSpec(_Strict):
+    name: str | None = None  # defaults to the kind
+    kind: Literal["global", "finetune", "personalize"]
+    rounds: int = Field(1, ge=1, le=10_000)
+    selection: SelectionSpec = SelectionSpec()
+    strategy: StrategySpec = StrategySpec()
+    training: TrainingSpec | None = None  # overrides the experiment's training settings
+    deadline_seconds: float = Field(3600.0, gt=0)
+
+    @property
+    def stage_name(self) -> str:
+        return self.name or self.kind
+
+
+class ExperimentSpec(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    base_model: BaseModelSpec
+    task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
+    labels: list[str] | None = None  # class names, in label-id order (sequence classification)
+    data: DataSpec = DataSpec()
+    peft: PeftSpec = LoraSpec()
+    training: TrainingSpec = TrainingSpec()
+    privacy: PrivacySpec = PrivacySpec()
+    stages: list[StageSpec] = Field(min_length=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentSpec:
+        if self.task == "sequence-classification" and not self.labels:
+            raise ValueError("sequence-classification needs `labels: [..]`, the class names in id order")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("`labels` has duplicates")
+        names = [s.stage_name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}; give repeated kinds a `name`")
+        return self
+
+    def training_for(self, stage_index: int) -> TrainingSpec:
+        return self.stages[stage_index].training or self.training
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(spec)"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_spec(data: dict[str, Any]) -> ExperimentSpec:
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as err:
+        raise FedtuneError(ErrorCode.INVALID_SPEC, _format_validation_error(err)) from None
+
+
+def load_spec_yaml(text: str) -> ExperimentSpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise FedtuneError(ErrorCode.INVALID_SPEC, f"not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise FedtuneError(ErrorCode.INVALID_SPEC, "the spec must be a YAML mapping (name:, base_model:, stages: ...)")
+    return parse_spec(data)
+
+
+def load_spec_json(text: str) -> ExperimentSpec:
+    return ExperimentSpec.model_validate_json(text)

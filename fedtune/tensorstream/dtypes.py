@@ -1,0 +1,77 @@
+"""Wire dtypes: names used in manifests, with their numpy storage type and safetensors code.
+
+numpy has no bfloat16: its bytes are carried as uint16 and widened to float32 by
+``to_float32`` (bf16 is the top half of an IEEE float32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedtune.errors import ErrorCode, FedtuneError
+
+
+@dataclass(frozen=True)
+class WireDtype:
+    name: str  # manifest name
+    storage: np.dtype  # numpy dtype holding the raw bytes
+    safetensors: str  # safetensors header code
+    itemsize: int
+    floating: bool
+
+
+def _wd(name: str, storage: str, st: str, floating: bool) -> WireDtype:
+    dt = np.dtype(storage).newbyteorder("<")
+    return WireDtype(name, dt, st, dt.itemsize, floating)
+
+
+WIRE_DTYPES: dict[str, WireDtype] = {
+    d.name: d
+    for d in (
+        _wd("float64", "f8", "F64", True),
+        _wd("float32", "f4", "F32", True),
+        _wd("float16", "f2", "F16", True),
+        _wd("bfloat16", "u2", "BF16", True),
+        _wd("int64", "i8", "I64", False),
+        _wd("int32", "i4", "I32", False),
+        _wd("int16", "i2", "I16", False),
+        _wd("int8", "i1", "I8", False),
+        _wd("uint8", "u1", "U8", False),
+        _wd("bool", "?", "BOOL", False),
+    )
+}
+BY_SAFETENSORS_CODE: dict[str, WireDtype] = {d.safetensors: d for d in WIRE_DTYPES.values()}
+
+
+def wire_dtype(name: str) -> WireDtype:
+    try:
+        return WIRE_DTYPES[name]
+    except KeyError:
+        known = ", ".join(sorted(WIRE_DTYPES))
+        raise FedtuneError(ErrorCode.BAD_MANIFEST, f"unknown dtype {name!r}; use one of {known}") from None
+
+
+def dtype_name_of(array: np.ndarray) -> str:
+    """The wire name of a numpy array's dtype (bf16 arrays must be passed as ``BF16Array``)."""
+    for d in WIRE_DTYPES.values():
+        if d.name != "bfloat16" and np.dtype(array.dtype).newbyteorder("<") == d.storage:
+            return d.name
+    raise FedtuneError(ErrorCode.BAD_MANIFEST, f"numpy dtype {array.dtype} has no wire dtype")
+
+
+def to_float32(raw: np.ndarray, dtype_name: str) -> np.ndarray:
+    """Widen raw storage values of `dtype_name` to float32 (for aggregation)."""
+    if dtype_name == "bfloat16":
+        return (raw.astype("<u4") << 16).view("<f4")
+    return raw.astype(np.float32, copy=False)
+
+
+def from_float32(values: np.ndarray, dtype_name: str) -> np.ndarray:
+    """Narrow float32 values to the storage of `dtype_name` (bf16 rounds to nearest even)."""
+    if dtype_name == "bfloat16":
+        bits = np.ascontiguousarray(values, dtype="<f4").view("<u4")
+        rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (rounded >> 16).astype("<u2")
+    return values.astype(wire_dtype(dtype_name).storage)

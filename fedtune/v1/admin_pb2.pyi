@@ -1,0 +1,281 @@
+from fedtune.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubmitExperimentRequest(_message.Message):
+    __slots__ = ("spec_yaml", "start")
+    SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    spec_yaml: str
+    start: bool
+    def __init__(self, spec_yaml: _Optional[str] = ..., start: _Optional[bool] = ...) -> None: ...
+
+class ExperimentRef(_message.Message):
+    __slots__ = ("experiment_id", "reason")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    reason: str
+    def __init__(self, experiment_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Experiment(_message.Message):
+    __slots__ = ("experiment_id", "name", "state", "spec_yaml", "current_stage", "current_stage_index", "current_round", "created_unix", "updated_unix", "error", "latest_model_version_id")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_STAGE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LATEST_MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    name: str
+    state: str
+    spec_yaml: str
+    current_stage: str
+    current_stage_index: int
+    current_round: int
+    created_unix: float
+    updated_unix: float
+    error: str
+    latest_model_version_id: str
+    def __init__(self, experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., spec_yaml: _Optional[str] = ..., current_stage: _Optional[str] = ..., current_stage_index: _Optional[int] = ..., current_round: _Optional[int] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., error: _Optional[str] = ..., latest_model_version_id: _Optional[str] = ...) -> None: ...
+
+class ListExperimentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListExperimentsResponse(_message.Message):
+    __slots__ = ("experiments",)
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[Experiment]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ...) -> None: ...
+
+class ListRoundsRequest(_message.Message):
+    __slots__ = ("experiment_id",)
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
+
+class RoundInfo(_message.Message):
+    __slots__ = ("round_id", "experiment_id", "stage", "stage_index", "round", "state", "tasks_total", "updates_received", "opened_unix", "deadline_unix", "closed_unix", "reason", "metrics", "model_version_id")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    OPENED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    experiment_id: str
+    stage: str
+    stage_index: int
+    round: int
+    state: str
+    tasks_total: int
+    updates_received: int
+    opened_unix: float
+    deadline_unix: float
+    closed_unix: float
+    reason: str
+    metrics: _containers.ScalarMap[str, float]
+    model_version_id: str
+    def __init__(self, round_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., stage: _Optional[str] = ..., stage_index: _Optional[int] = ..., round: _Optional[int] = ..., state: _Optional[str] = ..., tasks_total: _Optional[int] = ..., updates_received: _Optional[int] = ..., opened_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., closed_unix: _Optional[float] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., model_version_id: _Optional[str] = ...) -> None: ...
+
+class ListRoundsResponse(_message.Message):
+    __slots__ = ("rounds",)
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    rounds: _containers.RepeatedCompositeFieldContainer[RoundInfo]
+    def __init__(self, rounds: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ...) -> None: ...
+
+class AddSiteRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class AddSiteResponse(_message.Message):
+    __slots__ = ("name", "token")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    token: str
+    def __init__(self, name: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ListWorkersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("site", "worker_id", "state", "last_seen_unix", "device", "current_task_id", "dataset_sizes")
+    class DatasetSizesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SIZES_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    worker_id: str
+    state: str
+    last_seen_unix: float
+    device: str
+    current_task_id: str
+    dataset_sizes: _containers.ScalarMap[str, int]
+    def __init__(self, site: _Optional[str] = ..., worker_id: _Optional[str] = ..., state: _Optional[str] = ..., last_seen_unix: _Optional[float] = ..., device: _Optional[str] = ..., current_task_id: _Optional[str] = ..., dataset_sizes: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class ListWorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("experiment_id",)
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("version_id",)
+    VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    version_id: str
+    def __init__(self, version_id: _Optional[str] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version_id", "experiment_id", "version", "parent_id", "stage", "round", "kind", "blob_digest", "manifest", "metrics", "sites", "num_examples", "created_unix", "files")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BLOB_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    version_id: str
+    experiment_id: str
+    version: int
+    parent_id: str
+    stage: str
+    round: int
+    kind: str
+    blob_digest: str
+    manifest: _common_pb2.Manifest
+    metrics: _containers.ScalarMap[str, float]
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    num_examples: int
+    created_unix: float
+    files: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., version: _Optional[int] = ..., parent_id: _Optional[str] = ..., stage: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., blob_digest: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sites: _Optional[_Iterable[str]] = ..., num_examples: _Optional[int] = ..., created_unix: _Optional[float] = ..., files: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExportedFile(_message.Message):
+    __slots__ = ("name", "content")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    content: bytes
+    def __init__(self, name: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class ExportModelResponse(_message.Message):
+    __slots__ = ("manifest", "chunk", "file")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    manifest: _common_pb2.Manifest
+    chunk: _common_pb2.TensorChunk
+    file: ExportedFile
+    def __init__(self, manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ..., file: _Optional[_Union[ExportedFile, _Mapping]] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("experiment_id", "after_id", "follow")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    after_id: int
+    follow: bool
+    def __init__(self, experiment_id: _Optional[str] = ..., after_id: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("event_id", "created_unix", "experiment_id", "kind", "message", "data_json")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    event_id: int
+    created_unix: float
+    experiment_id: str
+    kind: str
+    message: str
+    data_json: str
+    def __init__(self, event_id: _Optional[int] = ..., created_unix: _Optional[float] = ..., experiment_id: _Optional[str] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CoordinatorStatus(_message.Message):
+    __slots__ = ("version", "uptime_seconds", "experiments_running", "workers_online", "database", "data_dir")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_ONLINE_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    DATA_DIR_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    uptime_seconds: float
+    experiments_running: int
+    workers_online: int
+    database: str
+    data_dir: str
+    def __init__(self, version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., experiments_running: _Optional[int] = ..., workers_online: _Optional[int] = ..., database: _Optional[str] = ..., data_dir: _Optional[str] = ...) -> None: ...
