@@ -75,3 +75,29 @@ def from_float32(values: np.ndarray, dtype_name: str) -> np.ndarray:
         rounded = bits + 0x7FFF + ((bits >> 16) & 1)
         return (rounded >> 16).astype("<u2")
     return values.astype(wire_dtype(dtype_name).storage)
+
+
+def storage_array(array: np.ndarray, dtype_name: str) -> np.ndarray:
+    """`array` as a C-contiguous little-endian array of the storage type of `dtype_name` (no copy if it is).
+
+    The array must already hold that storage type (up to byte order): a bfloat16 tensor is passed as
+    its uint16 bits. Raises BAD_MANIFEST otherwise.
+    """
+    dt = wire_dtype(dtype_name)
+    arr = np.asarray(array)
+    if np.dtype(arr.dtype).newbyteorder("<") != dt.storage:
+        raise FedtuneError(
+            ErrorCode.BAD_MANIFEST,
+            f"array of numpy dtype {arr.dtype} cannot be stored as {dtype_name} (expects {dt.storage})",
+        )
+    return np.asarray(arr, dtype=dt.storage, order="C")
+
+
+def is_finite_raw(raw: np.ndarray, dtype_name: str) -> bool:
+    """True when no value of raw storage `raw` is NaN or Inf (always True for integer and bool dtypes)."""
+    dt = wire_dtype(dtype_name)
+    if not dt.floating:
+        return True
+    if dtype_name == "bfloat16":
+        return not bool(np.any((raw & 0x7F80) == 0x7F80))
+    return bool(np.isfinite(raw).all())

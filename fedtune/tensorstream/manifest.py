@@ -6,8 +6,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.tensorstream.dtypes import wire_dtype
+from fedtune.tensorstream.dtypes import dtype_name_of, storage_array, wire_dtype
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB
 MAX_CHUNK_BYTES = 16 << 20  # chunks larger than this are rejected (gRPC's message cap is set above it)
@@ -23,6 +25,13 @@ class TensorSpec:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @classmethod
+    def for_array(cls, name: str, array: np.ndarray, dtype: str | None = None) -> TensorSpec:
+        """The spec of `array` stored as `dtype` (default: its own dtype; pass "bfloat16" for uint16 bits)."""
+        dtype_name = dtype or dtype_name_of(np.asarray(array))
+        raw = storage_array(array, dtype_name)
+        return cls(name, dtype_name, tuple(int(d) for d in raw.shape), int(raw.nbytes))
 
     def validate(self) -> None:
         dt = wire_dtype(self.dtype)
