@@ -1,0 +1,52 @@
+"""What every `fedtune admin` command shares: global options, the client, output, error mapping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from rich.console import RenderableType
+
+from fedtune.admin import render
+from fedtune.admin.client import AdminClient, AdminError
+
+
+class AdminGroup(click.Group):
+    """A group whose commands' `AdminError`s end the process: `Error: <one line>` on stderr, exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AdminError as err:
+            click.echo(f"Error: {err.message}", err=True)
+            ctx.exit(err.exit_code)
+
+
+@dataclass
+class AdminContext:
+    """The global options; the client is made (and closed with the command) on first use."""
+
+    target: str
+    admin_token: str | None
+    timeout: float
+    json_output: bool
+    _client: AdminClient | None = field(default=None, repr=False)
+
+    def client(self) -> AdminClient:
+        if self._client is None:
+            self._client = AdminClient(self.target, self.admin_token, self.timeout)
+            click.get_current_context().call_on_close(self._client.close)
+        return self._client
+
+    def output(self, document: Any, *human: RenderableType) -> None:
+        """Print `document` as one JSON document with `--json`, else the human renderables."""
+        if self.json_output:
+            click.echo(render.dump_json(document))
+            return
+        console = render.make_console()
+        for item in human:
+            console.print(item)
+
+
+pass_admin = click.make_pass_decorator(AdminContext)
