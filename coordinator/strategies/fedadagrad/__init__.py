@@ -1,0 +1,3 @@
+from coordinator.strategies.fedadagrad.strategy import FedAdagrad
+
+__all__ = ["FedAdagrad"]

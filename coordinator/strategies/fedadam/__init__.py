@@ -1,0 +1,3 @@
+from coordinator.strategies.fedadam.strategy import FedAdam
+
+__all__ = ["FedAdam"]

@@ -1,0 +1,3 @@
+from coordinator.strategies.fedavg.strategy import FedAvg
+
+__all__ = ["FedAvg"]

@@ -1,0 +1,3 @@
+from coordinator.strategies.fedavgm.strategy import FedAvgM
+
+__all__ = ["FedAvgM"]

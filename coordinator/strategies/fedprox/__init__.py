@@ -1,0 +1,3 @@
+from coordinator.strategies.fedprox.strategy import FedProx
+
+__all__ = ["FedProx"]

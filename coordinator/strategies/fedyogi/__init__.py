@@ -1,0 +1,3 @@
+from coordinator.strategies.fedyogi.strategy import FedYogi
+
+__all__ = ["FedYogi"]

@@ -1,0 +1,3 @@
+from coordinator.strategies.median.strategy import CoordinateMedian
+
+__all__ = ["CoordinateMedian"]

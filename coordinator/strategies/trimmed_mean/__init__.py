@@ -1,0 +1,3 @@
+from coordinator.strategies.trimmed_mean.strategy import TrimmedMean
+
+__all__ = ["TrimmedMean"]

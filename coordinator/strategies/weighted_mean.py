@@ -1,0 +1,166 @@
+"""The weighted-mean family: a streaming weighted mean of updates, then a server step.
+
+FedAvg's server step is the identity; FedAvgM and the adaptive server optimisers (FedAdagrad,
+FedAdam, FedYogi) override only `_server_step` and declare the per-tensor buffers they persist.
+
+Precision: the running sum sum_i(w_i * u_i) is a float64 file. Each coordinate receives one
+rounding per site in float64 (relative error ~1e-16 x sites), so the mean is exact to float32
+tolerance for any number of sites and - the point for restart safety - practically independent of
+the order in which updates are folded (a restarted coordinator may re-fold in another order).
+The float64 file costs twice the disk of a float32 one, never memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo
+from coordinator.strategies.flatfile import FlatFile
+from coordinator.strategies.server_state import CHUNK_ELEMENTS, ServerState
+from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.tensorstream.dtypes import wire_dtype
+from fedtune.tensorstream.manifest import Manifest
+from fedtune.tensorstream.safetensors_file import SafetensorsFileWriter, iter_float32, read_header
+
+
+def check_round_manifest(manifest: Manifest) -> None:
+    manifest.validate()
+    for t in manifest.tensors:
+        if not wire_dtype(t.dtype).floating:
+            raise FedtuneError(
+                ErrorCode.BAD_MANIFEST,
+                f"tensor {t.name!r} is {t.dtype}: only floating tensors can be aggregated; "
+                "leave integer buffers out of the trainable manifest",
+            )
+
+
+def check_file_layout(path: object, manifest: Manifest, what: str) -> None:
+    found, _ = read_header(path)  # type: ignore[arg-type]
+    if not found.same_layout(manifest):
+        raise FedtuneError(
+            ErrorCode.BAD_MANIFEST,
+            f"{what} {path} does not have the round's layout (names, dtypes, shapes in manifest order)",
+        )
+
+
+class WeightedMeanStrategy(Strategy):
+    """mean = sum_i w_i u_i / sum_i w_i, streamed into a float64 file; new = _server_step(mean, global)."""
+
+    _inputs: RoundInputs | None = None
+
+    def begin_round(self, inputs: RoundInputs) -> None:
+        check_round_manifest(inputs.manifest)
+        check_file_layout(inputs.global_path, inputs.manifest, "global version")
+        self.close()
+        self._inputs = inputs
+        numel = sum(t.numel for t in inputs.manifest.tensors)
+        self._sum = FlatFile(inputs.workdir / f"{self.name}-weighted-sum.f64", numel, np.float64).create()
+        self._total_weight = 0.0
+        self._num_folded = 0
+        self._fold_failed = False
+        self._state = ServerState(inputs.workdir, inputs.manifest, self.state_buffers())
+        self._state.load(inputs.state_path)
+
+    def _round(self) -> RoundInputs:
+        if self._inputs is None:
+            raise FedtuneError(
+                ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round"
+            )
+        return self._inputs
+
+    def fold(self, update: UpdateInfo, weight: float) -> None:
+        inputs = self._round()
+        if not math.isfinite(weight) or weight < 0:
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"update from {update.site}: weight must be finite and >= 0, got {weight}",
+            )
+        check_file_layout(update.path, inputs.manifest, f"update from {update.site}")
+        if weight > 0:
+            self._fold_failed = True  # until every chunk is in
+            for start, values in iter_float32(update.path, CHUNK_ELEMENTS):
+                if not np.isfinite(values).all():
+                    raise FedtuneError(
+                        ErrorCode.NON_FINITE,
+                        f"update from {update.site} has NaN/Inf values; it cannot be folded",
+                    )
+                self._sum.add(start, values, weight)
+            self._fold_failed = False
+        self._total_weight += weight
+        self._num_folded += 1
+
+    # --- hooks for variants -------------------------------------------------------------------
+    def state_buffers(self) -> dict[str, float]:
+        """Per-tensor buffers persisted as server state: name -> value before the first round."""
+        return {}
+
+    def _server_step(self, mean: np.ndarray, global_: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+        """New values of a chunk from the weighted mean and the global (float64); may update `state`."""
+        return mean
+
+    def _next_state_scalars(self, inputs: RoundInputs) -> dict[str, float]:
+        return dict(inputs.state_scalars)
+
+    def _round_metrics(self) -> dict[str, float]:
+        return {}
+
+    # ------------------------------------------------------------------------------------------
+    def finish_round(self) -> RoundResult:
+        inputs = self._round()
+        if self._fold_failed:
+            raise FedtuneError(
+                ErrorCode.WRONG_STATE,
+                f"{self.name}: a fold failed midway; call begin_round and re-fold the updates",
+            )
+        if self._num_folded == 0:
+            raise FedtuneError(ErrorCode.WRONG_STATE, f"{self.name}: no updates were folded this round")
+        if self._total_weight <= 0:
+            raise FedtuneError(
+                ErrorCode.WRONG_STATE,
+                f"{self.name}: the {self._num_folded} folded updates have total weight 0 "
+                "(no training examples?)",
+            )
+        tensors_path = inputs.workdir / f"round-{inputs.round}-{self.name}-tensors.safetensors"
+        state_path = inputs.workdir / f"round-{inputs.round}-{self.name}-state.safetensors"
+        has_state = bool(self.state_buffers())
+        squared_change = 0.0
+        with SafetensorsFileWriter(tensors_path, inputs.manifest) as writer:
+            state_writer = self._state.open_writer(state_path) if has_state else None
+            try:
+                for start, global_values in iter_float32(inputs.global_path, CHUNK_ELEMENTS):
+                    count = global_values.size
+                    mean = self._sum.read(start, count) / self._total_weight
+                    state = self._state.read(start, count) if has_state else {}
+                    new = self._server_step(mean, global_values.astype(np.float64), state).astype(np.float32)
+                    writer.write_flat_float32(start, new)
+                    squared_change += float(np.square(new - global_values, dtype=np.float64).sum())
+                    if state_writer is not None:
+                        self._state.write(state_writer, start, state)
+                if state_writer is not None:
+                    state_writer.commit()
+            except BaseException:
+                if state_writer is not None:
+                    state_writer.discard()
+                raise
+        self.close()  # files reopen on demand if finish_round is called again
+        metrics = {
+            "total_weight": self._total_weight,
+            "num_updates": float(self._num_folded),
+            "update_norm": math.sqrt(squared_change),
+            **self._round_metrics(),
+        }
+        return RoundResult(
+            new_tensors_path=tensors_path,
+            state_path=state_path if has_state else None,
+            state_scalars=self._next_state_scalars(inputs),
+            metrics=metrics,
+        )
+
+    def close(self) -> None:
+        """Release open files (the workdir's files stay until the coordinator removes the round)."""
+        if getattr(self, "_sum", None) is not None:
+            self._sum.close()
+        if getattr(self, "_state", None) is not None:
+            self._state.close()
