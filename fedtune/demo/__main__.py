@@ -1,0 +1,5 @@
+import sys
+
+from fedtune.demo.run import main
+
+sys.exit(main())

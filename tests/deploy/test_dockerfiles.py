@@ -1,0 +1,113 @@
+"""docker/Dockerfile.* checked statically: what they install, what they run, what they copy."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.deploy.helpers import (
+    DOCKER_DIR,
+    REPO_ROOT,
+    copy_sources,
+    dockerignore_excludes,
+    parse_dockerfile,
+    read_dockerignore,
+    resolve_fedtune_command,
+)
+
+COORDINATOR = parse_dockerfile(DOCKER_DIR / "Dockerfile.coordinator")
+WORKER = parse_dockerfile(DOCKER_DIR / "Dockerfile.worker")
+_PIP_INSTALL = re.compile(r"pip3? install[^&;|]*")
+
+
+def _pip_installs(dockerfile_runs: list[str]) -> list[str]:
+    return [m.group(0) for run in dockerfile_runs for m in _PIP_INSTALL.finditer(run)]
+
+
+def test_coordinator_image_never_installs_torch_or_the_worker_extra() -> None:
+    # Prepare
+    installs = _pip_installs(COORDINATOR.runs())
+
+    # Assert
+    assert installs, "the coordinator image installs nothing?"
+    for command in installs:
+        assert "[worker" not in command and ",worker" not in command, f"worker extra in: {command}"
+        assert not re.search(r"\b(torch|transformers|peft|accelerate)\b", command), (
+            f"training stack in: {command}"
+        )
+
+
+def test_worker_image_installs_cuda_torch_before_the_project_and_keeps_it() -> None:
+    # Prepare
+    installs = _pip_installs(WORKER.runs())
+    torch_at = next(i for i, c in enumerate(installs) if "download.pytorch.org/whl/" in c and "torch" in c)
+    project_at = next(i for i, c in enumerate(installs) if ".[worker]" in c)
+
+    # Assert: CUDA index first, then the project constrained to the torch already there
+    assert torch_at < project_at
+    assert "/cpu" not in installs[torch_at]
+    assert "--constraint" in installs[project_at] or "-c " in installs[project_at]
+    assert any("torch.version.cuda" in run for run in WORKER.runs()), "no build-time check of the CUDA build"
+    assert WORKER.all_instructions[0][0] in ("ARG", "FROM")
+    base = WORKER.last("FROM") or ""
+    assert "cuda" in base.lower() or "CUDA_IMAGE" in base
+
+
+@pytest.mark.parametrize("dockerfile", [COORDINATOR, WORKER], ids=["coordinator", "worker"])
+def test_image_runs_as_an_unprivileged_user(dockerfile) -> None:  # type: ignore[no-untyped-def]
+    user = dockerfile.last("USER")
+    assert user is not None and user.split(":")[0] not in ("root", "0")
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "expected"),
+    [(COORDINATOR, ["fedtune", "coordinator", "serve"]), (WORKER, ["fedtune", "worker", "run"])],
+    ids=["coordinator", "worker"],
+)
+def test_image_entrypoint_and_cmd_name_a_real_fedtune_command(dockerfile, expected, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: the image's own ENV (as the container sees it), e.g. FEDTUNE_DATA_ROOT=/data
+    for name, args in dockerfile.instructions:
+        if name == "ENV":
+            for key, value in re.findall(r"(FEDTUNE_\w+)=(\S+)", args):
+                monkeypatch.setenv(key, value)
+    argv = (dockerfile.exec_form("ENTRYPOINT") or []) + (dockerfile.exec_form("CMD") or [])
+
+    # Execute
+    path, _ = resolve_fedtune_command(argv)
+
+    # Assert
+    assert path == expected
+
+
+@pytest.mark.parametrize("dockerfile", [COORDINATOR, WORKER], ids=["coordinator", "worker"])
+def test_copied_sources_exist_and_are_not_dockerignored(dockerfile) -> None:  # type: ignore[no-untyped-def]
+    patterns = read_dockerignore()
+    for source in copy_sources(dockerfile):
+        path = REPO_ROOT / source
+        assert path.exists(), f"{dockerfile.path.name}: COPY {source}: no such file in the build context"
+        files = [path] if path.is_file() else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+        assert files, f"{dockerfile.path.name}: COPY {source} copies no Python files"
+        for file in files:
+            relative = file.relative_to(REPO_ROOT).as_posix()
+            assert not dockerignore_excludes(relative, patterns), f".dockerignore drops {relative}"
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out_of_the_build_context() -> None:
+    patterns = read_dockerignore()
+    for relative in (
+        "docker/.env",
+        ".git/config",
+        ".venv/bin/python",
+        "tests/conftest.py",
+        "docker/sites/site-a/data/train.jsonl",
+        "fedtune/__pycache__/cli.cpython-311.pyc",
+    ):
+        assert dockerignore_excludes(relative, patterns), f"{relative} would be sent to the Docker daemon"
+
+
+def test_coordinator_image_has_a_grpc_health_check_and_a_data_volume() -> None:
+    healthcheck = COORDINATOR.last("HEALTHCHECK") or ""
+    assert "healthcheck.py" in healthcheck and "50051" in healthcheck
+    assert "/var/lib/fedtune" in (COORDINATOR.last("VOLUME") or "")
+    assert COORDINATOR.last("EXPOSE") == "50051"
