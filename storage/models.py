@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -24,7 +24,19 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+# Every constraint gets a deterministic name, the same on SQLite and PostgreSQL, so later Alembic
+# migrations can drop or alter it by name (SQLite batch mode needs names to do that at all).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
@@ -140,7 +152,7 @@ class Update(Base):
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)  # side file name -> blob digest
     digest: Mapped[str] = mapped_column(String(64), default="")
     spool_path: Mapped[str] = mapped_column(Text, default="")
-    received_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    received_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # full-model updates pass 2 GiB
     created_at: Mapped[float] = mapped_column(Float, default=now)
     folded_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -151,7 +163,7 @@ class ModelVersion(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id"), index=True)
     version: Mapped[int] = mapped_column(Integer)  # 0 = initial tensors, then one per committed round
-    parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True, index=True)
     stage_index: Mapped[int] = mapped_column(Integer, default=0)
     stage_name: Mapped[str] = mapped_column(String(100), default="")
     round: Mapped[int] = mapped_column(Integer, default=0)

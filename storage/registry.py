@@ -1,0 +1,201 @@
+"""Registry operations the coordinator builds on.
+
+The one invariant: **a row that names a blob is committed only after the blob is durable.**
+``store_model_version`` puts the tensors and side files into the blob store first (each put
+returns only once fsynced and renamed into place), and only then inserts and commits the
+``model_versions`` row, in one unit of work with whatever the caller's ``extra`` hook changes.
+A crash before the commit leaves at most an unreferenced blob (harmless, collectable), never
+a row naming a missing blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from fedtune.errors import ErrorCode, FedtuneError
+from storage.blobs import BlobStore
+from storage.models import Event, Experiment, ModelVersion, StrategyState, Update, new_id
+from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+
+MODEL_KINDS = ("adapter", "base", "personalized")
+
+
+def _check_side_file_name(name: str) -> None:
+    # Side files are written out by name on export (adapter_config.json, tokenizer.json ...).
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"side file name {name!r} must be a plain file name without path separators, "
+            "e.g. 'adapter_config.json'",
+        )
+
+
+def store_model_version(
+    uow_factory: UnitOfWorkFactory,
+    blobs: BlobStore,
+    *,
+    tensors_path: Path,
+    files: Mapping[str, bytes],
+    experiment_id: str,
+    version: int,
+    parent_id: str | None,
+    stage_index: int,
+    stage_name: str,
+    round: int,
+    kind: str,
+    manifest: dict[str, Any],
+    metrics: dict[str, Any],
+    sites: list[str],
+    num_examples: int,
+    site_id: int | None = None,
+    extra: Callable[[SqlUnitOfWork, ModelVersion], None] | None = None,
+    move: bool = False,
+) -> ModelVersion:
+    """Store a model version: blobs first (durable), then its row, committed in one unit of work.
+
+    `tensors_path` is the safetensors file (consumed when `move=True`); `files` maps side file
+    names to their bytes. `extra(uow, row)` runs inside the same transaction before the commit
+    (e.g. to mark the round committed). Raises FedtuneError: INVALID_ARGUMENT for a bad kind or
+    file name, NOT_FOUND for a missing tensors file, experiment or parent, ALREADY_EXISTS when
+    the experiment already has this version. On any error no row is committed.
+    """
+    if kind not in MODEL_KINDS:
+        raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"model kind {kind!r} is not one of {MODEL_KINDS}")
+    if version < 0:
+        raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"model version must be >= 0, got {version}")
+    for name in files:
+        _check_side_file_name(name)
+
+    # 1. Blobs, durable before any row names them.
+    blob_digest = blobs.put_file(Path(tensors_path), move=move)
+    file_digests = {name: blobs.put_bytes(data) for name, data in sorted(files.items())}
+
+    # 2. The row (and the caller's changes), in one transaction.
+    with uow_factory() as uow:
+        session = uow.session
+        if session.get(Experiment, experiment_id) is None:
+            raise FedtuneError(ErrorCode.NOT_FOUND, f"experiment {experiment_id!r} does not exist")
+        if parent_id is not None and session.get(ModelVersion, parent_id) is None:
+            raise FedtuneError(ErrorCode.NOT_FOUND, f"parent model version {parent_id!r} does not exist")
+        taken = session.scalar(
+            select(ModelVersion.id).where(
+                ModelVersion.experiment_id == experiment_id, ModelVersion.version == version
+            )
+        )
+        if taken is not None:
+            raise FedtuneError(
+                ErrorCode.ALREADY_EXISTS,
+                f"experiment {experiment_id!r} already has model version {version} ({taken})",
+            )
+        row = ModelVersion(
+            id=new_id("mv"),
+            experiment_id=experiment_id,
+            version=version,
+            parent_id=parent_id,
+            stage_index=stage_index,
+            stage_name=stage_name,
+            round=round,
+            kind=kind,
+            site_id=site_id,
+            blob_digest=blob_digest,
+            manifest=dict(manifest),
+            files=file_digests,
+            metrics=dict(metrics),
+            sites=list(sites),
+            num_examples=num_examples,
+        )
+        session.add(row)
+        try:
+            session.flush()
+            if extra is not None:
+                extra(uow, row)
+            uow.commit()
+        except IntegrityError as err:
+            raise FedtuneError(
+                ErrorCode.ALREADY_EXISTS,
+                f"model version {version} of experiment {experiment_id!r} conflicts with a stored row: "
+                f"{err.orig}",
+            ) from err
+    return row
+
+
+def record_event(
+    uow: SqlUnitOfWork,
+    kind: str,
+    message: str,
+    experiment_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Add an audit event to the open unit of work (committed with it; its id is set on flush)."""
+    event = Event(kind=kind, message=message, experiment_id=experiment_id, data=dict(data or {}))
+    uow.session.add(event)
+    return event
+
+
+def events_after(
+    uow: SqlUnitOfWork, after_id: int = 0, *, experiment_id: str | None = None, limit: int = 100
+) -> list[Event]:
+    """Events with id > `after_id`, oldest first (what `fedtune admin watch` polls)."""
+    query = select(Event).where(Event.id > after_id)
+    if experiment_id is not None:
+        query = query.where(Event.experiment_id == experiment_id)
+    return list(uow.session.scalars(query.order_by(Event.id).limit(limit)))
+
+
+def get_model_version(uow: SqlUnitOfWork, version_id: str) -> ModelVersion:
+    row = uow.session.get(ModelVersion, version_id)
+    if row is None:
+        raise FedtuneError(ErrorCode.NOT_FOUND, f"model version {version_id!r} does not exist")
+    return row
+
+
+def list_model_versions(uow: SqlUnitOfWork, experiment_id: str) -> list[ModelVersion]:
+    """The experiment's model versions, by version number."""
+    query = select(ModelVersion).where(ModelVersion.experiment_id == experiment_id)
+    return list(uow.session.scalars(query.order_by(ModelVersion.version)))
+
+
+def latest_model_version(
+    uow: SqlUnitOfWork, experiment_id: str, *, kind: str | None = None, stage_index: int | None = None
+) -> ModelVersion | None:
+    """The experiment's highest-numbered version (optionally of one kind / stage), or None."""
+    query = select(ModelVersion).where(ModelVersion.experiment_id == experiment_id)
+    if kind is not None:
+        query = query.where(ModelVersion.kind == kind)
+    if stage_index is not None:
+        query = query.where(ModelVersion.stage_index == stage_index)
+    return uow.session.scalars(query.order_by(ModelVersion.version.desc()).limit(1)).first()
+
+
+def model_version_lineage(uow: SqlUnitOfWork, version_id: str) -> list[ModelVersion]:
+    """The chain of versions from the root ancestor down to `version_id` (root first)."""
+    chain: list[ModelVersion] = []
+    seen: set[str] = set()
+    current: str | None = version_id
+    while current is not None:
+        if current in seen:
+            raise FedtuneError(ErrorCode.STORAGE, f"model version lineage loops at {current!r}")
+        seen.add(current)
+        row = get_model_version(uow, current)
+        chain.append(row)
+        current = row.parent_id
+    chain.reverse()
+    return chain
+
+
+def referenced_blob_digests(uow: SqlUnitOfWork) -> set[str]:
+    """Every digest a row names (model versions, their side files, strategy states, update side
+    files): what a blob garbage collector must keep."""
+    digests: set[str] = set()
+    for blob_digest, files in uow.session.execute(select(ModelVersion.blob_digest, ModelVersion.files)):
+        digests.add(blob_digest)
+        digests.update(str(d) for d in (files or {}).values())
+    digests.update(d for d in uow.session.scalars(select(StrategyState.blob_digest)) if d)
+    for update_files in uow.session.scalars(select(Update.files)):
+        digests.update(str(d) for d in (update_files or {}).values())
+    return digests
