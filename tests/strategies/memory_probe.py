@@ -1,10 +1,15 @@
 """Run as a subprocess by test_memory.py: fold N on-disk updates of S MiB with fedavg and print the
-peak RSS growth (ru_maxrss after the round minus the RSS once the files exist) as JSON."""
+peak RSS growth (the process's own high-water mark during the round minus its RSS once the files
+exist) as JSON.
+
+The peak is VmHWM, reset to the current RSS through /proc/self/clear_refs just before the round. Not
+ru_maxrss: Linux carries the parent's peak across fork+exec, so a child of a pytest process that has
+imported torch would "start" at several hundred MiB.
+"""
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -18,11 +23,24 @@ from fedtune.tensorstream.safetensors_file import SafetensorsFileWriter
 WRITE_ELEMENTS = 1 << 20
 
 
-def current_rss_bytes() -> int:
+def _status_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def current_rss_bytes() -> int:
+    return _status_bytes("VmRSS")
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's RSS high-water mark (VmHWM) to its current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_bytes() -> int:
+    return _status_bytes("VmHWM")
 
 
 def write_random(path: Path, manifest: Manifest, seed: int) -> None:
@@ -46,6 +64,7 @@ def main(workdir: Path, sites: int, mib: int, strategy_name: str) -> None:
     for i in range(sites):
         write_random(workdir / f"update-{i}.safetensors", manifest, i + 1)
         updates.append(UpdateInfo(workdir / f"update-{i}.safetensors", 100 + i, {}, f"site-{i}"))
+    reset_peak_rss()
     baseline = current_rss_bytes()
 
     started = time.perf_counter()
@@ -57,7 +76,7 @@ def main(workdir: Path, sites: int, mib: int, strategy_name: str) -> None:
     strategy.finish_round()
     seconds = time.perf_counter() - started
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     print(
         json.dumps(
             {"baseline_rss": baseline, "peak_rss": peak, "growth": peak - baseline, "seconds": seconds}
