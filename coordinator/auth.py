@@ -1,0 +1,98 @@
+"""Identity: site tokens (stored as sha256) and the admin token."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Iterable, Mapping
+
+from sqlalchemy import select
+
+from fedtune.errors import ErrorCode, FedtuneError
+from storage import models
+from storage.registry import record_event
+from storage.uow import UnitOfWorkFactory
+
+log = logging.getLogger("fedtune.coordinator.auth")
+
+SITE_HEADER = "x-fedtune-site"
+AUTH_HEADER = "authorization"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer(metadata: Iterable[tuple[str, str | bytes]]) -> tuple[str, str]:
+    """(site name, token) from call metadata; empty strings when absent."""
+    values = {k.lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in metadata}
+    token = values.get(AUTH_HEADER, "")
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    else:
+        token = ""
+    return values.get(SITE_HEADER, ""), token
+
+
+class SiteAuth:
+    def __init__(self, uow_factory: UnitOfWorkFactory, admin_token: str | None) -> None:
+        self._uow_factory = uow_factory
+        self._admin_token = admin_token
+
+    @property
+    def admin_open(self) -> bool:
+        return self._admin_token is None
+
+    def check_admin(self, token: str) -> None:
+        if self._admin_token is None:
+            return
+        if not token or not hmac.compare_digest(token, self._admin_token):
+            raise FedtuneError(
+                ErrorCode.UNAUTHENTICATED,
+                "missing or wrong admin token (send `authorization: Bearer <token>`)",
+            )
+
+    def authenticate_site(self, site: str, token: str) -> int:
+        """The site's id if `token` is its token; UNAUTHENTICATED otherwise (same message either way)."""
+        if not site or not token:
+            raise FedtuneError(
+                ErrorCode.UNAUTHENTICATED,
+                f"send the metadata `{SITE_HEADER}: <site>` and `{AUTH_HEADER}: Bearer <token>`",
+            )
+        with self._uow_factory() as uow:
+            row = uow.session.scalars(select(models.Site).where(models.Site.name == site)).first()
+            if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)):
+                raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site!r} or wrong token")
+            return row.id
+
+    def add_site(self, name: str) -> str:
+        """Create a site and return its token (shown once; only the hash is kept)."""
+        name = name.strip()
+        if not name or len(name) > 200 or any(c.isspace() or c in ":," for c in name):
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT, "a site name must be 1-200 characters, no spaces, ':' or ','"
+            )
+        token = secrets.token_urlsafe(32)
+        with self._uow_factory() as uow:
+            exists = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
+            if exists is not None:
+                raise FedtuneError(ErrorCode.ALREADY_EXISTS, f"site {name!r} already exists")
+            uow.session.add(models.Site(name=name, token_hash=hash_token(token)))
+            record_event(uow, "site.added", f"site {name} added", data={"site": name})
+            uow.commit()
+        return token
+
+    def seed_sites(self, sites: Mapping[str, str]) -> None:
+        """Create or re-key the sites given in the settings (compose installs)."""
+        with self._uow_factory() as uow:
+            for name, token in sites.items():
+                row = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
+                if row is None:
+                    uow.session.add(models.Site(name=name, token_hash=hash_token(token)))
+                else:
+                    row.token_hash = hash_token(token)
+            uow.commit()
+        if sites:
+            log.info("seeded sites from settings", extra={"sites": sorted(sites)})

@@ -1,0 +1,81 @@
+"""Wire everything in one place: settings in, concrete services out (tests pass temp dirs / a fake clock)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from coordinator.aggregation import RoundAggregator
+from coordinator.auth import SiteAuth
+from coordinator.clock import Clock, SystemClock
+from coordinator.downloads import DownloadService
+from coordinator.experiments import ExperimentService
+from coordinator.notify import Notifier
+from coordinator.queries import AdminQueries
+from coordinator.scheduler import Scheduler
+from coordinator.settings import CoordinatorSettings
+from coordinator.tasks import TaskService
+from coordinator.uploads import UploadService
+from storage.blobs import BlobStore, LocalBlobStore
+from storage.db import open_registry
+from storage.uow import UnitOfWorkFactory
+
+log = logging.getLogger("fedtune.coordinator")
+
+
+@dataclass
+class Services:
+    settings: CoordinatorSettings
+    engine: Engine
+    uow_factory: UnitOfWorkFactory
+    blobs: BlobStore
+    clock: Clock
+    notifier: Notifier
+    auth: SiteAuth
+    experiments: ExperimentService
+    aggregator: RoundAggregator
+    scheduler: Scheduler
+    tasks: TaskService
+    uploads: UploadService
+    downloads: DownloadService
+    queries: AdminQueries
+
+    def close(self) -> None:
+        self.notifier.close()
+        self.engine.dispose()
+
+
+def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> Services:
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    clock = clock or SystemClock()
+    engine, uow_factory = open_registry(settings.resolved_database_url)
+    blobs = LocalBlobStore(data_dir / "blobs")
+    blobs.cleanup_partial()
+    notifier = Notifier()
+    auth = SiteAuth(uow_factory, settings.admin_token)
+    auth.seed_sites(settings.seeded_sites())
+    aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock, on_change=notifier.notify)
+    aggregator.cleanup_closed_rounds()
+    services = Services(
+        settings=settings,
+        engine=engine,
+        uow_factory=uow_factory,
+        blobs=blobs,
+        clock=clock,
+        notifier=notifier,
+        auth=auth,
+        experiments=ExperimentService(uow_factory, clock, notifier),
+        aggregator=aggregator,
+        scheduler=Scheduler(uow_factory, clock, settings, aggregator, notifier),
+        tasks=TaskService(uow_factory, clock, settings, notifier),
+        uploads=UploadService(uow_factory, blobs, aggregator, clock, settings, notifier),
+        downloads=DownloadService(uow_factory, blobs, settings.chunk_bytes, settings.max_chunk_bytes),
+        queries=AdminQueries(uow_factory, clock, settings.worker_offline_after_seconds),
+    )
+    if settings.admin_token is None:
+        log.warning("no admin token set: the Admin API is open to anyone who can reach this port")
+    return services

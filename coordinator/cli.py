@@ -1,0 +1,88 @@
+"""`fedtune coordinator ...`: run the coordinator server. Never imports torch."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from fedtune.errors import FedtuneError
+
+
+@click.group("coordinator")
+def coordinator_group() -> None:
+    """Run the coordinator (the server every worker and admin talks to)."""
+
+
+@coordinator_group.command("serve")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file with settings (keys as below, e.g. port: 50051).",
+)
+@click.option("--host", help="Interface to listen on (default 0.0.0.0).")
+@click.option("--port", type=int, help="Port to listen on (default 50051; 0 picks a free one).")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Blobs, spool, SQLite file."
+)
+@click.option("--database-url", help="SQLAlchemy URL (default sqlite:///<data-dir>/fedtune.db).")
+@click.option("--admin-token", help="Bearer token the Admin API requires (default: open, with a warning).")
+@click.option("--log-level", help="DEBUG, INFO, WARNING ...")
+@click.option("--log-json/--no-log-json", default=None, help="One JSON object per log line.")
+def serve(
+    config_file: Path | None,
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    admin_token: str | None,
+    log_level: str | None,
+    log_json: bool | None,
+) -> None:
+    """Serve the Worker and Admin APIs until SIGTERM / Ctrl-C.
+
+    Settings come from (lowest first) defaults, --config FILE, FEDTUNE_* environment variables
+    (FEDTUNE_PORT, FEDTUNE_ADMIN_TOKEN, FEDTUNE_SITES="a:tok,b:tok" ...) and these options.
+
+    \b
+    Example:
+      fedtune coordinator serve --data-dir ./fedtune-data --port 50051 --admin-token s3cret
+      FEDTUNE_DATABASE_URL=postgresql+psycopg://fedtune@db/fedtune fedtune coordinator serve
+    """
+    from coordinator.logs import configure_logging
+    from coordinator.server import start_server
+    from coordinator.settings import CoordinatorSettings
+
+    try:
+        settings = CoordinatorSettings.load(
+            config_file,
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            database_url=database_url,
+            admin_token=admin_token,
+            log_level=log_level,
+            log_json=log_json,
+        )
+        configure_logging(settings.log_level, settings.log_json)
+        server = start_server(settings)
+    except FedtuneError as err:
+        click.echo(f"error: {err.message}", err=True)
+        sys.exit(1)
+
+    def _shutdown(signum: int, _frame: FrameType | None) -> None:
+        click.echo(f"received {signal.Signals(signum).name}; shutting down", err=True)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C kills at once
+        server.stop(grace=10.0)
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    click.echo(
+        f"fedtune coordinator listening on {settings.host}:{server.port} (data dir {settings.data_dir})"
+    )
+    while not server.wait(timeout=1.0):
+        pass

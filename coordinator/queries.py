@@ -1,0 +1,216 @@
+"""Read side of the Admin API: registry rows to serde records."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from sqlalchemy import func, select
+
+from coordinator.clock import Clock
+from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.serde import EventRecord, ExperimentRecord, ModelVersionRecord, RoundRecord, WorkerRecord
+from fedtune.tensorstream.manifest import Manifest
+from storage import models
+from storage.registry import events_after, get_model_version, latest_model_version
+from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+
+
+def _experiment_record(uow: SqlUnitOfWork, row: models.Experiment) -> ExperimentRecord:
+    stage = uow.session.scalars(
+        select(models.Stage).where(
+            models.Stage.experiment_id == row.id, models.Stage.stage_index == row.current_stage_index
+        )
+    ).first()
+    latest = latest_model_version(uow, row.id)
+    return ExperimentRecord(
+        experiment_id=row.id,
+        name=row.name,
+        state=row.state,
+        spec_yaml=row.spec_yaml,
+        current_stage=stage.name if stage is not None else "",
+        current_stage_index=row.current_stage_index,
+        current_round=row.current_round,
+        created_unix=row.created_at,
+        updated_unix=row.updated_at,
+        error=row.error,
+        latest_model_version_id=latest.id if latest is not None else "",
+    )
+
+
+def _version_record(row: models.ModelVersion) -> ModelVersionRecord:
+    return ModelVersionRecord(
+        version_id=row.id,
+        experiment_id=row.experiment_id,
+        version=row.version,
+        parent_id=row.parent_id or "",
+        stage=row.stage_name,
+        round=row.round,
+        kind=row.kind,
+        blob_digest=row.blob_digest,
+        manifest=Manifest.from_json(row.manifest),
+        metrics={k: float(v) for k, v in row.metrics.items()},
+        sites=tuple(row.sites),
+        num_examples=row.num_examples,
+        created_unix=row.created_at,
+        files=tuple(sorted(row.files)),
+    )
+
+
+class AdminQueries:
+    def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock, offline_after: float) -> None:
+        self._uow_factory = uow_factory
+        self._clock = clock
+        self._offline_after = offline_after
+        self._started = time.monotonic()
+
+    def experiment(self, experiment_id: str) -> ExperimentRecord:
+        with self._uow_factory() as uow:
+            row = uow.session.get(models.Experiment, experiment_id)
+            if row is None:
+                raise FedtuneError(ErrorCode.NOT_FOUND, f"no experiment {experiment_id!r}")
+            return _experiment_record(uow, row)
+
+    def experiments(self) -> list[ExperimentRecord]:
+        with self._uow_factory() as uow:
+            rows = uow.session.scalars(select(models.Experiment).order_by(models.Experiment.created_at)).all()
+            return [_experiment_record(uow, row) for row in rows]
+
+    def rounds(self, experiment_id: str) -> list[RoundRecord]:
+        with self._uow_factory() as uow:
+            if uow.session.get(models.Experiment, experiment_id) is None:
+                raise FedtuneError(ErrorCode.NOT_FOUND, f"no experiment {experiment_id!r}")
+            stage_rows = uow.session.execute(
+                select(models.Stage.stage_index, models.Stage.name).where(
+                    models.Stage.experiment_id == experiment_id
+                )
+            ).all()
+            stages = {index: name for index, name in stage_rows}
+            rows = uow.session.scalars(
+                select(models.Round)
+                .where(models.Round.experiment_id == experiment_id)
+                .order_by(models.Round.stage_index, models.Round.round)
+            ).all()
+            records = []
+            for rnd in rows:
+                tasks = uow.session.scalar(
+                    select(func.count(models.Task.id)).where(models.Task.round_id == rnd.id)
+                )
+                updates = uow.session.scalar(
+                    select(func.count(models.Update.id)).where(
+                        models.Update.round_id == rnd.id, models.Update.state.in_(("verified", "folded"))
+                    )
+                )
+                records.append(
+                    RoundRecord(
+                        round_id=rnd.id,
+                        experiment_id=rnd.experiment_id,
+                        stage=stages.get(rnd.stage_index, ""),
+                        stage_index=rnd.stage_index,
+                        round=rnd.round,
+                        state=rnd.state,
+                        tasks_total=tasks or 0,
+                        updates_received=updates or 0,
+                        opened_unix=rnd.opened_at,
+                        deadline_unix=rnd.deadline_at,
+                        closed_unix=rnd.closed_at or 0.0,
+                        reason=rnd.reason,
+                        metrics={k: float(v) for k, v in rnd.metrics.items()},
+                        model_version_id=rnd.model_version_id or "",
+                    )
+                )
+            return records
+
+    def workers(self) -> list[WorkerRecord]:
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            rows = uow.session.execute(
+                select(models.Worker, models.Site.name)
+                .join(models.Site, models.Site.id == models.Worker.site_id)
+                .order_by(models.Site.name, models.Worker.registered_at)
+            ).all()
+            records = []
+            for worker, site in rows:
+                online = worker.state == "online" and worker.last_seen_at >= now - self._offline_after
+                state = ("busy" if worker.current_task_id else "online") if online else "offline"
+                device = worker.device or {}
+                label = " ".join(str(device.get(k, "")) for k in ("kind", "name")).strip()
+                records.append(
+                    WorkerRecord(
+                        site=site,
+                        worker_id=worker.id,
+                        state=state,
+                        last_seen_unix=worker.last_seen_at,
+                        device=label,
+                        current_task_id=worker.current_task_id or "",
+                        dataset_sizes={k: int(v) for k, v in (worker.dataset_sizes or {}).items()},
+                    )
+                )
+            return records
+
+    def models(self, experiment_id: str = "") -> list[ModelVersionRecord]:
+        with self._uow_factory() as uow:
+            query = select(models.ModelVersion)
+            if experiment_id:
+                query = query.where(models.ModelVersion.experiment_id == experiment_id)
+            rows = uow.session.scalars(
+                query.order_by(models.ModelVersion.experiment_id, models.ModelVersion.version)
+            ).all()
+            return [_version_record(row) for row in rows]
+
+    def model(self, version_id: str) -> ModelVersionRecord:
+        with self._uow_factory() as uow:
+            return _version_record(get_model_version(uow, version_id))
+
+    def events(self, after_id: int, experiment_id: str = "", limit: int = 500) -> list[EventRecord]:
+        with self._uow_factory() as uow:
+            rows = events_after(uow, after_id, experiment_id=experiment_id or None, limit=limit)
+            return [
+                EventRecord(
+                    event_id=e.id,
+                    created_unix=e.created_at,
+                    experiment_id=e.experiment_id or "",
+                    kind=e.kind,
+                    message=e.message,
+                    data=dict(e.data or {}),
+                )
+                for e in rows
+            ]
+
+    def watch(
+        self, after_id: int, experiment_id: str, follow: bool, keep_going: object, poll_seconds: float = 0.3
+    ) -> Iterator[EventRecord]:
+        """Past events after `after_id`; with `follow`, new ones while `keep_going()` is true."""
+        assert callable(keep_going)
+        last = after_id
+        while True:
+            batch = self.events(last, experiment_id)
+            for record in batch:
+                last = record.event_id
+                yield record
+            if len(batch) == 500:
+                continue
+            if not follow or not keep_going():
+                return
+            time.sleep(poll_seconds)
+            if not keep_going():
+                return
+
+    def status(self) -> dict[str, int | float]:
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            running = uow.session.scalar(
+                select(func.count(models.Experiment.id)).where(
+                    models.Experiment.state.in_(("running", "paused"))
+                )
+            )
+            online = uow.session.scalar(
+                select(func.count(models.Worker.id)).where(
+                    models.Worker.state == "online", models.Worker.last_seen_at >= now - self._offline_after
+                )
+            )
+        return {
+            "uptime_seconds": time.monotonic() - self._started,
+            "experiments_running": int(running or 0),
+            "workers_online": int(online or 0),
+        }

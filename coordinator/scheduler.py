@@ -1,0 +1,346 @@
+"""The round scheduler: a tick that moves every live experiment forward from what the DB says.
+
+``tick()`` is idempotent and holds no state between calls beyond what is in SQL (plus the
+aggregator's rebuildable accumulators), so a restarted coordinator continues where it was.
+Per experiment: make sure version 0 exists (an INIT task), then open the next round of the current
+stage when none is open (unless paused), and close an open round when every task has ended, or at
+its deadline (commit with >= min_sites updates, otherwise fail the round and the experiment).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import func, select, update
+
+from coordinator.aggregation import FOLDABLE, RoundAggregator
+from coordinator.clock import Clock
+from coordinator.experiments import LIVE_TASK_STATES, OPEN_ROUND_STATES, cancel_live_tasks
+from coordinator.notify import Notifier
+from coordinator.selection import select_sites
+from coordinator.settings import CoordinatorSettings
+from fedtune.errors import FedtuneError
+from fedtune.spec import ExperimentSpec, load_spec_json
+from storage import models
+from storage.registry import latest_model_version, record_event
+from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+
+log = logging.getLogger("fedtune.coordinator.scheduler")
+
+
+def online_site_names(uow: SqlUnitOfWork, now: float, offline_after: float) -> list[str]:
+    """Sites with a live worker, in order of their oldest live worker's registration."""
+    rows = uow.session.execute(
+        select(models.Site.name, func.min(models.Worker.registered_at))
+        .join(models.Worker, models.Worker.site_id == models.Site.id)
+        .where(models.Worker.state == "online", models.Worker.last_seen_at >= now - offline_after)
+        .group_by(models.Site.name)
+        .order_by(func.min(models.Worker.registered_at), models.Site.name)
+    ).all()
+    return [name for name, _ in rows]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        clock: Clock,
+        settings: CoordinatorSettings,
+        aggregator: RoundAggregator,
+        notifier: Notifier,
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._clock = clock
+        self._settings = settings
+        self._aggregator = aggregator
+        self._notifier = notifier
+        self._tick_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- loop
+    def run(self, stop: threading.Event) -> None:
+        """Tick every `scheduler_tick_seconds` or sooner when notified, until `stop` is set."""
+        generation = self._notifier.generation
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+            generation = self._notifier.wait(generation, self._settings.scheduler_tick_seconds)
+
+    def tick(self) -> None:
+        with self._tick_lock:
+            self._mark_offline_workers()
+            self._expire_leases()
+            with self._uow_factory() as uow:
+                live = list(
+                    uow.session.scalars(
+                        select(models.Experiment.id)
+                        .where(models.Experiment.state.in_(("running", "paused")))
+                        .order_by(models.Experiment.created_at)
+                    )
+                )
+            for experiment_id in live:
+                try:
+                    self._advance(experiment_id)
+                except Exception:
+                    log.exception("advancing experiment failed", extra={"experiment": experiment_id})
+
+    # ----------------------------------------------------------------- housekeeping
+    def _mark_offline_workers(self) -> None:
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            stale = uow.session.scalars(
+                select(models.Worker).where(
+                    models.Worker.state == "online",
+                    models.Worker.last_seen_at < now - self._settings.worker_offline_after_seconds,
+                )
+            ).all()
+            for worker in stale:
+                worker.state = "offline"
+                record_event(
+                    uow, "worker.offline", f"worker {worker.id} went offline", data={"worker_id": worker.id}
+                )
+            uow.commit()
+
+    def _expire_leases(self) -> None:
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            expired = uow.session.scalars(
+                select(models.Task).where(models.Task.state == "leased", models.Task.lease_expires_at < now)
+            ).all()
+            for task in expired:
+                record_event(
+                    uow,
+                    "task.expired",
+                    f"lease of task {task.id} expired; back to pending",
+                    task.experiment_id,
+                    {"task_id": task.id, "worker_id": task.worker_id},
+                )
+                task.state, task.worker_id, task.lease_expires_at = "pending", None, None
+            uow.commit()
+        if expired:
+            self._notifier.notify()
+
+    # ----------------------------------------------------------------- experiments
+    def _advance(self, experiment_id: str) -> None:
+        with self._uow_factory() as uow:
+            experiment = uow.session.get(models.Experiment, experiment_id)
+            assert experiment is not None
+            spec = load_spec_json(experiment.spec_json)
+            has_initial = latest_model_version(uow, experiment_id) is not None
+            state, stage_index = experiment.state, experiment.current_stage_index
+            latest = uow.session.scalars(
+                select(models.Round)
+                .where(models.Round.experiment_id == experiment_id, models.Round.stage_index == stage_index)
+                .order_by(models.Round.round.desc())
+                .limit(1)
+            ).first()
+            latest_state = latest.state if latest is not None else None
+            latest_id, latest_number = (latest.id, latest.round) if latest is not None else ("", 0)
+        if not has_initial:
+            self._ensure_init_task(experiment_id, spec)
+        elif latest_state in OPEN_ROUND_STATES:
+            self._drive_round(latest_id)
+        elif latest_state in (None, "committed") and state == "running" and stage_index < len(spec.stages):
+            if latest_number < spec.stages[stage_index].rounds:
+                self._open_round(experiment_id, spec, stage_index, latest_number + 1)
+
+    def _ensure_init_task(self, experiment_id: str, spec: ExperimentSpec) -> None:
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            tasks = uow.session.scalars(
+                select(models.Task).where(
+                    models.Task.experiment_id == experiment_id, models.Task.kind == "init"
+                )
+            ).all()
+            if any(t.state in LIVE_TASK_STATES or t.state == "done" for t in tasks):
+                return
+            failed = [t for t in tasks if t.state == "failed"]
+            if failed:
+                self._fail_experiment(
+                    uow, experiment_id, f"initialisation failed: {failed[-1].error or 'no reason'}"
+                )
+                uow.commit()
+                return
+            selection = spec.stages[0].selection
+            online = online_site_names(uow, now, self._settings.worker_offline_after_seconds)
+            if selection.sites is None:
+                candidates = online
+            else:  # an online listed site, else any listed site (its task waits for it)
+                candidates = [name for name in online if name in selection.sites] or list(selection.sites)
+            site = None
+            for name in candidates:
+                site = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
+                if site is not None:
+                    break
+            if site is None:
+                return  # no site available yet: wait
+            task = models.Task(
+                id=models.new_id("task"),
+                experiment_id=experiment_id,
+                round_id=None,
+                site_id=site.id,
+                kind="init",
+                stage_index=0,
+                state="pending",
+                deadline_at=now + spec.stages[0].deadline_seconds,
+                created_at=now,
+                updated_at=now,
+            )
+            uow.session.add(task)
+            record_event(
+                uow,
+                "task.created",
+                f"init task for site {site.name}",
+                experiment_id,
+                {"task_id": task.id, "site": site.name, "kind": "init"},
+            )
+            uow.commit()
+        self._notifier.notify()
+
+    def _open_round(self, experiment_id: str, spec: ExperimentSpec, stage_index: int, number: int) -> None:
+        stage = spec.stages[stage_index]
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            online = online_site_names(uow, now, self._settings.worker_offline_after_seconds)
+            chosen = select_sites(online, stage.selection, spec.seed, number)
+            if chosen is None:
+                return  # fewer than min_sites online: wait
+            base = latest_model_version(uow, experiment_id)
+            assert base is not None
+            sites = uow.session.scalars(select(models.Site).where(models.Site.name.in_(chosen))).all()
+            deadline = now + stage.deadline_seconds
+            rnd = models.Round(
+                id=models.new_id("round"),
+                experiment_id=experiment_id,
+                stage_index=stage_index,
+                round=number,
+                state="open",
+                base_version_id=base.id,
+                selected_sites=sorted(chosen),
+                min_updates=stage.selection.min_sites,
+                opened_at=now,
+                deadline_at=deadline,
+            )
+            uow.session.add(rnd)
+            uow.flush()
+            for site in sites:
+                uow.session.add(
+                    models.Task(
+                        id=models.new_id("task"),
+                        experiment_id=experiment_id,
+                        round_id=rnd.id,
+                        site_id=site.id,
+                        kind="train",
+                        stage_index=stage_index,
+                        state="pending",
+                        model_version_id=base.id,
+                        deadline_at=deadline,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            stage_row = uow.session.scalars(
+                select(models.Stage).where(
+                    models.Stage.experiment_id == experiment_id, models.Stage.stage_index == stage_index
+                )
+            ).one()
+            if stage_row.state == "pending":
+                stage_row.state, stage_row.started_at = "running", now
+            experiment = uow.session.get(models.Experiment, experiment_id)
+            assert experiment is not None
+            experiment.current_round, experiment.updated_at = number, now
+            record_event(
+                uow,
+                "round.opened",
+                f"{stage.stage_name} round {number} opened for {sorted(chosen)}",
+                experiment_id,
+                {"round_id": rnd.id, "round": number, "sites": sorted(chosen), "deadline_unix": deadline},
+            )
+            uow.commit()
+            round_id = rnd.id
+        log.info(
+            "round opened", extra={"experiment": experiment_id, "round": number, "sites": sorted(chosen)}
+        )
+        self._drive_round(round_id)
+        self._notifier.notify()
+
+    def _drive_round(self, round_id: str) -> None:
+        try:
+            self._aggregator.begin(round_id)
+        except FedtuneError as err:
+            self.fail_round(round_id, f"could not start aggregation: {err.message}")
+            return
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            rnd = uow.session.get(models.Round, round_id)
+            assert rnd is not None
+            if rnd.state not in OPEN_ROUND_STATES:
+                return
+            states = list(
+                uow.session.scalars(select(models.Task.state).where(models.Task.round_id == round_id))
+            )
+            received = (
+                uow.session.scalar(
+                    select(func.count(models.Update.id)).where(
+                        models.Update.round_id == round_id, models.Update.state.in_(FOLDABLE)
+                    )
+                )
+                or 0
+            )
+            min_updates, deadline, aggregating = rnd.min_updates, rnd.deadline_at, rnd.state == "aggregating"
+        all_ended = all(s not in LIVE_TASK_STATES for s in states)
+        if not (aggregating or all_ended or now >= deadline):
+            return
+        if received < min_updates and not aggregating:
+            why = "every task ended" if all_ended else "deadline passed"
+            self.fail_round(
+                round_id, f"{why} with {received} update(s); the stage needs min_sites={min_updates}"
+            )
+            return
+        try:
+            self._aggregator.commit(round_id)
+        except FedtuneError as err:
+            self.fail_round(round_id, f"aggregation failed: {err.message}")
+
+    def fail_round(self, round_id: str, reason: str) -> None:
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            rnd = uow.session.get(models.Round, round_id)
+            assert rnd is not None
+            if rnd.state in ("committed", "failed"):
+                return
+            rnd.state, rnd.closed_at, rnd.reason = "failed", now, reason
+            cancel_live_tasks(uow, round_id=round_id)
+            record_event(
+                uow,
+                "round.failed",
+                f"round {rnd.round} failed: {reason}",
+                rnd.experiment_id,
+                {"round_id": round_id, "round": rnd.round, "reason": reason},
+            )
+            self._fail_experiment(uow, rnd.experiment_id, f"round {rnd.round} failed: {reason}")
+            uow.commit()
+        log.warning("round failed", extra={"round": round_id, "reason": reason})
+        self._aggregator.discard(round_id)
+        self._notifier.notify()
+
+    def _fail_experiment(self, uow: SqlUnitOfWork, experiment_id: str, reason: str) -> None:
+        experiment = uow.session.get(models.Experiment, experiment_id)
+        assert experiment is not None
+        if experiment.state in ("completed", "failed", "aborted"):
+            return
+        experiment.state, experiment.error, experiment.updated_at = "failed", reason, self._clock.now()
+        uow.session.execute(
+            update(models.Task)
+            .where(models.Task.experiment_id == experiment_id, models.Task.state.in_(LIVE_TASK_STATES))
+            .values(state="cancelled", lease_expires_at=None)
+        )
+        record_event(
+            uow,
+            "experiment.failed",
+            f"experiment {experiment.name} failed: {reason}",
+            experiment_id,
+            {"reason": reason},
+        )

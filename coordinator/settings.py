@@ -1,0 +1,85 @@
+"""Coordinator settings: defaults < YAML config file < FEDTUNE_* environment < explicit overrides.
+
+pydantic-settings is not installed in this environment, so the same precedence is implemented
+here in a few lines on a plain pydantic model (``CoordinatorSettings.load``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.tensorstream.manifest import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+
+ENV_PREFIX = "FEDTUNE_"
+
+
+class CoordinatorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(50051, ge=0, le=65535)  # 0 = pick a free port
+    data_dir: Path = Path("./fedtune-data")
+    database_url: str | None = None  # default: sqlite:///<data_dir>/fedtune.db
+    admin_token: str | None = None  # None = admin API open (logged as a warning)
+    sites: str = ""  # pre-seeded "name:token,name2:token2" (compose installs)
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    worker_offline_after_seconds: float = Field(30.0, gt=0)
+    task_lease_seconds: float = Field(120.0, gt=0)
+    max_pull_wait_seconds: float = Field(30.0, ge=0)
+    chunk_bytes: int = Field(DEFAULT_CHUNK_BYTES, ge=1024, le=MAX_CHUNK_BYTES)
+    max_chunk_bytes: int = Field(MAX_CHUNK_BYTES, ge=1024)
+    max_update_bytes: int = Field(8 << 30, ge=1)
+    scheduler_tick_seconds: float = Field(0.5, gt=0)
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("sites")
+    @classmethod
+    def _check_sites(cls, value: str) -> str:
+        for item in filter(None, (s.strip() for s in value.split(","))):
+            name, sep, token = item.partition(":")
+            if not sep or not name or not token:
+                raise ValueError(f"site entry {item!r} must look like name:token")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.data_dir).resolve() / 'fedtune.db'}"
+
+    def seeded_sites(self) -> dict[str, str]:
+        pairs = (item.strip().partition(":") for item in self.sites.split(",") if item.strip())
+        return {name: token for name, _, token in pairs}
+
+    @classmethod
+    def load(
+        cls, config_file: Path | None = None, env: dict[str, str] | None = None, **overrides: Any
+    ) -> CoordinatorSettings:
+        """Merge a YAML file, FEDTUNE_* variables and explicit overrides (None values are skipped)."""
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            try:
+                loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+            except (OSError, yaml.YAMLError) as err:
+                raise FedtuneError(
+                    ErrorCode.INVALID_ARGUMENT, f"cannot read config {config_file}: {err}"
+                ) from None
+            if not isinstance(loaded, dict):
+                raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"config {config_file} must be a YAML mapping")
+            values.update(loaded)
+        environ = os.environ if env is None else env
+        for name in cls.model_fields:
+            key = ENV_PREFIX + name.upper()
+            if key in environ:
+                values[name] = environ[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"bad coordinator settings: {where}") from None

@@ -1,0 +1,349 @@
+"""PushUpdate and GetUploadStatus: admit a header, spool the chunks, verify, then fold or store v0.
+
+Every rejection happens before anything about the round changes: the header is checked against
+the task, the round and the base version's layout; chunks go through the StreamDecoder into
+``spool/<round>/<task>.safetensors.partial``; only a complete, verified file becomes an Update row.
+A stream that breaks off keeps its partial (GetUploadStatus + a ``resume`` header continue it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from coordinator.aggregation import RoundAggregator
+from coordinator.clock import Clock
+from coordinator.notify import Notifier
+from coordinator.settings import CoordinatorSettings
+from coordinator.tasks import get_own_task
+from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.serde import UpdateHeaderRecord
+from fedtune.tensorstream.decoder import StreamDecoder
+from fedtune.tensorstream.manifest import Chunk, Manifest
+from storage import models
+from storage.blobs import BlobStore
+from storage.registry import record_event, store_model_version
+from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+
+log = logging.getLogger("fedtune.coordinator.uploads")
+
+UploadItem = UpdateHeaderRecord | Chunk
+
+
+def first_layout_difference(expected: Manifest, got: Manifest) -> str | None:
+    """A sentence naming the first tensor where `got` differs from `expected`, or None if the same."""
+    for index, (want, have) in enumerate(zip(expected.tensors, got.tensors, strict=False)):
+        if want.name != have.name:
+            return f"tensor {index} is {have.name!r}, expected {want.name!r}"
+        if want.dtype != have.dtype:
+            return f"tensor {want.name!r} has dtype {have.dtype}, expected {want.dtype}"
+        if want.shape != have.shape:
+            return f"tensor {want.name!r} has shape {list(have.shape)}, expected {list(want.shape)}"
+    if len(got.tensors) != len(expected.tensors):
+        return f"the update has {len(got.tensors)} tensors, the model version has {len(expected.tensors)}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Admission:
+    task_id: str
+    kind: str  # init or train
+    experiment_id: str
+    round_id: str | None
+    site: str
+    spool_path: Path
+
+
+@dataclass(frozen=True)
+class UploadStatus:
+    in_progress: bool
+    next_tensor: int = 0
+    next_offset: int = 0
+    complete: bool = False
+
+
+class UploadService:
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        blobs: BlobStore,
+        aggregator: RoundAggregator,
+        clock: Clock,
+        settings: CoordinatorSettings,
+        notifier: Notifier,
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._blobs = blobs
+        self._aggregator = aggregator
+        self._clock = clock
+        self._settings = settings
+        self._notifier = notifier
+        self._uploading: set[str] = set()
+        self._guard = threading.Lock()
+
+    def _spool_path(self, task: models.Task) -> Path:
+        return self._aggregator.spool_path(task.round_id or "init", task.id)
+
+    # ----------------------------------------------------------------- admission
+    def _admit(self, site_id: int, header: UpdateHeaderRecord) -> _Admission:
+        with self._uow_factory() as uow:
+            task = get_own_task(uow, site_id, header.task_id)
+            site = uow.session.get(models.Site, site_id)
+            assert site is not None
+            if task.kind not in ("init", "train"):
+                raise FedtuneError(
+                    ErrorCode.WRONG_STATE, f"a {task.kind} task has no update; use ReportResult"
+                )
+            if (
+                uow.session.scalar(select(models.Update.id).where(models.Update.task_id == task.id))
+                is not None
+            ):
+                raise FedtuneError(
+                    ErrorCode.TASK_CLOSED, f"task {task.id} already has a verified update (replay)"
+                )
+            if task.state != "leased":
+                raise FedtuneError(
+                    ErrorCode.TASK_CLOSED, f"task {task.id} is {task.state}, not leased; pull it first"
+                )
+            if task.kind == "train":
+                self._check_train(uow, task, header)
+            elif (
+                uow.session.scalar(
+                    select(models.ModelVersion.id).where(
+                        models.ModelVersion.experiment_id == task.experiment_id
+                    )
+                )
+                is not None
+            ):
+                raise FedtuneError(
+                    ErrorCode.TASK_CLOSED, f"experiment {task.experiment_id} already has version 0"
+                )
+            if header.manifest.total_bytes > self._settings.max_update_bytes:
+                raise FedtuneError(
+                    ErrorCode.TOO_LARGE,
+                    f"update of {header.manifest.total_bytes} bytes exceeds max_update_bytes "
+                    f"({self._settings.max_update_bytes})",
+                )
+            return _Admission(
+                task.id, task.kind, task.experiment_id, task.round_id, site.name, self._spool_path(task)
+            )
+
+    def _check_train(self, uow: SqlUnitOfWork, task: models.Task, header: UpdateHeaderRecord) -> None:
+        rnd = uow.session.get(models.Round, task.round_id) if task.round_id else None
+        if rnd is None or rnd.state != "collecting":
+            raise FedtuneError(
+                ErrorCode.TASK_CLOSED, f"round of task {task.id} is {rnd.state if rnd else 'gone'}; too late"
+            )
+        if header.num_examples <= 0:
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"num_examples must be > 0 for a train update, got {header.num_examples}",
+            )
+        base = uow.session.get(models.ModelVersion, task.model_version_id) if task.model_version_id else None
+        assert base is not None
+        difference = first_layout_difference(Manifest.from_json(base.manifest), header.manifest)
+        if difference is not None:
+            raise FedtuneError(
+                ErrorCode.BAD_MANIFEST,
+                f"the update does not match model version {base.version}: {difference}",
+            )
+
+    # ----------------------------------------------------------------- push
+    def push(self, site_id: int, items: Iterator[UploadItem]) -> tuple[str, int]:
+        """Receive one update stream; returns (update id or model version id, bytes received)."""
+        header = _next_item(items)
+        if not isinstance(header, UpdateHeaderRecord):
+            raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "the first PushUpdate message must be the header")
+        with self._guard:
+            if header.task_id in self._uploading:
+                raise FedtuneError(
+                    ErrorCode.TASK_CLOSED, f"an upload for task {header.task_id} is already running"
+                )
+            self._uploading.add(header.task_id)
+        try:
+            admission = self._admit(site_id, header)
+            try:
+                return self._receive(site_id, admission, header, items)
+            except FedtuneError as err:
+                self._record_rejection(admission, err)
+                raise
+        finally:
+            with self._guard:
+                self._uploading.discard(header.task_id)
+
+    def _receive(
+        self, site_id: int, admission: _Admission, header: UpdateHeaderRecord, items: Iterator[UploadItem]
+    ) -> tuple[str, int]:
+        admission.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        options = {"max_chunk_bytes": self._settings.max_chunk_bytes, "check_finite": True}
+        if header.resume:
+            decoder = StreamDecoder.resume(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
+        else:
+            decoder = StreamDecoder(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
+        try:
+            while (item := _next_item(items)) is not None:
+                if not isinstance(item, Chunk):
+                    raise FedtuneError(ErrorCode.BAD_CHUNK, "a second header inside one PushUpdate stream")
+                decoder.add(item)
+        except BaseException:
+            decoder.close()  # keep the verified prefix: the upload can resume
+            raise
+        if not decoder.complete:
+            tensor, offset = decoder.next_position
+            decoder.close()
+            raise FedtuneError(
+                ErrorCode.INCOMPLETE_STREAM,
+                f"the stream ended at tensor {tensor} offset {offset} before the update was complete; "
+                "resume it (GetUploadStatus, then a header with resume=true)",
+            )
+        received = decoder.received_bytes
+        digest = decoder.finish()  # CHECKSUM_MISMATCH removes the partial
+        if admission.kind == "init":
+            return self._accept_initial(site_id, admission, header), received
+        return self._accept_update(site_id, admission, header, digest, received), received
+
+    def _accept_initial(self, site_id: int, admission: _Admission, header: UpdateHeaderRecord) -> str:
+        with self._uow_factory() as uow:
+            stage = uow.session.scalars(
+                select(models.Stage).where(
+                    models.Stage.experiment_id == admission.experiment_id, models.Stage.stage_index == 0
+                )
+            ).one()
+            stage_name = stage.name
+        now = self._clock.now()
+
+        def extra(uow: SqlUnitOfWork, version: models.ModelVersion) -> None:
+            task = get_own_task(uow, site_id, admission.task_id)
+            if task.state != "leased":
+                raise FedtuneError(
+                    ErrorCode.TASK_CLOSED, f"task {task.id} is {task.state}; update not stored"
+                )
+            _finish_task(uow, task, header, now)
+            record_event(
+                uow,
+                "update.accepted",
+                f"initial tensors from {admission.site} are version 0",
+                admission.experiment_id,
+                {"task_id": task.id, "version_id": version.id, "kind": "init"},
+            )
+
+        version = store_model_version(
+            self._uow_factory,
+            self._blobs,
+            tensors_path=admission.spool_path,
+            files=header.files,
+            experiment_id=admission.experiment_id,
+            version=0,
+            parent_id=None,
+            stage_index=0,
+            stage_name=stage_name,
+            round=0,
+            kind="adapter",
+            manifest=header.manifest.to_json(),
+            metrics=dict(header.metrics),
+            sites=[admission.site],
+            num_examples=max(0, header.num_examples),
+            extra=extra,
+            move=True,
+        )
+        log.info(
+            "initial version stored", extra={"experiment": admission.experiment_id, "version": version.id}
+        )
+        self._notifier.notify()
+        return version.id
+
+    def _accept_update(
+        self, site_id: int, admission: _Admission, header: UpdateHeaderRecord, digest: str, received: int
+    ) -> str:
+        assert admission.round_id is not None
+        update_id = models.new_id("upd")
+        with self._aggregator.round_lock(admission.round_id):
+            with self._uow_factory() as uow:
+                task = get_own_task(uow, site_id, admission.task_id)
+                rnd = uow.session.get(models.Round, admission.round_id)
+                if task.state != "leased" or rnd is None or rnd.state != "collecting":
+                    raise FedtuneError(
+                        ErrorCode.TASK_CLOSED, f"task {task.id} closed while its update arrived"
+                    )
+                uow.session.add(
+                    models.Update(
+                        id=update_id,
+                        task_id=task.id,
+                        round_id=admission.round_id,
+                        site_id=site_id,
+                        state="verified",
+                        num_examples=header.num_examples,
+                        metrics=dict(header.metrics),
+                        manifest=header.manifest.to_json(),
+                        digest=digest,
+                        spool_path=str(admission.spool_path),
+                        received_bytes=received,
+                        created_at=self._clock.now(),
+                    )
+                )
+                _finish_task(uow, task, header, self._clock.now())
+                record_event(
+                    uow,
+                    "update.accepted",
+                    f"update from {admission.site} for round {rnd.round}",
+                    admission.experiment_id,
+                    {"task_id": task.id, "update_id": update_id, "num_examples": header.num_examples},
+                )
+                uow.commit()
+            self._aggregator.fold(admission.round_id, update_id)
+        self._notifier.notify()
+        return update_id
+
+    def _record_rejection(self, admission: _Admission, err: FedtuneError) -> None:
+        with self._uow_factory() as uow:
+            record_event(
+                uow,
+                "update.rejected",
+                f"update from {admission.site} rejected: {err.message}",
+                admission.experiment_id,
+                {"task_id": admission.task_id, "code": err.code.value},
+            )
+            uow.commit()
+
+    # ----------------------------------------------------------------- status
+    def status(self, site_id: int, task_id: str) -> UploadStatus:
+        with self._uow_factory() as uow:
+            task = get_own_task(uow, site_id, task_id)
+            done = (
+                uow.session.scalar(select(models.Update.id).where(models.Update.task_id == task.id))
+                is not None
+            )
+            done = done or (task.kind == "init" and task.state == "done")
+            path = self._spool_path(task)
+        if done:
+            return UploadStatus(in_progress=False, complete=True)
+        progress = StreamDecoder.peek_progress(path)
+        if progress is None:
+            return UploadStatus(in_progress=False)
+        return UploadStatus(in_progress=True, next_tensor=progress[0], next_offset=progress[1])
+
+
+def _finish_task(uow: SqlUnitOfWork, task: models.Task, header: UpdateHeaderRecord, now: float) -> None:
+    task.state, task.lease_expires_at, task.updated_at = "done", None, now
+    task.metrics, task.num_examples = dict(header.metrics), header.num_examples
+    if task.worker_id:
+        worker = uow.session.get(models.Worker, task.worker_id)
+        if worker is not None and worker.current_task_id == task.id:
+            worker.current_task_id = None
+
+
+def _next_item(items: Iterator[UploadItem]) -> UploadItem | None:
+    """The next stream item; a broken client stream becomes INCOMPLETE_STREAM."""
+    try:
+        return next(items, None)
+    except FedtuneError:
+        raise
+    except Exception as err:  # the client went away mid-stream (grpc raises RpcError)
+        raise FedtuneError(
+            ErrorCode.INCOMPLETE_STREAM, f"the client stream broke off: {type(err).__name__}"
+        ) from None

@@ -1,0 +1,336 @@
+"""The one seam between wire and domain: paired ``*_to_proto`` / ``*_from_proto`` functions.
+
+Domain records here are plain frozen dataclasses that both sides understand (the coordinator
+builds them from registry rows, the admin CLI gets them back from protos). Tensor manifests and
+chunks convert in ``fedtune.tensorstream.serde``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedtune.tensorstream.manifest import Manifest
+from fedtune.tensorstream.serde import manifest_from_proto, manifest_to_proto
+from fedtune.v1 import admin_pb2, worker_pb2
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    experiment_id: str
+    name: str
+    state: str
+    spec_yaml: str
+    current_stage: str
+    current_stage_index: int
+    current_round: int
+    created_unix: float
+    updated_unix: float
+    error: str = ""
+    latest_model_version_id: str = ""
+
+
+def experiment_to_proto(rec: ExperimentRecord) -> admin_pb2.Experiment:
+    return admin_pb2.Experiment(
+        experiment_id=rec.experiment_id,
+        name=rec.name,
+        state=rec.state,
+        spec_yaml=rec.spec_yaml,
+        current_stage=rec.current_stage,
+        current_stage_index=rec.current_stage_index,
+        current_round=rec.current_round,
+        created_unix=rec.created_unix,
+        updated_unix=rec.updated_unix,
+        error=rec.error,
+        latest_model_version_id=rec.latest_model_version_id,
+    )
+
+
+def experiment_from_proto(msg: admin_pb2.Experiment) -> ExperimentRecord:
+    return ExperimentRecord(
+        experiment_id=msg.experiment_id,
+        name=msg.name,
+        state=msg.state,
+        spec_yaml=msg.spec_yaml,
+        current_stage=msg.current_stage,
+        current_stage_index=msg.current_stage_index,
+        current_round=msg.current_round,
+        created_unix=msg.created_unix,
+        updated_unix=msg.updated_unix,
+        error=msg.error,
+        latest_model_version_id=msg.latest_model_version_id,
+    )
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round_id: str
+    experiment_id: str
+    stage: str
+    stage_index: int
+    round: int
+    state: str
+    tasks_total: int
+    updates_received: int
+    opened_unix: float
+    deadline_unix: float
+    closed_unix: float = 0.0
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_version_id: str = ""
+
+
+def round_to_proto(rec: RoundRecord) -> admin_pb2.RoundInfo:
+    return admin_pb2.RoundInfo(
+        round_id=rec.round_id,
+        experiment_id=rec.experiment_id,
+        stage=rec.stage,
+        stage_index=rec.stage_index,
+        round=rec.round,
+        state=rec.state,
+        tasks_total=rec.tasks_total,
+        updates_received=rec.updates_received,
+        opened_unix=rec.opened_unix,
+        deadline_unix=rec.deadline_unix,
+        closed_unix=rec.closed_unix,
+        reason=rec.reason,
+        metrics=rec.metrics,
+        model_version_id=rec.model_version_id,
+    )
+
+
+def round_from_proto(msg: admin_pb2.RoundInfo) -> RoundRecord:
+    return RoundRecord(
+        round_id=msg.round_id,
+        experiment_id=msg.experiment_id,
+        stage=msg.stage,
+        stage_index=msg.stage_index,
+        round=msg.round,
+        state=msg.state,
+        tasks_total=msg.tasks_total,
+        updates_received=msg.updates_received,
+        opened_unix=msg.opened_unix,
+        deadline_unix=msg.deadline_unix,
+        closed_unix=msg.closed_unix,
+        reason=msg.reason,
+        metrics=dict(msg.metrics),
+        model_version_id=msg.model_version_id,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    site: str
+    worker_id: str
+    state: str  # online, busy, offline
+    last_seen_unix: float
+    device: str = ""
+    current_task_id: str = ""
+    dataset_sizes: dict[str, int] = field(default_factory=dict)
+
+
+def worker_to_proto(rec: WorkerRecord) -> admin_pb2.WorkerInfo:
+    return admin_pb2.WorkerInfo(
+        site=rec.site,
+        worker_id=rec.worker_id,
+        state=rec.state,
+        last_seen_unix=rec.last_seen_unix,
+        device=rec.device,
+        current_task_id=rec.current_task_id,
+        dataset_sizes=rec.dataset_sizes,
+    )
+
+
+def worker_from_proto(msg: admin_pb2.WorkerInfo) -> WorkerRecord:
+    return WorkerRecord(
+        site=msg.site,
+        worker_id=msg.worker_id,
+        state=msg.state,
+        last_seen_unix=msg.last_seen_unix,
+        device=msg.device,
+        current_task_id=msg.current_task_id,
+        dataset_sizes=dict(msg.dataset_sizes),
+    )
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    version_id: str
+    experiment_id: str
+    version: int
+    parent_id: str
+    stage: str
+    round: int
+    kind: str
+    blob_digest: str
+    manifest: Manifest
+    metrics: dict[str, float] = field(default_factory=dict)
+    sites: tuple[str, ...] = ()
+    num_examples: int = 0
+    created_unix: float = 0.0
+    files: tuple[str, ...] = ()
+
+
+def model_version_to_proto(rec: ModelVersionRecord) -> admin_pb2.ModelVersion:
+    return admin_pb2.ModelVersion(
+        version_id=rec.version_id,
+        experiment_id=rec.experiment_id,
+        version=rec.version,
+        parent_id=rec.parent_id,
+        stage=rec.stage,
+        round=rec.round,
+        kind=rec.kind,
+        blob_digest=rec.blob_digest,
+        manifest=manifest_to_proto(rec.manifest),
+        metrics=rec.metrics,
+        sites=list(rec.sites),
+        num_examples=rec.num_examples,
+        created_unix=rec.created_unix,
+        files=list(rec.files),
+    )
+
+
+def model_version_from_proto(msg: admin_pb2.ModelVersion) -> ModelVersionRecord:
+    return ModelVersionRecord(
+        version_id=msg.version_id,
+        experiment_id=msg.experiment_id,
+        version=msg.version,
+        parent_id=msg.parent_id,
+        stage=msg.stage,
+        round=msg.round,
+        kind=msg.kind,
+        blob_digest=msg.blob_digest,
+        manifest=manifest_from_proto(msg.manifest),
+        metrics=dict(msg.metrics),
+        sites=tuple(msg.sites),
+        num_examples=msg.num_examples,
+        created_unix=msg.created_unix,
+        files=tuple(msg.files),
+    )
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    event_id: int
+    created_unix: float
+    experiment_id: str
+    kind: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def event_to_proto(rec: EventRecord) -> admin_pb2.Event:
+    return admin_pb2.Event(
+        event_id=rec.event_id,
+        created_unix=rec.created_unix,
+        experiment_id=rec.experiment_id,
+        kind=rec.kind,
+        message=rec.message,
+        data_json=json.dumps(rec.data, sort_keys=True, default=str),
+    )
+
+
+def event_from_proto(msg: admin_pb2.Event) -> EventRecord:
+    return EventRecord(
+        event_id=msg.event_id,
+        created_unix=msg.created_unix,
+        experiment_id=msg.experiment_id,
+        kind=msg.kind,
+        message=msg.message,
+        data=json.loads(msg.data_json) if msg.data_json else {},
+    )
+
+
+TASK_KINDS: dict[str, int] = {
+    "init": worker_pb2.TASK_KIND_INIT,
+    "train": worker_pb2.TASK_KIND_TRAIN,
+    "personalize": worker_pb2.TASK_KIND_PERSONALIZE,
+    "evaluate": worker_pb2.TASK_KIND_EVALUATE,
+}
+_TASK_KIND_NAMES = {v: k for k, v in TASK_KINDS.items()}
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    kind: str  # init, train, personalize, evaluate
+    experiment_id: str
+    stage: str
+    stage_index: int
+    round: int
+    spec_json: str
+    model_version_id: str = ""
+    model_manifest: Manifest | None = None
+    deadline_unix: float = 0.0
+    update_kind: str = "weights"
+    base_version_id: str = ""
+
+
+def task_to_proto(rec: TaskRecord) -> worker_pb2.Task:
+    msg = worker_pb2.Task(
+        task_id=rec.task_id,
+        kind=TASK_KINDS[rec.kind],  # type: ignore[arg-type]
+        experiment_id=rec.experiment_id,
+        stage=rec.stage,
+        stage_index=rec.stage_index,
+        round=rec.round,
+        spec_json=rec.spec_json,
+        model_version_id=rec.model_version_id,
+        deadline_unix=rec.deadline_unix,
+        update_kind=rec.update_kind,
+        base_version_id=rec.base_version_id,
+    )
+    if rec.model_manifest is not None:
+        msg.model_manifest.CopyFrom(manifest_to_proto(rec.model_manifest))
+    return msg
+
+
+def task_from_proto(msg: worker_pb2.Task) -> TaskRecord:
+    return TaskRecord(
+        task_id=msg.task_id,
+        kind=_TASK_KIND_NAMES.get(msg.kind, "unspecified"),
+        experiment_id=msg.experiment_id,
+        stage=msg.stage,
+        stage_index=msg.stage_index,
+        round=msg.round,
+        spec_json=msg.spec_json,
+        model_version_id=msg.model_version_id,
+        model_manifest=manifest_from_proto(msg.model_manifest) if msg.HasField("model_manifest") else None,
+        deadline_unix=msg.deadline_unix,
+        update_kind=msg.update_kind,
+        base_version_id=msg.base_version_id,
+    )
+
+
+@dataclass(frozen=True)
+class UpdateHeaderRecord:
+    task_id: str
+    num_examples: int
+    manifest: Manifest
+    metrics: dict[str, float] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    resume: bool = False
+
+
+def update_header_to_proto(rec: UpdateHeaderRecord) -> worker_pb2.UpdateHeader:
+    return worker_pb2.UpdateHeader(
+        task_id=rec.task_id,
+        num_examples=rec.num_examples,
+        metrics=rec.metrics,
+        manifest=manifest_to_proto(rec.manifest),
+        files=rec.files,
+        resume=rec.resume,
+    )
+
+
+def update_header_from_proto(msg: worker_pb2.UpdateHeader) -> UpdateHeaderRecord:
+    """The header; BAD_MANIFEST when its manifest is malformed."""
+    return UpdateHeaderRecord(
+        task_id=msg.task_id,
+        num_examples=msg.num_examples,
+        manifest=manifest_from_proto(msg.manifest),
+        metrics=dict(msg.metrics),
+        files=dict(msg.files),
+        resume=msg.resume,
+    )
