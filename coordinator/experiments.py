@@ -101,7 +101,7 @@ class ExperimentService:
                 )
             record_event(uow, "experiment.submitted", f"experiment {spec.name} submitted", experiment_id)
             uow.commit()
-        log.info("experiment submitted", extra={"experiment": experiment_id, "name": spec.name})
+        log.info("experiment submitted", extra={"experiment": experiment_id, "spec_name": spec.name})
         if start:
             self.start(experiment_id)
         return experiment_id

@@ -1,0 +1,366 @@
+"""The worker daemon: register, heartbeat, long-poll for tasks, run them one at a time.
+
+Only tensors and metrics ever leave the site: the training entry points (worker.tasks) read the
+local data; this loop ships what they return. The coordinator being away is normal: every call
+retries with backoff, and a coordinator that forgot this worker (restart, NOT_FOUND /
+UNAUTHENTICATED on heartbeat or pull) gets a fresh Register. SIGTERM stops the loop, abandons the
+task in progress (reported as failed so it can be reassigned) and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.spec import ExperimentSpec, load_spec_json
+from fedtune.v1 import worker_pb2
+from worker.connection import Connection, RpcFailure, Stopped, manifest_from_task
+from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.tasks import TaskOutput
+
+log = logging.getLogger("fedtune.worker")
+
+FORGOTTEN = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED})
+FATAL_REGISTER = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
+)
+TASK_CLOSED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
+KIND_NAMES = {v: k.removeprefix("TASK_KIND_").lower() for k, v in worker_pb2.TaskKind.items()}
+
+
+class TaskAbandoned(Exception):
+    """Raised from the progress callback when the task was cancelled or the worker is stopping."""
+
+
+def worker_version() -> str:
+    try:
+        return metadata.version("fedtune")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class RunningTask:
+    task_id: str
+    kind: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    progress: str = "starting"
+
+
+class _PercentLogger:
+    """Logs 'what: N%' each time another 10% is done."""
+
+    def __init__(self, what: str, state: RunningTask) -> None:
+        self.what, self.state, self.last = what, state, -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 if total <= 0 else int(done * 100 / total)
+        self.state.progress = f"{self.what} {percent}%"
+        if percent // 10 > self.last // 10 or percent == 100 and self.last != 100:
+            self.last = percent
+            log.info("%s: %d%% (%d/%d bytes)", self.what, percent, done, total)
+
+
+class WorkerDaemon:
+    """One site's worker. `run(stop_event)` returns the process exit code."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.connection: Connection | None = None
+        self.current: RunningTask | None = None
+        self._register_lock = threading.Lock()
+        self._capabilities: tuple[dict[str, Any], dict[str, int]] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event | None = None) -> int:
+        if stop_event is not None:
+            self.stop_event = stop_event
+        self._prepare()
+        self.connection = Connection(self.settings, self.stop_event)
+        heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        try:
+            self._register()
+            heartbeats.start()
+            self._pull_loop()
+        except Stopped:
+            pass
+        except RpcFailure as err:
+            log.error("giving up: %s", err)
+            return 2
+        finally:
+            self.stop_event.set()
+            if heartbeats.is_alive():
+                heartbeats.join(timeout=5)
+            self.connection.close()
+        log.info("worker stopped")
+        return 0
+
+    def _prepare(self) -> None:
+        self.settings.downloads_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.personalized_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+
+    def capabilities(self) -> tuple[dict[str, Any], dict[str, int]]:
+        if self._capabilities is None:
+            from worker.device import select_device
+            from worker.tasks import dataset_sizes
+
+            device = dict(select_device(self.settings.device).info)
+            self._capabilities = (device, dict(dataset_sizes(self.settings.data_root)))
+        return self._capabilities
+
+    def _register(self, stale_worker_id: str | None = None) -> None:
+        """Register; with `stale_worker_id`, only if no other thread has replaced that id meanwhile."""
+        assert self.connection is not None
+        device, sizes = self.capabilities()
+        with self._register_lock:
+            if stale_worker_id is not None and self.connection.worker_id != stale_worker_id:
+                return
+            try:
+                worker_id = self.connection.register(device, sizes, worker_version())
+            except RpcFailure as err:
+                if err.code in FATAL_REGISTER:
+                    log.error("the coordinator refused site %r: %s", self.settings.site, err.details)
+                raise
+        log.info(
+            "registered as %s (site %s, device %s, datasets %s, heartbeat %.1fs)",
+            worker_id,
+            self.settings.site,
+            device.get("kind"),
+            sizes,
+            self.connection.heartbeat_seconds,
+        )
+
+    # -- loops ---------------------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        assert self.connection is not None
+        while not self.stop_event.wait(self.connection.heartbeat_seconds):
+            current = self.current
+            sent_as = self.connection.worker_id
+            try:
+                answer = self.connection.heartbeat(
+                    current.task_id if current else "", current.progress if current else "idle"
+                )
+            except RpcFailure as err:
+                if err.code in FORGOTTEN:
+                    log.warning("the coordinator forgot this worker (%s); registering again", err.code.name)
+                    self._try_register(sent_as)
+                else:
+                    log.debug("heartbeat failed: %s", err)
+                continue
+            except Stopped:
+                return
+            if answer.cancel_task and current is not None and not current.cancel.is_set():
+                log.warning("the coordinator cancelled task %s; abandoning it", current.task_id)
+                current.cancel.set()
+
+    def _try_register(self, stale_worker_id: str) -> None:
+        try:
+            self._register(stale_worker_id)
+        except (RpcFailure, Stopped) as err:
+            log.warning("register failed: %s", err)
+
+    def _pull_loop(self) -> None:
+        assert self.connection is not None
+        while not self.stop_event.is_set():
+            sent_as = self.connection.worker_id
+            try:
+                task = self.connection.pull_task(self.settings.pull_wait_seconds)
+            except RpcFailure as err:
+                if err.code not in FORGOTTEN:
+                    raise
+                log.warning("PullTask: %s; registering again", err.code.name)
+                self._register(sent_as)
+                continue
+            if task is not None:
+                self.run_task(task)
+
+    # -- tasks ---------------------------------------------------------------------------------------
+
+    def run_task(self, task: worker_pb2.Task) -> None:
+        assert self.connection is not None
+        kind = KIND_NAMES.get(task.kind, str(task.kind))
+        state = RunningTask(task.task_id, kind)
+        self.current = state
+        log.info(
+            "task %s received: %s, experiment %s, stage %s (#%d), round %d, from version %s",
+            task.task_id,
+            kind,
+            task.experiment_id,
+            task.stage,
+            task.stage_index,
+            task.round,
+            task.model_version_id or "-",
+        )
+        started = time.monotonic()
+        try:
+            self._execute(task, state)
+            log.info("task %s done in %.1fs", task.task_id, time.monotonic() - started)
+        except (TaskAbandoned, Stopped):
+            if state.cancel.is_set():
+                log.warning("task %s abandoned: cancelled by the coordinator", task.task_id)
+            else:
+                # Not reported as failed: the coordinator puts the task back in the queue when its
+                # lease expires or when this site's worker registers again.
+                log.warning(
+                    "task %s abandoned: worker stopping; the coordinator will reassign it", task.task_id
+                )
+        except RpcFailure as err:
+            log.error("task %s failed: %s", task.task_id, err)
+            if err.code not in TASK_CLOSED:
+                self._report_failure(task.task_id, f"{err.method} rejected: {err.details}")
+        except FedtuneError as err:
+            log.error("task %s failed: %s", task.task_id, err)
+            self._report_failure(task.task_id, str(err))
+        except Exception as err:  # training code failing must not kill the daemon
+            log.exception("task %s failed", task.task_id)
+            self._report_failure(task.task_id, f"{type(err).__name__}: {err}")
+        finally:
+            self.current = None
+
+    def _report_failure(self, task_id: str, error: str) -> None:
+        assert self.connection is not None
+        try:
+            self.connection.report_result(task_id, False, error=error)
+        except (RpcFailure, Stopped) as err:
+            log.warning("could not report the failure of task %s: %s", task_id, err)
+
+    def _progress(self, state: RunningTask) -> Any:
+        def progress(*args: Any, **kwargs: Any) -> None:
+            message = " ".join(str(a) for a in args) + "".join(f" {k}={v}" for k, v in kwargs.items())
+            state.progress = message.strip()[:500]
+            log.info("task %s: %s", state.task_id, state.progress)
+            if state.cancel.is_set() or self.stop_event.is_set():
+                raise TaskAbandoned(state.task_id)
+
+        return progress
+
+    def _check(self, state: RunningTask) -> None:
+        if state.cancel.is_set() or self.stop_event.is_set():
+            raise TaskAbandoned(state.task_id)
+
+    def _fetch(self, task: worker_pb2.Task, state: RunningTask) -> Path:
+        assert self.connection is not None
+        manifest = manifest_from_task(task)
+        return self.connection.fetch_version(
+            task.model_version_id,
+            manifest,
+            self.settings.downloads_dir,
+            cancel=state.cancel,
+            progress=_PercentLogger(f"download {task.model_version_id}", state),
+        )
+
+    def _push(self, task: worker_pb2.Task, state: RunningTask, output: TaskOutput) -> None:
+        assert self.connection is not None
+        self._check(state)
+        answer = self.connection.push_update(
+            task.task_id,
+            output,
+            cancel=state.cancel,
+            progress=_PercentLogger(f"upload {task.task_id}", state),
+        )
+        self._check(state)
+        log.info(
+            "update for task %s accepted (%s, %d bytes, %d examples)",
+            task.task_id,
+            answer.update_id or "already held",
+            answer.received_bytes,
+            output.num_examples,
+        )
+
+    def _execute(self, task: worker_pb2.Task, state: RunningTask) -> None:
+        from worker import tasks
+
+        assert self.connection is not None
+        spec: ExperimentSpec = load_spec_json(task.spec_json)
+        s = self.settings
+        if task.kind == worker_pb2.TASK_KIND_INIT:
+            state.progress = "building initial tensors"
+            self._push(task, state, tasks.run_init(spec, s.model_root, device=s.device))
+        elif task.kind == worker_pb2.TASK_KIND_TRAIN:
+            global_path = self._fetch(task, state)
+            self._check(state)
+            output = tasks.run_train(
+                spec,
+                task.stage_index,
+                task.round,
+                global_path,
+                s.data_root,
+                s.model_root,
+                site=s.site,
+                progress=self._progress(state),
+                device=s.device,
+            )
+            if task.update_kind == "delta":
+                output = as_delta(output, global_path)
+            self._push(task, state, output)
+        elif task.kind == worker_pb2.TASK_KIND_EVALUATE:
+            global_path = self._fetch(task, state)
+            self._check(state)
+            output = tasks.run_evaluate(
+                spec, task.stage_index, global_path, s.data_root, s.model_root, device=s.device
+            )
+            self._finish_with_metrics(task, state, output)
+        elif task.kind == worker_pb2.TASK_KIND_PERSONALIZE:
+            global_path = self._fetch(task, state)
+            self._check(state)
+            out_dir = s.personalized_dir / task.experiment_id
+            output = tasks.run_personalize(
+                spec,
+                task.stage_index,
+                global_path,
+                s.data_root,
+                s.model_root,
+                out_dir=out_dir,
+                site=s.site,
+                progress=self._progress(state),
+                device=s.device,
+            )
+            log.info("personalized model kept at %s", out_dir)
+            self._finish_with_metrics(task, state, output)
+        else:
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT, f"task kind {task.kind} is not known to worker {worker_version()}"
+            )
+
+    def _finish_with_metrics(self, task: worker_pb2.Task, state: RunningTask, output: TaskOutput) -> None:
+        assert self.connection is not None
+        self._check(state)
+        self.connection.report_result(
+            task.task_id, True, metrics=output.metrics, num_examples=output.num_examples
+        )
+        log.info("task %s metrics: %s", task.task_id, {k: round(v, 4) for k, v in output.metrics.items()})
+
+
+def as_delta(output: TaskOutput, global_path: Path) -> TaskOutput:
+    """Trained minus received, for tensors the received version has (others are sent as they are)."""
+    import dataclasses
+
+    import numpy as np
+
+    from fedtune.tensorstream.safetensors_file import read_arrays_float32
+
+    received = read_arrays_float32(global_path)
+    arrays: dict[str, np.ndarray] = {}
+    for name, array in output.arrays.items():
+        if name in received and np.issubdtype(array.dtype, np.floating):
+            arrays[name] = array.astype(np.float32) - received[name].reshape(array.shape)
+        else:
+            arrays[name] = array
+    return dataclasses.replace(output, arrays=arrays)

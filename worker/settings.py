@@ -1,0 +1,124 @@
+"""Worker settings: defaults < YAML config file < environment (FEDTUNE_*) < explicit values (CLI flags).
+
+pydantic-settings is not a dependency of this project, so the few sources are merged here by hand;
+the result is validated by one pydantic model, and a bad value raises
+``FedtuneError(INVALID_ARGUMENT)`` naming the field and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedtune.errors import ErrorCode, FedtuneError
+
+ENV_PREFIX = "FEDTUNE_"
+CONFIG_ENV = "FEDTUNE_WORKER_CONFIG"  # a YAML file, when --config is not given
+
+
+class WorkerSettings(BaseModel):
+    """Everything a site's worker daemon needs. Secrets (the token) never appear in logs or repr."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    coordinator: str = Field("127.0.0.1:50051", description="HOST:PORT of the coordinator's gRPC endpoint")
+    site: str = Field(
+        min_length=1, description="this site's name, as registered with `fedtune admin sites add`"
+    )
+    token: str = Field(min_length=1, repr=False, description="this site's secret token")
+    data_root: Path = Field(description="folder with the site's data files (never leaves this machine)")
+    model_root: Path = Field(description="folder with base models, one sub-folder per model name")
+    work_dir: Path | None = Field(
+        None, description="downloads, personalized adapters; default <data_root>/.fedtune"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    pull_wait_seconds: float = Field(20.0, gt=0, le=300)
+    heartbeat_seconds: float = Field(10.0, gt=0, description="replaced by the coordinator's Register answer")
+    max_backoff_seconds: float = Field(30.0, gt=0)
+    chunk_bytes: int = Field(1 << 20, ge=1024, le=16 << 20)
+    torch_threads: int | None = Field(None, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("coordinator")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:50051, got {value!r}")
+        return value
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return self.work_dir if self.work_dir is not None else self.data_root / ".fedtune"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.resolved_work_dir / "downloads"
+
+    @property
+    def personalized_dir(self) -> Path:
+        return self.resolved_work_dir / "personalized"
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name in WorkerSettings.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if environ.get(key, "") != "":
+            values[name] = environ[key]
+    return values
+
+
+def _from_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"cannot read config file {path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT, f"config file {path} is not valid YAML: {err}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT, f"config file {path} must be a mapping (site: ..., token: ...)"
+        )
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(WorkerSettings.model_fields))
+    if unknown:
+        known = ", ".join(WorkerSettings.model_fields)
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT, f"config file {path}: unknown keys {unknown}; known: {known}"
+        )
+    return data
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> WorkerSettings:
+    """Merge defaults, the YAML file, FEDTUNE_* variables and explicit overrides (None = not given)."""
+    env = os.environ if environ is None else environ
+    if config_file is None and env.get(CONFIG_ENV):
+        config_file = Path(env[CONFIG_ENV])
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(_from_yaml(config_file))
+    merged.update(_from_env(env))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return WorkerSettings.model_validate(merged)
+    except ValidationError as err:
+        problems = []
+        for item in err.errors():
+            field = ".".join(str(p) for p in item["loc"]) or "(settings)"
+            hint = f" (flag --{field.replace('_', '-')} or env {ENV_PREFIX}{field.upper()})"
+            problems.append(f"{field}: {item['msg']}{hint}")
+        raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "; ".join(problems)) from None

@@ -1,0 +1,270 @@
+"""The entry points the worker daemon calls: init, train, evaluate, personalize, dataset sizes.
+
+Each returns a `TaskOutput`; tensors are float32 numpy arrays keyed by peft save names
+(see worker/model.py). The built model is cached per process, so later rounds skip loading.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.spec import ExperimentSpec, TrainingSpec
+from worker import data as data_files
+from worker.data import Example, load_examples
+from worker.device import DeviceChoice, select_device
+from worker.evaluation import evaluate
+from worker.model import (
+    BuiltModel,
+    adapter_config_json,
+    build_model,
+    frozen_arrays,
+    load_trainable_arrays,
+    trainable_arrays,
+)
+from worker.training import privatize_update, train
+
+FROZEN_ADAPTER_FILE = "frozen_adapter.safetensors"
+
+
+@dataclass
+class TaskOutput:
+    arrays: dict[str, np.ndarray]  # trainable tensors, float32 (empty for metrics-only tasks)
+    num_examples: int
+    metrics: dict[str, float]  # e.g. train_loss, eval_accuracy, eval_loss, train_seconds
+    files: dict[str, bytes] = field(default_factory=dict)  # side files, e.g. adapter_config.json for INIT
+
+
+def _device(device: str | DeviceChoice | None) -> DeviceChoice:
+    if isinstance(device, DeviceChoice):
+        return device
+    return select_device(device or "auto")
+
+
+def read_global(path: Path) -> dict[str, np.ndarray]:
+    if not Path(path).is_file():
+        raise FedtuneError(ErrorCode.NOT_FOUND, f"global model file {path} does not exist")
+    from fedtune.tensorstream.safetensors_file import read_arrays_float32
+
+    return read_arrays_float32(Path(path))
+
+
+def _examples(spec: ExperimentSpec, path: Path) -> list[Example]:
+    labelled = spec.task == "sequence-classification"
+    return load_examples(
+        path,
+        text_field=spec.data.text_field,
+        label_field=spec.data.label_field if labelled else None,
+        labels=spec.labels if labelled else None,
+    )
+
+
+def _eval_examples(spec: ExperimentSpec, data_root: Path) -> list[Example] | None:
+    if spec.data.eval is None or not (Path(data_root) / spec.data.eval).is_file():
+        return None
+    return _examples(spec, Path(data_root) / spec.data.eval)
+
+
+def _training(spec: ExperimentSpec, stage_index: int, overrides: dict[str, Any] | None) -> TrainingSpec:
+    if not 0 <= stage_index < len(spec.stages):
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT, f"stage_index {stage_index} outside 0..{len(spec.stages) - 1}"
+        )
+    base = spec.training_for(stage_index)
+    if not overrides:
+        return base
+    try:
+        return TrainingSpec.model_validate({**base.model_dump(), **overrides})
+    except ValueError as err:
+        raise FedtuneError(ErrorCode.INVALID_SPEC, f"training overrides {overrides}: {err}") from None
+
+
+def _check_stage(spec: ExperimentSpec, stage_index: int) -> None:
+    if spec.stages[stage_index].kind == "global":
+        raise FedtuneError(
+            ErrorCode.INVALID_SPEC,
+            "`global` stages (continued pre-training) are not supported by this worker yet; "
+            "use finetune/personalize stages",
+        )
+
+
+def _built_with_global(
+    spec: ExperimentSpec, model_root: Path, global_path: Path, device: str | DeviceChoice | None
+) -> tuple[BuiltModel, dict[str, np.ndarray]]:
+    built = build_model(spec, model_root, device=_device(device))
+    global_arrays = read_global(global_path)
+    load_trainable_arrays(built.model, global_arrays)
+    return built, global_arrays
+
+
+def _eval(
+    built: BuiltModel,
+    spec: ExperimentSpec,
+    examples: list[Example],
+    training: TrainingSpec,
+    prefix: str = "eval_",
+) -> dict[str, float]:
+    return evaluate(
+        built.model,
+        built.tokenizer,
+        examples,
+        task=spec.task,
+        device=built.device,
+        batch_size=max(training.batch_size, 32),
+        max_length=training.max_length,
+        prefix=prefix,
+    )
+
+
+def _safetensors_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+
+
+def run_init(
+    spec: ExperimentSpec, model_root: Path, *, device: str | DeviceChoice | None = None
+) -> TaskOutput:
+    """The seeded initial adapter: its trained tensors plus adapter_config.json.
+
+    With FFA-LoRA, the frozen lora_A tensors are added as `frozen_adapter.safetensors`: they are
+    never exchanged, but an exported adapter needs them next to the trained ones.
+    """
+    built = build_model(spec, model_root, device=_device(device))
+    arrays = trainable_arrays(built.model)
+    files = {"adapter_config.json": adapter_config_json(built.model, spec.base_model.name)}
+    frozen = frozen_arrays(built.model)
+    if frozen:
+        files[FROZEN_ADAPTER_FILE] = _safetensors_bytes(frozen)
+    metrics = {"trainable_parameters": float(sum(a.size for a in arrays.values()))}
+    return TaskOutput(arrays=arrays, num_examples=0, metrics=metrics, files=files)
+
+
+def run_train(
+    spec: ExperimentSpec,
+    stage_index: int,
+    round: int,
+    global_path: Path,
+    data_root: Path,
+    model_root: Path,
+    *,
+    site: str = "",
+    progress: Callable[[str], None] = print,
+    training_overrides: dict[str, Any] | None = None,
+    device: str | DeviceChoice | None = None,
+) -> TaskOutput:
+    """Train from the global tensors on the site's train split; returns the trained weights (not a delta)."""
+    _check_stage(spec, stage_index)
+    training = _training(spec, stage_index, training_overrides)
+    train_examples = _examples(spec, Path(data_root) / spec.data.train)
+    eval_examples = _eval_examples(spec, data_root)
+    built, global_arrays = _built_with_global(spec, model_root, global_path, device)
+    result = train(
+        built.model,
+        built.tokenizer,
+        train_examples,
+        task=spec.task,
+        training=training,
+        device=built.device,
+        round=round,
+        site=site,
+        progress=progress,
+    )
+    metrics = {
+        "train_loss": result.train_loss,
+        "train_seconds": result.seconds,
+        "train_steps": float(result.steps),
+        "examples_per_second": result.examples_per_second,
+    }
+    arrays, privacy_metrics = privatize_update(trainable_arrays(built.model), global_arrays, spec.privacy)
+    metrics.update(privacy_metrics)
+    if eval_examples:
+        if privacy_metrics:
+            load_trainable_arrays(built.model, arrays)  # evaluate what is actually sent
+        metrics.update(_eval(built, spec, eval_examples, training))
+    return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
+
+
+def run_evaluate(
+    spec: ExperimentSpec,
+    stage_index: int,
+    global_path: Path,
+    data_root: Path,
+    model_root: Path,
+    *,
+    device: str | DeviceChoice | None = None,
+) -> TaskOutput:
+    """Metrics of the global tensors on the site's eval split."""
+    training = _training(spec, stage_index, None)
+    examples = _eval_examples(spec, data_root)
+    if not examples:
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"no eval split at this site: {Path(data_root) / str(spec.data.eval)} does not exist",
+        )
+    built, _ = _built_with_global(spec, model_root, global_path, device)
+    return TaskOutput(arrays={}, num_examples=len(examples), metrics=_eval(built, spec, examples, training))
+
+
+def run_personalize(
+    spec: ExperimentSpec,
+    stage_index: int,
+    global_path: Path,
+    data_root: Path,
+    model_root: Path,
+    *,
+    out_dir: Path,
+    site: str = "",
+    progress: Callable[[str], None] = print,
+    device: str | DeviceChoice | None = None,
+) -> TaskOutput:
+    """Tune the global adapter on local data, keep it in `out_dir`, report global vs personal metrics."""
+    training = _training(spec, stage_index, None)
+    train_examples = _examples(spec, Path(data_root) / spec.data.train)
+    eval_examples = _eval_examples(spec, data_root)
+    built, _ = _built_with_global(spec, model_root, global_path, device)
+    metrics: dict[str, float] = {}
+    if eval_examples:
+        metrics.update(_eval(built, spec, eval_examples, training, prefix="global_eval_"))
+    started = time.perf_counter()
+    result = train(
+        built.model,
+        built.tokenizer,
+        train_examples,
+        task=spec.task,
+        training=training,
+        device=built.device,
+        round=0,
+        site=site,
+        progress=progress,
+    )
+    metrics.update({"train_loss": result.train_loss, "train_seconds": time.perf_counter() - started})
+    if eval_examples:
+        metrics.update(_eval(built, spec, eval_examples, training, prefix="personal_eval_"))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built.model.save_pretrained(str(out_dir))
+    (out_dir / "adapter_config.json").write_bytes(adapter_config_json(built.model, spec.base_model.name))
+    return TaskOutput(arrays={}, num_examples=result.num_examples, metrics=metrics)
+
+
+def dataset_sizes(data_root: Path) -> dict[str, int]:
+    """Examples per *.jsonl / *.csv file in data_root (for the worker's registration)."""
+    return data_files.dataset_sizes(data_root)
+
+
+__all__ = [
+    "TaskOutput",
+    "dataset_sizes",
+    "read_global",
+    "run_evaluate",
+    "run_init",
+    "run_personalize",
+    "run_train",
+]
