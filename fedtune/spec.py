@@ -63,9 +63,7 @@ class Ia3Spec(_Strict):
     feedforward_modules: list[str] | None = None
 
 
-PeftSpec = Annotated[
-    LoraSpec | PromptTuningSpec | PrefixTuningSpec | Ia3Spec, Field(discriminator="method")
-]
+PeftSpec = Annotated[LoraSpec | PromptTuningSpec | PrefixTuningSpec | Ia3Spec, Field(discriminator="method")]
 
 
 class TrainingSpec(_Strict):
@@ -172,7 +170,9 @@ def load_spec_yaml(text: str) -> ExperimentSpec:
     except yaml.YAMLError as err:
         raise FedtuneError(ErrorCode.INVALID_SPEC, f"not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise FedtuneError(ErrorCode.INVALID_SPEC, "the spec must be a YAML mapping (name:, base_model:, stages: ...)")
+        raise FedtuneError(
+            ErrorCode.INVALID_SPEC, "the spec must be a YAML mapping (name:, base_model:, stages: ...)"
+        )
     return parse_spec(data)
 
 

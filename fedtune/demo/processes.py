@@ -26,7 +26,9 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, args: Sequence[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         process = subprocess.Popen(
@@ -38,7 +40,9 @@ class ProcessGroup:
     def check_alive(self) -> None:
         for name, process in self.processes.items():
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode}; see {self.log_dir / name}.log")
+                raise RuntimeError(
+                    f"{name} exited with code {process.returncode}; see {self.log_dir / name}.log"
+                )
 
     def stop_all(self, grace_seconds: float = 10.0) -> None:
         for process in self.processes.values():

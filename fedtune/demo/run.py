@@ -38,7 +38,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sites", type=int, default=4, help="number of sites (default 4)")
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label-skew alpha (default 0.5)")
     parser.add_argument("--rounds", type=int, default=6, help="federated rounds (default 6)")
-    parser.add_argument("--local-steps", type=int, default=20, help="local steps per site per round (default 20)")
+    parser.add_argument(
+        "--local-steps", type=int, default=20, help="local steps per site per round (default 20)"
+    )
     parser.add_argument("--strategy", default="fedavg", help="aggregation strategy (default fedavg)")
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
     return parser.parse_args(argv)
@@ -57,7 +59,9 @@ def _prepare(work: Path, num_sites: int, alpha: float) -> tuple[list[str], Path]
     for site in sites:
         write_jsonl(work / "sites" / site.name / "train.jsonl", site.train)
         write_jsonl(work / "sites" / site.name / "eval.jsonl", site.eval)
-        table.add_row(site.name, *map(str, site.label_counts(labels)), str(len(site.train)), str(len(site.eval)))
+        table.add_row(
+            site.name, *map(str, site.label_counts(labels)), str(len(site.train)), str(len(site.eval))
+        )
     console.print(table)
     models = work / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     target = f"127.0.0.1:{port}"
     threads = str(max(1, (os.cpu_count() or 2) // args.sites))
     with ProcessGroup(work / "logs") as group, AdminClient(target, timeout=30) as admin:
-        group.start("coordinator", ["coordinator", "serve", "--port", str(port), "--data-dir", str(work / "coordinator")])
+        group.start(
+            "coordinator",
+            ["coordinator", "serve", "--port", str(port), "--data-dir", str(work / "coordinator")],
+        )
         _wait_for_coordinator(admin, group)
         console.print(f"coordinator on {target} (logs in {work / 'logs'})")
         for index in range(args.sites):
@@ -126,14 +133,28 @@ def main(argv: list[str] | None = None) -> int:
             token = admin.add_site(site).token
             group.start(
                 f"worker-{site}",
-                ["worker", "run", "--coordinator", target, "--site", site, "--token", token,
-                 "--data-root", str(work / "sites" / site), "--model-root", str(model_root)],
+                [
+                    "worker",
+                    "run",
+                    "--coordinator",
+                    target,
+                    "--site",
+                    site,
+                    "--token",
+                    token,
+                    "--data-root",
+                    str(work / "sites" / site),
+                    "--model-root",
+                    str(model_root),
+                ],
                 env={"FEDTUNE_TORCH_THREADS": threads},
             )
         spec_yaml = demo_spec_yaml(labels, args.rounds, args.local_steps, args.strategy)
         (work / "experiment.yaml").write_text(spec_yaml)
         experiment = admin.submit_experiment(spec_yaml, start=True)
-        console.print(f"submitted experiment {experiment.experiment_id} ({args.rounds} rounds, {args.sites} sites)")
+        console.print(
+            f"submitted experiment {experiment.experiment_id} ({args.rounds} rounds, {args.sites} sites)"
+        )
         state = _follow(admin, group, experiment.experiment_id, args.timeout)
         if state != "completed":
             console.print(f"[red]experiment {state}: {admin.get_experiment(experiment.experiment_id).error}")
@@ -152,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             accuracy = test_accuracy(model_root / MODEL_NAME, out_dir, labels, test)
             metrics = rounds[version.version_id].metrics if version.version_id in rounds else {}
             table.add_row(
-                str(version.version), str(version.round), str(len(version.sites)),
-                f"{metrics.get('train_loss', float('nan')):.4f}", f"{metrics.get('eval_accuracy', float('nan')):.4f}",
+                str(version.version),
+                str(version.round),
+                str(len(version.sites)),
+                f"{metrics.get('train_loss', float('nan')):.4f}",
+                f"{metrics.get('eval_accuracy', float('nan')):.4f}",
                 f"{accuracy:.4f}",
             )
             last_dir = out_dir

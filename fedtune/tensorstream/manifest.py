@@ -38,7 +38,9 @@ class TensorSpec:
         if not self.name:
             raise FedtuneError(ErrorCode.BAD_MANIFEST, "a tensor has an empty name")
         if any(d < 0 for d in self.shape):
-            raise FedtuneError(ErrorCode.BAD_MANIFEST, f"tensor {self.name!r} has a negative dimension {self.shape}")
+            raise FedtuneError(
+                ErrorCode.BAD_MANIFEST, f"tensor {self.name!r} has a negative dimension {self.shape}"
+            )
         if self.nbytes != self.numel * dt.itemsize:
             raise FedtuneError(
                 ErrorCode.BAD_MANIFEST,
@@ -76,7 +78,8 @@ class Manifest:
     def to_json(self) -> dict[str, object]:
         return {
             "tensors": [
-                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "nbytes": t.nbytes} for t in self.tensors
+                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "nbytes": t.nbytes}
+                for t in self.tensors
             ],
             "digest": self.digest,
         }
@@ -87,7 +90,8 @@ class Manifest:
         assert isinstance(tensors, list)
         return cls(
             tensors=tuple(
-                TensorSpec(t["name"], t["dtype"], tuple(int(d) for d in t["shape"]), int(t["nbytes"])) for t in tensors
+                TensorSpec(t["name"], t["dtype"], tuple(int(d) for d in t["shape"]), int(t["nbytes"]))
+                for t in tensors
             ),
             digest=str(data.get("digest", "")),
         )
