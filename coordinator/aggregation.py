@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from coordinator.clock import Clock
 from coordinator.experiments import cancel_live_tasks
+from coordinator.stages import advance_after_round, stage_row
 from coordinator.strategies.base import RoundInputs, Strategy, UpdateInfo
 from coordinator.strategies.registry import build_strategy
 from fedtune.errors import ErrorCode, FedtuneError
@@ -350,13 +351,7 @@ def _apply_commit(
             scalars=state_scalars,
         )
     )
-    experiment = session.get(models.Experiment, rnd.experiment_id)
-    assert experiment is not None
-    stage = session.scalars(
-        select(models.Stage).where(
-            models.Stage.experiment_id == rnd.experiment_id, models.Stage.stage_index == rnd.stage_index
-        )
-    ).one()
+    stage = stage_row(uow, rnd.experiment_id, rnd.stage_index)
     record_event(
         uow,
         "round.committed",
@@ -371,27 +366,4 @@ def _apply_commit(
             "num_examples": version.num_examples,
         },
     )
-    experiment.current_round = rnd.round
-    experiment.updated_at = now
-    if rnd.round < stage.rounds_total:
-        return
-    stage.state, stage.finished_at, stage.output_version_id = "completed", now, version.id
-    last_stage = session.scalar(
-        select(models.Stage.stage_index)
-        .where(models.Stage.experiment_id == rnd.experiment_id)
-        .order_by(models.Stage.stage_index.desc())
-        .limit(1)
-    )
-    if rnd.stage_index < (last_stage or 0):
-        experiment.current_stage_index = rnd.stage_index + 1
-        experiment.current_round = 0
-        return
-    if experiment.state in ("running", "paused"):
-        experiment.state = "completed"
-        record_event(
-            uow,
-            "experiment.completed",
-            f"experiment {experiment.name} completed",
-            experiment.id,
-            {"version_id": version.id},
-        )
+    advance_after_round(uow, rnd, version.id, now)

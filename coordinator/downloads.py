@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.tensorstream.encoder import iter_chunks_from_file
+from fedtune.tensorstream.encoder import iter_chunks_from_arrays, iter_chunks_from_file, manifest_for_arrays
 from fedtune.tensorstream.manifest import Chunk, Manifest
+from fedtune.tensorstream.safetensors_file import read_arrays, read_header
 from storage.blobs import BlobStore
 from storage.registry import get_model_version
 from storage.uow import UnitOfWorkFactory
+
+# Side file of an FFA-LoRA version (worker.tasks.FROZEN_ADAPTER_FILE): the frozen lora_A tensors,
+# never exchanged in rounds, merged into the exported tensors so the export is a complete adapter.
+FROZEN_ADAPTER_FILE = "frozen_adapter.safetensors"
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,39 @@ class DownloadService:
             yield from chunks
 
     def export(self, version_id: str) -> Iterator[Manifest | Chunk | SideFile]:
-        """Manifest, chunks, then one item per side file (e.g. adapter_config.json)."""
-        _, _, files = self._version(version_id)
-        yield from self.fetch(version_id)
-        for name, digest in sorted(files.items()):
-            with self._blobs.open(digest) as handle:
+        """Manifest, chunks, then one item per side file (e.g. adapter_config.json).
+
+        A version with frozen adapter tensors (FFA-LoRA) exports the union of its own and the frozen
+        tensors, sorted by name, as one stream (with that union's digest); the frozen file itself
+        is not sent. Adapters are small, so the union is built in memory.
+        """
+        _, digest, files = self._version(version_id)
+        frozen_digest = files.pop(FROZEN_ADAPTER_FILE, None)
+        if frozen_digest is None:
+            yield from self.fetch(version_id)
+        else:
+            arrays, dtypes = self._merged_arrays(digest, frozen_digest, version_id)
+            manifest = manifest_for_arrays(arrays, dtypes)
+            yield manifest
+            yield from iter_chunks_from_arrays(arrays, manifest, self._default_chunk_bytes)
+        for name, side_digest in sorted(files.items()):
+            with self._blobs.open(side_digest) as handle:
                 yield SideFile(name, handle.read())
+
+    def _merged_arrays(
+        self, digest: str, frozen_digest: str, version_id: str
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        merged: dict[str, Any] = {}
+        dtypes: dict[str, str] = {}
+        for blob in (digest, frozen_digest):
+            path = self._blobs.local_path(blob)
+            manifest, _ = read_header(path)
+            for spec, (name, array) in zip(manifest.tensors, read_arrays(path).items(), strict=True):
+                if name in merged:
+                    raise FedtuneError(
+                        ErrorCode.STORAGE,
+                        f"version {version_id}: tensor {name!r} is both trained and in {FROZEN_ADAPTER_FILE}",
+                    )
+                merged[name], dtypes[name] = array, spec.dtype
+        names = sorted(merged)
+        return {name: merged[name] for name in names}, {name: dtypes[name] for name in names}

@@ -17,7 +17,7 @@ from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("fedtune.coordinator.experiments")
 
-SUPPORTED_STAGE_KINDS = {"finetune"}
+SUPPORTED_STAGE_KINDS = {"finetune", "personalize"}
 LIVE_TASK_STATES = ("pending", "leased")
 OPEN_ROUND_STATES = ("open", "collecting", "aggregating")
 

@@ -81,11 +81,12 @@ class AdminQueries:
             if uow.session.get(models.Experiment, experiment_id) is None:
                 raise FedtuneError(ErrorCode.NOT_FOUND, f"no experiment {experiment_id!r}")
             stage_rows = uow.session.execute(
-                select(models.Stage.stage_index, models.Stage.name).where(
+                select(models.Stage.stage_index, models.Stage.name, models.Stage.kind).where(
                     models.Stage.experiment_id == experiment_id
                 )
             ).all()
-            stages = {index: name for index, name in stage_rows}
+            stages = {index: name for index, name, _ in stage_rows}
+            kinds = {index: kind for index, _, kind in stage_rows}
             rows = uow.session.scalars(
                 select(models.Round)
                 .where(models.Round.experiment_id == experiment_id)
@@ -96,11 +97,18 @@ class AdminQueries:
                 tasks = uow.session.scalar(
                     select(func.count(models.Task.id)).where(models.Task.round_id == rnd.id)
                 )
-                updates = uow.session.scalar(
-                    select(func.count(models.Update.id)).where(
-                        models.Update.round_id == rnd.id, models.Update.state.in_(("verified", "folded"))
+                if kinds.get(rnd.stage_index) == "personalize":  # results, not updates
+                    updates = uow.session.scalar(
+                        select(func.count(models.Task.id)).where(
+                            models.Task.round_id == rnd.id, models.Task.state == "done"
+                        )
                     )
-                )
+                else:
+                    updates = uow.session.scalar(
+                        select(func.count(models.Update.id)).where(
+                            models.Update.round_id == rnd.id, models.Update.state.in_(("verified", "folded"))
+                        )
+                    )
                 records.append(
                     RoundRecord(
                         round_id=rnd.id,

@@ -5,6 +5,8 @@ aggregator's rebuildable accumulators), so a restarted coordinator continues whe
 Per experiment: make sure version 0 exists (an INIT task), then open the next round of the current
 stage when none is open (unless paused), and close an open round when every task has ended, or at
 its deadline (commit with >= min_sites updates, otherwise fail the round and the experiment).
+A personalize stage's round has PERSONALIZE tasks and no accumulator: it closes the same way,
+counting reported results instead of updates, and stores per-site metrics but no version.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from coordinator.experiments import LIVE_TASK_STATES, OPEN_ROUND_STATES, cancel_
 from coordinator.notify import Notifier
 from coordinator.selection import select_sites
 from coordinator.settings import CoordinatorSettings
+from coordinator.stages import commit_personalize_round
 from fedtune.errors import FedtuneError
 from fedtune.spec import ExperimentSpec, load_spec_json
 from storage import models
@@ -141,7 +144,10 @@ class Scheduler:
         if not has_initial:
             self._ensure_init_task(experiment_id, spec)
         elif latest_state in OPEN_ROUND_STATES:
-            self._drive_round(latest_id)
+            if spec.stages[stage_index].kind == "personalize":
+                self._drive_personalize_round(latest_id)
+            else:
+                self._drive_round(latest_id)
         elif latest_state in (None, "committed") and state == "running" and stage_index < len(spec.stages):
             if latest_number < spec.stages[stage_index].rounds:
                 self._open_round(experiment_id, spec, stage_index, latest_number + 1)
@@ -201,6 +207,7 @@ class Scheduler:
 
     def _open_round(self, experiment_id: str, spec: ExperimentSpec, stage_index: int, number: int) -> None:
         stage = spec.stages[stage_index]
+        personalize = stage.kind == "personalize"
         now = self._clock.now()
         with self._uow_factory() as uow:
             online = online_site_names(uow, now, self._settings.worker_offline_after_seconds)
@@ -216,7 +223,8 @@ class Scheduler:
                 experiment_id=experiment_id,
                 stage_index=stage_index,
                 round=number,
-                state="open",
+                # personalize rounds have no accumulator to start: they collect right away
+                state="collecting" if personalize else "open",
                 base_version_id=base.id,
                 selected_sites=sorted(chosen),
                 min_updates=stage.selection.min_sites,
@@ -232,7 +240,7 @@ class Scheduler:
                         experiment_id=experiment_id,
                         round_id=rnd.id,
                         site_id=site.id,
-                        kind="train",
+                        kind="personalize" if personalize else "train",
                         stage_index=stage_index,
                         state="pending",
                         model_version_id=base.id,
@@ -263,8 +271,39 @@ class Scheduler:
         log.info(
             "round opened", extra={"experiment": experiment_id, "round": number, "sites": sorted(chosen)}
         )
-        self._drive_round(round_id)
+        if personalize:
+            self._drive_personalize_round(round_id)
+        else:
+            self._drive_round(round_id)
         self._notifier.notify()
+
+    def _drive_personalize_round(self, round_id: str) -> None:
+        """Close a personalize round when every task ended or at its deadline; no aggregation."""
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            rnd = uow.session.get(models.Round, round_id)
+            assert rnd is not None
+            if rnd.state not in OPEN_ROUND_STATES:
+                return
+            states = list(
+                uow.session.scalars(select(models.Task.state).where(models.Task.round_id == round_id))
+            )
+            done = sum(1 for s in states if s == "done")
+            all_ended = all(s not in LIVE_TASK_STATES for s in states)
+            if not (all_ended or now >= rnd.deadline_at):
+                return
+            if done < rnd.min_updates:
+                why = "every task ended" if all_ended else "deadline passed"
+                min_updates = rnd.min_updates
+            else:
+                commit_personalize_round(uow, round_id, now)
+                uow.commit()
+                log.info("personalize round closed", extra={"round": round_id, "sites_done": done})
+                self._notifier.notify()
+                return
+        self.fail_round(
+            round_id, f"{why} with {done} personalized site(s); the stage needs min_sites={min_updates}"
+        )
 
     def _drive_round(self, round_id: str) -> None:
         try:

@@ -1,0 +1,115 @@
+"""What happens after a round closes: stage completion, the next stage, the experiment's end.
+
+Shared by finetune/global rounds (closed by the aggregator with a new version) and personalize
+rounds (closed by the scheduler with per-site metrics only, no new version).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from coordinator.experiments import cancel_live_tasks
+from storage import models
+from storage.registry import record_event
+from storage.uow import SqlUnitOfWork
+
+
+def stage_row(uow: SqlUnitOfWork, experiment_id: str, stage_index: int) -> models.Stage:
+    return uow.session.scalars(
+        select(models.Stage).where(
+            models.Stage.experiment_id == experiment_id, models.Stage.stage_index == stage_index
+        )
+    ).one()
+
+
+def advance_after_round(
+    uow: SqlUnitOfWork, rnd: models.Round, output_version_id: str | None, now: float
+) -> None:
+    """After `rnd` committed: complete its stage when it was the last round, then move on or finish."""
+    session = uow.session
+    experiment = session.get(models.Experiment, rnd.experiment_id)
+    assert experiment is not None
+    stage = stage_row(uow, rnd.experiment_id, rnd.stage_index)
+    experiment.current_round = rnd.round
+    experiment.updated_at = now
+    if rnd.round < stage.rounds_total:
+        return
+    stage.state, stage.finished_at, stage.output_version_id = "completed", now, output_version_id
+    record_event(
+        uow,
+        "stage.completed",
+        f"stage {stage.name} ({stage.kind}) completed",
+        rnd.experiment_id,
+        {"stage": stage.name, "stage_index": stage.stage_index, "version_id": output_version_id or ""},
+    )
+    last_stage = session.scalar(
+        select(models.Stage.stage_index)
+        .where(models.Stage.experiment_id == rnd.experiment_id)
+        .order_by(models.Stage.stage_index.desc())
+        .limit(1)
+    )
+    if rnd.stage_index < (last_stage or 0):
+        experiment.current_stage_index = rnd.stage_index + 1
+        experiment.current_round = 0
+        return
+    if experiment.state in ("running", "paused"):
+        experiment.state = "completed"
+        record_event(
+            uow,
+            "experiment.completed",
+            f"experiment {experiment.name} completed",
+            experiment.id,
+            {"version_id": output_version_id or ""},
+        )
+
+
+def personalize_metrics(results: list[tuple[str, int, dict[str, float]]]) -> dict[str, float]:
+    """Round metrics of a personalize round from (site, num_examples, metrics) of its done tasks.
+
+    Every site's metrics as ``<site>.<metric>``, plus the example-weighted mean of each metric under
+    its own name, plus ``personal_gain_<metric>`` (personal minus global) for eval metrics reported both
+    ways, and ``sites_done``.
+    """
+    out: dict[str, float] = {"sites_done": float(len(results))}
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for site, num_examples, metrics in sorted(results):
+        weight = float(max(num_examples, 1))
+        for key, value in metrics.items():
+            out[f"{site}.{key}"] = float(value)
+            sums[key] = sums.get(key, 0.0) + float(value) * weight
+            weights[key] = weights.get(key, 0.0) + weight
+    means = {key: sums[key] / weights[key] for key in sums}
+    out.update(means)
+    for key, value in means.items():
+        if key.startswith("personal_eval_"):
+            other = "global_eval_" + key.removeprefix("personal_eval_")
+            if other in means:
+                out["personal_gain_" + key.removeprefix("personal_eval_")] = value - means[other]
+    return out
+
+
+def commit_personalize_round(uow: SqlUnitOfWork, round_id: str, now: float) -> dict[str, float]:
+    """Close a personalize round: per-site metrics into the round, no aggregation, no new version."""
+    rnd = uow.session.get(models.Round, round_id)
+    assert rnd is not None
+    rows = uow.session.execute(
+        select(models.Task, models.Site.name)
+        .join(models.Site, models.Site.id == models.Task.site_id)
+        .where(models.Task.round_id == round_id, models.Task.state == "done")
+    ).all()
+    metrics = personalize_metrics(
+        [(site, task.num_examples, {k: float(v) for k, v in task.metrics.items()}) for task, site in rows]
+    )
+    rnd.state, rnd.closed_at, rnd.metrics = "committed", now, metrics
+    cancel_live_tasks(uow, round_id=round_id)
+    stage = stage_row(uow, rnd.experiment_id, rnd.stage_index)
+    record_event(
+        uow,
+        "round.committed",
+        f"{stage.name} round {rnd.round} closed with {len(rows)} personalized site(s)",
+        rnd.experiment_id,
+        {"round_id": rnd.id, "round": rnd.round, "stage": stage.name, "sites": sorted(s for _, s in rows)},
+    )
+    advance_after_round(uow, rnd, None, now)
+    return metrics
