@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
+from typing import Any
 
 from fedtune.demo.data import Article
 
 
-def load_classifier(model_dir: Path, adapter_dir: Path, num_labels: int):  # type: ignore[no-untyped-def]
-    from peft import PeftModel
+def _quiet_transformers() -> None:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+    hf_logging.set_verbosity_error()  # the base lacks a classifier head by design: no load report
+    hf_logging.disable_progress_bar()
+
+
+@functools.lru_cache(maxsize=2)
+def _base_model(model_dir: Path, num_labels: int) -> tuple[Any, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    _quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
-    model = PeftModel.from_pretrained(base, adapter_dir)
+    return tokenizer, base
+
+
+def load_classifier(model_dir: Path, adapter_dir: Path, num_labels: int) -> tuple[Any, Any]:
+    """(tokenizer, PeftModel) for an exported adapter folder; the base is loaded once per process."""
+    from peft import PeftModel
+
+    tokenizer, base = _base_model(model_dir, num_labels)
+    model = PeftModel.from_pretrained(copy.deepcopy(base), adapter_dir)
     model.eval()
     return tokenizer, model
 
 
-def predict(tokenizer, model, texts: list[str], max_length: int = 128, batch_size: int = 32) -> list[int]:  # type: ignore[no-untyped-def]
+def predict(
+    tokenizer: Any, model: Any, texts: list[str], max_length: int = 128, batch_size: int = 32
+) -> list[int]:
     import torch
 
     predictions: list[int] = []

@@ -17,11 +17,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fedtune.admin.client import AdminClient, AdminError
+from fedtune.admin.client import AdminClient
 from fedtune.demo.assets import bbc_news_dir, minilm_model_dir
 from fedtune.demo.data import dirichlet_sites, read_corpus, read_jsonl, write_jsonl
 from fedtune.demo.evaluate import load_classifier, predict, test_accuracy
 from fedtune.demo.processes import ProcessGroup, free_port
+from fedtune.demo.progress import follow_experiment, wait_for_coordinator
 from fedtune.demo.spec import MODEL_NAME, demo_spec_yaml
 
 console = Console()
@@ -71,44 +72,6 @@ def _prepare(work: Path, num_sites: int, alpha: float) -> tuple[list[str], Path]
     return labels, models
 
 
-def _wait_for_coordinator(admin: AdminClient, group: ProcessGroup, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        group.check_alive()
-        try:
-            admin.get_status()
-            return
-        except AdminError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def _follow(admin: AdminClient, group: ProcessGroup, experiment_id: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    seen: dict[int, tuple[str, int]] = {}
-    start = time.monotonic()
-    while time.monotonic() < deadline:
-        group.check_alive()
-        for info in admin.list_rounds(experiment_id):
-            key = (info.state, info.updates_received)
-            if seen.get(info.round) != key:
-                seen[info.round] = key
-                metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(info.metrics.items()) if k in _SHOWN)
-                console.print(
-                    f"[{time.monotonic() - start:6.0f}s] round {info.round}: {info.state:<11} "
-                    f"{info.updates_received}/{info.tasks_total} sites done  {metrics}"
-                )
-        experiment = admin.get_experiment(experiment_id)
-        if experiment.state in ("completed", "failed", "aborted"):
-            return str(experiment.state)
-        time.sleep(2)
-    raise TimeoutError(f"the experiment did not finish in {timeout:.0f} s")
-
-
-_SHOWN = {"train_loss", "eval_accuracy", "eval_loss"}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     started = time.monotonic()
@@ -126,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "coordinator",
             ["coordinator", "serve", "--port", str(port), "--data-dir", str(work / "coordinator")],
         )
-        _wait_for_coordinator(admin, group)
+        wait_for_coordinator(admin, group)
         console.print(f"coordinator on {target} (logs in {work / 'logs'})")
         for index in range(args.sites):
             site = f"site-{chr(ord('a') + index)}"
@@ -155,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(
             f"submitted experiment {experiment.experiment_id} ({args.rounds} rounds, {args.sites} sites)"
         )
-        state = _follow(admin, group, experiment.experiment_id, args.timeout)
+        state = follow_experiment(admin, group, experiment.experiment_id, args.timeout, console)
         if state != "completed":
             console.print(f"[red]experiment {state}: {admin.get_experiment(experiment.experiment_id).error}")
             return 1

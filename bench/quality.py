@@ -1,0 +1,36 @@
+"""Quality benchmark with the issue's defaults: MiniLM + BBC News, 8 sites, Dirichlet alpha 0.1.
+
+    python bench/quality.py [any `fedtune bench quality` option, e.g. --quick or --rounds 5]
+
+Configurations: centralized, local-only, FedAvg, FedProx, FedYogi and fedavg_adaptive, each with
+LoRA and with prompt tuning (20 virtual tokens); fixed seeds. Same code as `fedtune bench quality`;
+writes bench/results/quality/{quality.json,quality.md,quality.png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedtune.bench.cli import quality_command  # noqa: E402
+
+DEFAULTS = [
+    "--sites",
+    "8",
+    "--alpha",
+    "0.1",
+    "--seed",
+    "0",
+    "--configs",
+    "centralized,local-only,fedavg,fedprox,fedyogi,fedavg_adaptive",
+    "--methods",
+    "lora,prompt_tuning",
+    "--out",
+    str(ROOT / "bench" / "results" / "quality"),
+]
+
+if __name__ == "__main__":
+    quality_command.main(args=DEFAULTS + sys.argv[1:], prog_name="bench/quality.py")

@@ -1,0 +1,1 @@
+"""Quality benchmarks: federated strategies vs centralized vs local-only training (`fedtune bench`)."""

@@ -1,0 +1,176 @@
+"""What a quality benchmark runs: the data split, the budget, and the list of configurations.
+
+A configuration is `centralized`, `local-only`, or a registered aggregation strategy with options,
+written ``name[:key=value[:key=value]]`` (values parsed as YAML), e.g. ``fedprox:mu=0.1``.
+Every configuration runs once per PEFT method.
+
+Budget rule (same examples seen, so the same gradient compute, in every configuration):
+a federated run sees ``sites x rounds x local_steps x batch_size`` training examples in total;
+centralized trains ``sites x rounds x local_steps`` steps of ``batch_size`` on the pooled train
+data of all sites; local-only trains each site ``rounds x local_steps`` steps on its own data
+(what that site computes during the federated run, without the exchange).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.spec import ExperimentSpec, parse_spec
+
+BASELINES = ("centralized", "local-only")
+DEFAULT_CONFIGS = "centralized,local-only,fedavg,fedprox,fedyogi,fedavg_adaptive"
+DEFAULT_METHODS = "lora,prompt_tuning"
+
+# PEFT settings per method (the issue's: LoRA r=8 on MiniLM's attention + dense; 20 virtual tokens).
+PEFT_BY_METHOD: dict[str, dict[str, Any]] = {
+    "lora": {
+        "method": "lora",
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "target_modules": ["query", "key", "value", "dense"],
+    },
+    "prompt_tuning": {"method": "prompt_tuning", "num_virtual_tokens": 20},
+    "ia3": {"method": "ia3"},
+}
+# Prompt tuning trains only input embeddings + the head: it needs a larger step than LoRA.
+LEARNING_RATE_BY_METHOD: dict[str, float] = {"lora": 1e-3, "prompt_tuning": 1e-2, "ia3": 3e-3}
+
+
+class RunConfig(BaseModel):
+    """One configuration: a baseline or a strategy with its options."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.name in BASELINES
+
+    @property
+    def label(self) -> str:
+        if not self.options:
+            return self.name
+        return self.name + ":" + ":".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+
+
+class BenchConfig(BaseModel):
+    """Everything that determines a benchmark's figures (written into the JSON output)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sites: int = Field(8, ge=1, le=26)
+    alpha: float = Field(0.1, gt=0)
+    rounds: int = Field(10, ge=1)
+    local_steps: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=8)
+    learning_rate: float | None = Field(None, gt=0)  # None: LEARNING_RATE_BY_METHOD
+    seed: int = 0
+    configs: list[RunConfig]
+    methods: list[str]
+    model_dir: Path
+    model_name: str
+    corpus_dir: Path
+    out_dir: Path
+    quick: bool = False
+    max_test_examples: int | None = None  # cap the held-out test set (--quick)
+    timeout_seconds: float = 6 * 3600
+
+    @property
+    def federated(self) -> list[RunConfig]:
+        return [c for c in self.configs if not c.is_baseline]
+
+    def baseline_names(self) -> list[str]:
+        return [c.name for c in self.configs if c.is_baseline]
+
+    def budget(self) -> dict[str, int]:
+        steps_per_site = self.rounds * self.local_steps
+        return {
+            "federated_examples_seen": self.sites * steps_per_site * self.batch_size,
+            "centralized_steps": self.sites * steps_per_site,
+            "local_only_steps_per_site": steps_per_site,
+            "batch_size": self.batch_size,
+        }
+
+
+def parse_configs(text: str) -> list[RunConfig]:
+    """``fedavg,fedprox:mu=0.1,centralized`` -> RunConfigs (strategy names are checked by the coordinator)."""
+    configs: list[RunConfig] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, *pairs = item.split(":")
+        options: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise FedtuneError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"config {item!r}: option {pair!r} is not key=value (e.g. fedprox:mu=0.1)",
+                )
+            options[key.strip()] = yaml.safe_load(value)
+        if name in BASELINES and options:
+            raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"baseline {name!r} takes no options")
+        configs.append(RunConfig(name=name.strip(), options=options))
+    if not configs:
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT, "--configs is empty; e.g. --configs centralized,fedavg"
+        )
+    labels = [c.label for c in configs]
+    if len(set(labels)) != len(labels):
+        raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"--configs has duplicates: {labels}")
+    return configs
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in PEFT_BY_METHOD]
+    if not methods or unknown:
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"--methods {text!r}: use a comma-separated list of {sorted(PEFT_BY_METHOD)}",
+        )
+    return methods
+
+
+def experiment_spec(
+    config: BenchConfig, labels: list[str], method: str, run: RunConfig | None = None
+) -> ExperimentSpec:
+    """The experiment a configuration runs (baselines use its model, PEFT and training settings)."""
+    strategy = {"name": run.name, "options": dict(run.options)} if run and not run.is_baseline else {}
+    data: dict[str, Any] = {
+        "name": f"quality-{method}-{run.label if run else 'baseline'}".replace(":", "-"),
+        "base_model": {"name": config.model_name},
+        "task": "sequence-classification",
+        "labels": labels,
+        "data": {"train": "train.jsonl", "eval": "eval.jsonl", "text_field": "text", "label_field": "label"},
+        "peft": PEFT_BY_METHOD[method],
+        "training": {
+            "max_steps": config.local_steps,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate or LEARNING_RATE_BY_METHOD[method],
+            "max_length": config.max_length,
+            "seed": config.seed,
+        },
+        "stages": [
+            {
+                "kind": "finetune",
+                "rounds": config.rounds,
+                "selection": {"mode": "all", "min_sites": config.sites},
+                "strategy": strategy or {"name": "fedavg"},
+                "deadline_seconds": 3600,
+            }
+        ],
+        "seed": config.seed,
+    }
+    return parse_spec(data)
+
+
+def spec_yaml(spec: ExperimentSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -1,0 +1,123 @@
+"""Write a benchmark's results: quality.json (every figure), quality.md (table), quality.png (plot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per (method, configuration): final/best test accuracy, site eval accuracy, upload."""
+    cfg = results["config"]
+    lines = [
+        f"# Quality benchmark: {cfg['model_name']}, {cfg['sites']} sites, Dirichlet alpha {cfg['alpha']}",
+        "",
+        f"{cfg['rounds']} rounds x {cfg['local_steps']} local steps x batch {cfg['batch_size']}; "
+        f"budget: {results['budget']['federated_examples_seen']} examples seen per configuration. "
+        f"Test set: {results['data']['test_examples']} held-out articles.",
+        "",
+        "| method | configuration | final test acc % | best test acc % | mean site eval acc % (last round) "
+        "| upload / site / round | % of base params |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for method, block in results["methods"].items():
+        params = block["parameters"]
+        share = 100 * params["uploaded_parameters"] / max(1, params["base_model_parameters"])
+        for name, base in block["baselines"].items():
+            accuracy = base.get("test_accuracy", base.get("test_accuracy_mean"))
+            lines.append(f"| {method} | {name} | {_pct(accuracy)} | - | - | 0 B | - |")
+        for label, run in block["federated"].items():
+            last = run["rounds"][-1] if run["rounds"] else {}
+            cells = [
+                method,
+                label,
+                _pct(run["final_test_accuracy"]),
+                _pct(run["best_test_accuracy"]),
+                _pct(last.get("mean_site_eval_accuracy")),
+                _bytes(run["upload_bytes_per_site_per_round"]),
+                f"{share:.3f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "local-only: mean over sites of each site's own model on the test set."]
+    lines += _per_round_tables(results)
+    return "\n".join(lines) + "\n"
+
+
+def _per_round_tables(results: dict[str, Any]) -> list[str]:
+    """Per federated run: global test accuracy and each site's local eval accuracy, round by round."""
+    sites = list(results["data"]["sites"])
+    lines: list[str] = []
+    for method, block in results["methods"].items():
+        for label, run in block["federated"].items():
+            lines += [
+                "",
+                f"## {method} / {label}: per round",
+                "",
+                "| round | test acc % | mean site eval acc % | " + " | ".join(sites) + " |",
+                "|---:|---:|---:|" + "---:|" * len(sites),
+            ]
+            for row in run["rounds"]:
+                per_site = [_pct(row["site_metrics"].get(s, {}).get("eval_accuracy")) for s in sites]
+                head = [str(row["round"]), _pct(row["test_accuracy"]), _pct(row["mean_site_eval_accuracy"])]
+                lines.append("| " + " | ".join(head + per_site) + " |")
+    return lines
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Test accuracy per round per configuration; one panel per PEFT method, baselines as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    methods = list(results["methods"])
+    fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 4.5), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        block = results["methods"][method]
+        for label, run in block["federated"].items():
+            xs = [r["round"] for r in run["rounds"]]
+            ax.plot(xs, [r["test_accuracy"] for r in run["rounds"]], marker="o", label=label)
+        baselines = block["baselines"]
+        if "centralized" in baselines:
+            ax.axhline(baselines["centralized"]["test_accuracy"], color="black", ls="--", label="centralized")
+        if "local-only" in baselines:
+            ax.axhline(
+                baselines["local-only"]["test_accuracy_mean"], color="grey", ls=":", label="local-only (mean)"
+            )
+        ax.set_title(method)
+        ax.set_xlabel("round")
+        ax.set_ylabel("held-out test accuracy")
+        ax.set_ylim(0, 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "quality.json",
+        "markdown": out_dir / "quality.md",
+        "plot": out_dir / "quality.png",
+    }
+    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown_table(results))
+    plot(results, paths["plot"])
+    return paths

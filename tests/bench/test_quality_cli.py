@@ -1,0 +1,112 @@
+"""`fedtune bench quality --quick` end to end on a tiny model and a tiny generated corpus."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.cluster import clean_env
+from tests.fixtures.tiny import CUE_WORDS, FILLER_WORDS, make_tiny_model
+
+LABELS = ["business", "politics", "sport", "tech"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_tiny_corpus(root: Path, per_class: int = 24, seed: int = 0) -> Path:
+    """One folder per class of .txt articles whose words carry the class's cue words."""
+    rng = random.Random(seed)
+    for label_id, label in enumerate(LABELS):
+        folder = root / label
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            words = rng.choices(FILLER_WORDS, k=6) + rng.choices(CUE_WORDS[label_id], k=3)
+            rng.shuffle(words)
+            (folder / f"{i:03d}.txt").write_text(" ".join(words[:3]) + "\n\n" + " ".join(words[3:]) + "\n")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_quality_benchmark_writes_json_table_and_plot(tmp_path: Path) -> None:
+    # Prepare
+    model_dir = make_tiny_model(tmp_path / "models")
+    corpus = make_tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "fedtune",
+        "bench",
+        "quality",
+        "--quick",
+        "--sites",
+        "2",
+        "--alpha",
+        "1.0",
+        "--rounds",
+        "2",
+        "--local-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+        "--configs",
+        "centralized,local-only,fedavg",
+        "--methods",
+        "lora",
+        "--model-dir",
+        str(model_dir),
+        "--corpus-dir",
+        str(corpus),
+        "--out",
+        str(out),
+    ]
+
+    # Execute
+    result = subprocess.run(args, capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=220)
+
+    # Assert
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    results = json.loads((out / "quality.json").read_text())
+    assert results["config"]["sites"] == 2 and results["config"]["configs"] == [
+        "centralized",
+        "local-only",
+        "fedavg",
+    ]
+    assert results["budget"] == {
+        "federated_examples_seen": 2 * 2 * 2 * 8,
+        "centralized_steps": 8,
+        "local_only_steps_per_site": 4,
+        "batch_size": 8,
+    }
+    assert results["machine"]["cpu_count"] >= 1 and results["machine"]["versions"]["torch"]
+    lora = results["methods"]["lora"]
+    assert 0 < lora["parameters"]["uploaded_parameters"] < lora["parameters"]["base_model_parameters"]
+    central = lora["baselines"]["centralized"]
+    assert 0 <= central["test_accuracy"] <= 1 and central["train_steps"] == 8
+    local = lora["baselines"]["local-only"]
+    assert set(local["sites"]) == {"site-a", "site-b"}
+    assert local["test_accuracy_min"] <= local["test_accuracy_mean"] <= local["test_accuracy_max"]
+    run = lora["federated"]["fedavg"]
+    assert [r["round"] for r in run["rounds"]] == [0, 1, 2]
+    for row in run["rounds"]:
+        assert 0 <= row["test_accuracy"] <= 1
+    for row in run["rounds"][1:]:
+        assert set(row["site_metrics"]) == {"site-a", "site-b"}
+        assert all(0 <= m["eval_accuracy"] <= 1 for m in row["site_metrics"].values())
+        assert row["upload_bytes_per_site"] == 4 * lora["parameters"]["uploaded_parameters"]
+        assert row["upload_bytes_total"] == 2 * row["upload_bytes_per_site"]
+    table = (out / "quality.md").read_text()
+    assert (
+        "| lora | fedavg |" in table
+        and "| lora | centralized |" in table
+        and "| lora | local-only |" in table
+    )
+    assert (out / "quality.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (out / "work").exists()
