@@ -17,7 +17,7 @@ from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("fedtune.coordinator.experiments")
 
-SUPPORTED_STAGE_KINDS = {"finetune", "personalize"}
+SUPPORTED_STAGE_KINDS = {"global", "finetune", "personalize"}
 LIVE_TASK_STATES = ("pending", "leased")
 OPEN_ROUND_STATES = ("open", "collecting", "aggregating")
 
@@ -25,11 +25,12 @@ OPEN_ROUND_STATES = ("open", "collecting", "aggregating")
 def validate_spec(spec_yaml: str) -> ExperimentSpec:
     """Parse the YAML and every stage's strategy options; INVALID_SPEC names the bad field."""
     spec = load_spec_yaml(spec_yaml)
+    _check_stage_order(spec)
     for index, stage in enumerate(spec.stages):
         if stage.kind not in SUPPORTED_STAGE_KINDS:
             raise FedtuneError(
                 ErrorCode.INVALID_SPEC,
-                f"stages.{index}.kind: stage kind {stage.kind!r} is not yet supported by this coordinator; "
+                f"stages.{index}.kind: stage kind {stage.kind!r} is not supported by this coordinator; "
                 f"use {sorted(SUPPORTED_STAGE_KINDS)}",
             )
         try:
@@ -43,6 +44,25 @@ def validate_spec(spec_yaml: str) -> ExperimentSpec:
                 f"{len(stage.selection.sites)} sites listed in selection.sites",
             )
     return spec
+
+
+def _check_stage_order(spec: ExperimentSpec) -> None:
+    """`global` stages come first (they make the base the later stages build on); personalize needs
+    an adapter, so it cannot follow a global stage directly."""
+    seen_other = False
+    for index, stage in enumerate(spec.stages):
+        if stage.kind == "global" and seen_other:
+            raise FedtuneError(
+                ErrorCode.INVALID_SPEC,
+                f"stages.{index}.kind: a global stage must come before every finetune/personalize stage",
+            )
+        seen_other = seen_other or stage.kind != "global"
+        if stage.kind == "personalize" and index > 0 and spec.stages[index - 1].kind == "global":
+            raise FedtuneError(
+                ErrorCode.INVALID_SPEC,
+                f"stages.{index}.kind: a personalize stage needs a finetune stage between it and the "
+                "global stage (it tunes the finetuned adapter)",
+            )
 
 
 def get_experiment_row(uow: SqlUnitOfWork, experiment_id: str) -> models.Experiment:

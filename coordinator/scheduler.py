@@ -2,9 +2,11 @@
 
 ``tick()`` is idempotent and holds no state between calls beyond what is in SQL (plus the
 aggregator's rebuildable accumulators), so a restarted coordinator continues where it was.
-Per experiment: make sure version 0 exists (an INIT task), then open the next round of the current
-stage when none is open (unless paused), and close an open round when every task has ended, or at
-its deadline (commit with >= min_sites updates, otherwise fail the round and the experiment).
+Per experiment: make sure the stage's initial version exists (an INIT task: version 0 for stage 0, and
+a new one for the first stage after the global stages, built on the merged global base), then open
+the next round of the current stage when none is open (unless paused), and close an open round when
+every task has ended, or at its deadline (commit with >= min_sites updates, otherwise fail the round
+and the experiment).
 A personalize stage's round has PERSONALIZE tasks and no accumulator: it closes the same way,
 counting reported results instead of updates, and stores per-site metrics but no version.
 """
@@ -22,7 +24,7 @@ from coordinator.experiments import LIVE_TASK_STATES, OPEN_ROUND_STATES, cancel_
 from coordinator.notify import Notifier
 from coordinator.selection import select_sites
 from coordinator.settings import CoordinatorSettings
-from coordinator.stages import commit_personalize_round
+from coordinator.stages import commit_personalize_round, stage_needs_init
 from fedtune.errors import FedtuneError
 from fedtune.spec import ExperimentSpec, load_spec_json
 from storage import models
@@ -131,8 +133,11 @@ class Scheduler:
             experiment = uow.session.get(models.Experiment, experiment_id)
             assert experiment is not None
             spec = load_spec_json(experiment.spec_json)
-            has_initial = latest_model_version(uow, experiment_id) is not None
             state, stage_index = experiment.state, experiment.current_stage_index
+            if stage_index < len(spec.stages) and stage_needs_init(spec, stage_index):
+                has_initial = latest_model_version(uow, experiment_id, stage_index=stage_index) is not None
+            else:
+                has_initial = latest_model_version(uow, experiment_id) is not None
             latest = uow.session.scalars(
                 select(models.Round)
                 .where(models.Round.experiment_id == experiment_id, models.Round.stage_index == stage_index)
@@ -142,7 +147,7 @@ class Scheduler:
             latest_state = latest.state if latest is not None else None
             latest_id, latest_number = (latest.id, latest.round) if latest is not None else ("", 0)
         if not has_initial:
-            self._ensure_init_task(experiment_id, spec)
+            self._ensure_init_task(experiment_id, spec, stage_index)
         elif latest_state in OPEN_ROUND_STATES:
             if spec.stages[stage_index].kind == "personalize":
                 self._drive_personalize_round(latest_id)
@@ -152,12 +157,15 @@ class Scheduler:
             if latest_number < spec.stages[stage_index].rounds:
                 self._open_round(experiment_id, spec, stage_index, latest_number + 1)
 
-    def _ensure_init_task(self, experiment_id: str, spec: ExperimentSpec) -> None:
+    def _ensure_init_task(self, experiment_id: str, spec: ExperimentSpec, stage_index: int) -> None:
+        """One INIT task for the stage (stage 0, or the first stage after the global stages)."""
         now = self._clock.now()
         with self._uow_factory() as uow:
             tasks = uow.session.scalars(
                 select(models.Task).where(
-                    models.Task.experiment_id == experiment_id, models.Task.kind == "init"
+                    models.Task.experiment_id == experiment_id,
+                    models.Task.kind == "init",
+                    models.Task.stage_index == stage_index,
                 )
             ).all()
             if any(t.state in LIVE_TASK_STATES or t.state == "done" for t in tasks):
@@ -169,7 +177,7 @@ class Scheduler:
                 )
                 uow.commit()
                 return
-            selection = spec.stages[0].selection
+            selection = spec.stages[stage_index].selection
             online = online_site_names(uow, now, self._settings.worker_offline_after_seconds)
             if selection.sites is None:
                 candidates = online
@@ -188,9 +196,9 @@ class Scheduler:
                 round_id=None,
                 site_id=site.id,
                 kind="init",
-                stage_index=0,
+                stage_index=stage_index,
                 state="pending",
-                deadline_at=now + spec.stages[0].deadline_seconds,
+                deadline_at=now + spec.stages[stage_index].deadline_seconds,
                 created_at=now,
                 updated_at=now,
             )
@@ -198,9 +206,9 @@ class Scheduler:
             record_event(
                 uow,
                 "task.created",
-                f"init task for site {site.name}",
+                f"init task for site {site.name} ({spec.stages[stage_index].stage_name})",
                 experiment_id,
-                {"task_id": task.id, "site": site.name, "kind": "init"},
+                {"task_id": task.id, "site": site.name, "kind": "init", "stage_index": stage_index},
             )
             uow.commit()
         self._notifier.notify()

@@ -6,12 +6,19 @@ rounds (closed by the scheduler with per-site metrics only, no new version).
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import select
 
 from coordinator.experiments import cancel_live_tasks
+from fedtune.spec import ExperimentSpec
 from storage import models
 from storage.registry import record_event
 from storage.uow import SqlUnitOfWork
+
+# Side file of every version built on a global stage's output (docs/decisions.md 11): which base
+# version (the global-stage LoRA, merged into the site's base model) the adapter needs.
+BASE_VERSION_FILE = "base_version.json"
 
 
 def stage_row(uow: SqlUnitOfWork, experiment_id: str, stage_index: int) -> models.Stage:
@@ -20,6 +27,44 @@ def stage_row(uow: SqlUnitOfWork, experiment_id: str, stage_index: int) -> model
             models.Stage.experiment_id == experiment_id, models.Stage.stage_index == stage_index
         )
     ).one()
+
+
+def stage_needs_init(spec: ExperimentSpec, stage_index: int) -> bool:
+    """A stage starts from its own INIT task when it is the first stage, or the first stage after the
+    global stage(s): its adapter is new (built on the merged base); later stages continue the latest."""
+    if stage_index == 0:
+        return True
+    return spec.stages[stage_index - 1].kind == "global" and spec.stages[stage_index].kind != "global"
+
+
+def base_version_for_stage(uow: SqlUnitOfWork, experiment_id: str, stage_index: int) -> str | None:
+    """The last global-stage version a non-global stage builds on (None: the sites' own base model)."""
+    this = stage_row(uow, experiment_id, stage_index)
+    if this.kind == "global":
+        return None
+    return uow.session.scalar(
+        select(models.Stage.output_version_id)
+        .where(
+            models.Stage.experiment_id == experiment_id,
+            models.Stage.kind == "global",
+            models.Stage.stage_index < stage_index,
+            models.Stage.state == "completed",
+        )
+        .order_by(models.Stage.stage_index.desc())
+        .limit(1)
+    )
+
+
+def base_version_json(base: models.ModelVersion) -> bytes:
+    """`base_version.json`: the global-stage version an adapter was trained on top of."""
+    doc = {
+        "base_version_id": base.id,
+        "base_version": base.version,
+        "base_stage": base.stage_name,
+        "note": "this adapter was trained on the base model with that version's LoRA merged in "
+        "(merge_and_unload); it loads on the original base, but faithful inference needs the merged base",
+    }
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
 def advance_after_round(

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from coordinator.clock import Clock
 from coordinator.notify import Notifier
 from coordinator.settings import CoordinatorSettings
+from coordinator.stages import base_version_for_stage
 from coordinator.strategies.registry import build_strategy
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.serde import TaskRecord
@@ -233,6 +234,7 @@ class TaskService:
             model_manifest=Manifest.from_json(version.manifest) if version is not None else None,
             deadline_unix=task.deadline_at,
             update_kind="weights",
+            base_version_id=base_version_for_stage(uow, task.experiment_id, task.stage_index) or "",
         )
 
     def report_result(

@@ -20,6 +20,7 @@ from coordinator.aggregation import RoundAggregator
 from coordinator.clock import Clock
 from coordinator.notify import Notifier
 from coordinator.settings import CoordinatorSettings
+from coordinator.stages import BASE_VERSION_FILE, base_version_for_stage, base_version_json, stage_row
 from coordinator.tasks import get_own_task
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.serde import UpdateHeaderRecord
@@ -27,7 +28,7 @@ from fedtune.tensorstream.decoder import StreamDecoder
 from fedtune.tensorstream.manifest import Chunk, Manifest
 from storage import models
 from storage.blobs import BlobStore
-from storage.registry import record_event, store_model_version
+from storage.registry import latest_model_version, record_event, store_model_version
 from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("fedtune.coordinator.uploads")
@@ -57,6 +58,7 @@ class _Admission:
     round_id: str | None
     site: str
     spool_path: Path
+    stage_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,16 @@ class UploadService:
             elif (
                 uow.session.scalar(
                     select(models.ModelVersion.id).where(
-                        models.ModelVersion.experiment_id == task.experiment_id
+                        models.ModelVersion.experiment_id == task.experiment_id,
+                        models.ModelVersion.stage_index == task.stage_index,
                     )
                 )
                 is not None
             ):
                 raise FedtuneError(
-                    ErrorCode.TASK_CLOSED, f"experiment {task.experiment_id} already has version 0"
+                    ErrorCode.TASK_CLOSED,
+                    f"experiment {task.experiment_id} already has the initial version of stage "
+                    f"{task.stage_index}",
                 )
             if header.manifest.total_bytes > self._settings.max_update_bytes:
                 raise FedtuneError(
@@ -130,7 +135,13 @@ class UploadService:
                     f"({self._settings.max_update_bytes})",
                 )
             return _Admission(
-                task.id, task.kind, task.experiment_id, task.round_id, site.name, self._spool_path(task)
+                task.id,
+                task.kind,
+                task.experiment_id,
+                task.round_id,
+                site.name,
+                self._spool_path(task),
+                task.stage_index,
             )
 
     def _check_train(self, uow: SqlUnitOfWork, task: models.Task, header: UpdateHeaderRecord) -> None:
@@ -208,13 +219,22 @@ class UploadService:
         return self._accept_update(site_id, admission, header, digest, received), received
 
     def _accept_initial(self, site_id: int, admission: _Admission, header: UpdateHeaderRecord) -> str:
+        """Store an INIT task's tensors: version 0 (stage 0), or the first version of the stage after
+        the global stages, whose parent is the global stage's output (lineage base -> global -> adapter)."""
+        files = dict(header.files)
         with self._uow_factory() as uow:
-            stage = uow.session.scalars(
-                select(models.Stage).where(
-                    models.Stage.experiment_id == admission.experiment_id, models.Stage.stage_index == 0
-                )
-            ).one()
-            stage_name = stage.name
+            stage_name = stage_row(uow, admission.experiment_id, admission.stage_index).name
+            parent_id = None
+            number = 0
+            if admission.stage_index > 0:
+                latest = latest_model_version(uow, admission.experiment_id)
+                parent_id = latest.id if latest is not None else None
+                number = latest.version + 1 if latest is not None else 0
+            base_id = base_version_for_stage(uow, admission.experiment_id, admission.stage_index)
+            if base_id is not None:
+                base = uow.session.get(models.ModelVersion, base_id)
+                assert base is not None
+                files[BASE_VERSION_FILE] = base_version_json(base)
         now = self._clock.now()
 
         def extra(uow: SqlUnitOfWork, version: models.ModelVersion) -> None:
@@ -227,7 +247,7 @@ class UploadService:
             record_event(
                 uow,
                 "update.accepted",
-                f"initial tensors from {admission.site} are version 0",
+                f"initial tensors from {admission.site} are version {number} ({stage_name})",
                 admission.experiment_id,
                 {"task_id": task.id, "version_id": version.id, "kind": "init"},
             )
@@ -236,11 +256,11 @@ class UploadService:
             self._uow_factory,
             self._blobs,
             tensors_path=admission.spool_path,
-            files=header.files,
+            files=files,
             experiment_id=admission.experiment_id,
-            version=0,
-            parent_id=None,
-            stage_index=0,
+            version=number,
+            parent_id=parent_id,
+            stage_index=admission.stage_index,
             stage_name=stage_name,
             round=0,
             kind="adapter",

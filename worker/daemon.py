@@ -21,6 +21,7 @@ import grpc
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, load_spec_json
+from fedtune.tensorstream.manifest import Manifest
 from fedtune.v1 import worker_pb2
 from worker.connection import Connection, RpcFailure, Stopped, manifest_from_task
 from worker.settings import WorkerSettings
@@ -266,6 +267,19 @@ class WorkerDaemon:
             progress=_PercentLogger(f"download {task.model_version_id}", state),
         )
 
+    def _fetch_base(self, task: worker_pb2.Task, state: RunningTask) -> Path | None:
+        """The global-stage version the task's stage builds on (merged into the base), if any."""
+        if not task.base_version_id:
+            return None
+        assert self.connection is not None
+        return self.connection.fetch_version(
+            task.base_version_id,
+            Manifest(tensors=()),  # no digest: the coordinator's manifest is fetched first
+            self.settings.downloads_dir,
+            cancel=state.cancel,
+            progress=_PercentLogger(f"download base {task.base_version_id}", state),
+        )
+
     def _push(self, task: worker_pb2.Task, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None
         self._check(state)
@@ -290,9 +304,17 @@ class WorkerDaemon:
         assert self.connection is not None
         spec: ExperimentSpec = load_spec_json(task.spec_json)
         s = self.settings
+        base_path = self._fetch_base(task, state)
         if task.kind == worker_pb2.TASK_KIND_INIT:
             state.progress = "building initial tensors"
-            self._push(task, state, tasks.run_init(spec, s.model_root, device=s.device))
+            output = tasks.run_init(
+                spec,
+                s.model_root,
+                device=s.device,
+                stage_index=task.stage_index,
+                base_adapter_path=base_path,
+            )
+            self._push(task, state, output)
         elif task.kind == worker_pb2.TASK_KIND_TRAIN:
             global_path = self._fetch(task, state)
             self._check(state)
@@ -306,6 +328,7 @@ class WorkerDaemon:
                 site=s.site,
                 progress=self._progress(state),
                 device=s.device,
+                base_adapter_path=base_path,
             )
             if task.update_kind == "delta":
                 output = as_delta(output, global_path)
@@ -314,7 +337,13 @@ class WorkerDaemon:
             global_path = self._fetch(task, state)
             self._check(state)
             output = tasks.run_evaluate(
-                spec, task.stage_index, global_path, s.data_root, s.model_root, device=s.device
+                spec,
+                task.stage_index,
+                global_path,
+                s.data_root,
+                s.model_root,
+                device=s.device,
+                base_adapter_path=base_path,
             )
             self._finish_with_metrics(task, state, output)
         elif task.kind == worker_pb2.TASK_KIND_PERSONALIZE:
@@ -331,6 +360,7 @@ class WorkerDaemon:
                 site=s.site,
                 progress=self._progress(state),
                 device=s.device,
+                base_adapter_path=base_path,
             )
             log.info("personalized model kept at %s", out_dir)
             self._finish_with_metrics(task, state, output)

@@ -129,19 +129,41 @@ def _load_base(spec: ExperimentSpec, path: Path, device: DeviceChoice) -> tuple[
 _CACHE: dict[str, BuiltModel] = {}
 
 
-def _cache_key(spec: ExperimentSpec, path: Path, device: DeviceChoice) -> str:
+def _cache_key(spec: ExperimentSpec, path: Path, device: DeviceChoice, base_digest: str = "") -> str:
     return json.dumps(
-        [str(path.resolve()), spec.task, spec.labels, spec.peft.model_dump(), spec.seed, str(device.device)]
+        [
+            str(path.resolve()),
+            spec.task,
+            spec.labels,
+            spec.peft.model_dump(),
+            spec.seed,
+            str(device.device),
+            base_digest,
+        ]
     )
 
 
 def build_model(
-    spec: ExperimentSpec, model_root: Path, *, device: DeviceChoice | None = None, use_cache: bool = True
+    spec: ExperimentSpec,
+    model_root: Path,
+    *,
+    device: DeviceChoice | None = None,
+    use_cache: bool = True,
+    base_adapter_path: Path | None = None,
 ) -> BuiltModel:
-    """Tokenizer + PEFT model at the experiment's seeded initial state, on the site's device."""
+    """Tokenizer + PEFT model at the experiment's seeded initial state, on the site's device.
+
+    With `base_adapter_path` (a global-stage version's tensors) the base weights are the site's base
+    with that LoRA merged in (worker/global_stage.py), before the stage's own adapter is added.
+    """
     device = device or select_device()
     path = model_dir(spec, model_root)
-    key = _cache_key(spec, path, device)
+    base_digest, base_state = "", None
+    if base_adapter_path is not None:
+        from worker.global_stage import merged_backbone_state
+
+        base_digest, base_state = merged_backbone_state(spec, model_root, Path(base_adapter_path), device)
+    key = _cache_key(spec, path, device, base_digest)
     if use_cache and key in _CACHE:
         built = _CACHE[key]
         built.reset()
@@ -153,6 +175,10 @@ def build_model(
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         seed_everything(spec.seed)  # the new task head is drawn here
         tokenizer, base = _load_base(spec, path, device)
+        if base_state is not None:
+            from worker.global_stage import load_backbone_state
+
+            load_backbone_state(base, base_state)
         seed_everything(spec.seed)  # adapter init does not depend on how much RNG loading used
         model = get_peft_model(base, method.peft_config(spec.peft, ctx))
     method.after_build(model, spec.peft, ctx)

@@ -17,9 +17,11 @@ import numpy as np
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, TrainingSpec
 from worker import data as data_files
+from worker import global_stage
 from worker.data import Example, load_examples
 from worker.device import DeviceChoice, select_device
 from worker.evaluation import evaluate
+from worker.global_stage import build_lm_model
 from worker.model import (
     BuiltModel,
     adapter_config_json,
@@ -85,19 +87,18 @@ def _training(spec: ExperimentSpec, stage_index: int, overrides: dict[str, Any] 
         raise FedtuneError(ErrorCode.INVALID_SPEC, f"training overrides {overrides}: {err}") from None
 
 
-def _check_stage(spec: ExperimentSpec, stage_index: int) -> None:
-    if spec.stages[stage_index].kind == "global":
-        raise FedtuneError(
-            ErrorCode.INVALID_SPEC,
-            "`global` stages (continued pre-training) are not supported by this worker yet; "
-            "use finetune/personalize stages",
-        )
+def _is_global(spec: ExperimentSpec, stage_index: int) -> bool:
+    return 0 <= stage_index < len(spec.stages) and spec.stages[stage_index].kind == "global"
 
 
 def _built_with_global(
-    spec: ExperimentSpec, model_root: Path, global_path: Path, device: str | DeviceChoice | None
+    spec: ExperimentSpec,
+    model_root: Path,
+    global_path: Path,
+    device: str | DeviceChoice | None,
+    base_adapter_path: Path | None = None,
 ) -> tuple[BuiltModel, dict[str, np.ndarray]]:
-    built = build_model(spec, model_root, device=_device(device))
+    built = build_model(spec, model_root, device=_device(device), base_adapter_path=base_adapter_path)
     global_arrays = read_global(global_path)
     load_trainable_arrays(built.model, global_arrays)
     return built, global_arrays
@@ -129,14 +130,24 @@ def _safetensors_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def run_init(
-    spec: ExperimentSpec, model_root: Path, *, device: str | DeviceChoice | None = None
+    spec: ExperimentSpec,
+    model_root: Path,
+    *,
+    device: str | DeviceChoice | None = None,
+    stage_index: int = 0,
+    base_adapter_path: Path | None = None,
 ) -> TaskOutput:
     """The seeded initial adapter: its trained tensors plus adapter_config.json.
 
     With FFA-LoRA, the frozen lora_A tensors are added as `frozen_adapter.safetensors`: they are
-    never exchanged, but an exported adapter needs them next to the trained ones.
+    never exchanged, but an exported adapter needs them next to the trained ones. A global stage's
+    INIT is its LM LoRA (worker/global_stage.py); `base_adapter_path` (the last global version) builds
+    the adapter on the merged base.
     """
-    built = build_model(spec, model_root, device=_device(device))
+    if _is_global(spec, stage_index):
+        built, _ = build_lm_model(spec, model_root, device=_device(device))
+    else:
+        built = build_model(spec, model_root, device=_device(device), base_adapter_path=base_adapter_path)
     arrays = trainable_arrays(built.model)
     files = {"adapter_config.json": adapter_config_json(built.model, spec.base_model.name)}
     frozen = frozen_arrays(built.model)
@@ -158,13 +169,17 @@ def run_train(
     progress: Callable[[str], None] = print,
     training_overrides: dict[str, Any] | None = None,
     device: str | DeviceChoice | None = None,
+    base_adapter_path: Path | None = None,
 ) -> TaskOutput:
     """Train from the global tensors on the site's train split; returns the trained weights (not a delta)."""
-    _check_stage(spec, stage_index)
     training = _training(spec, stage_index, training_overrides)
+    if _is_global(spec, stage_index):
+        return _run_global_train(
+            spec, training, round, global_path, data_root, model_root, site, progress, device
+        )
     train_examples = _examples(spec, Path(data_root) / spec.data.train)
     eval_examples = _eval_examples(spec, data_root)
-    built, global_arrays = _built_with_global(spec, model_root, global_path, device)
+    built, global_arrays = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
     result = train(
         built.model,
         built.tokenizer,
@@ -191,6 +206,61 @@ def run_train(
     return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
 
 
+def _run_global_train(
+    spec: ExperimentSpec,
+    training: TrainingSpec,
+    round: int,
+    global_path: Path,
+    data_root: Path,
+    model_root: Path,
+    site: str,
+    progress: Callable[[str], None],
+    device: str | DeviceChoice | None,
+) -> TaskOutput:
+    """A global-stage round: the LM LoRA trained on the site's unlabelled text.
+
+    Metrics: train_loss, eval_mlm_loss (eval_clm_loss for decoders) on the eval split's text with
+    seeded masks, and in round 1 base_eval_mlm_loss, the same loss of the untouched base.
+    """
+    examples = global_stage.unlabelled_examples(spec, data_root)
+    evals = global_stage.eval_texts(spec, data_root)
+    built, kind = build_lm_model(spec, model_root, device=_device(device))
+    global_arrays = read_global(global_path)
+    load_trainable_arrays(built.model, global_arrays)
+    key = global_stage.loss_key(kind)
+    metrics: dict[str, float] = {}
+    if evals and round <= 1:
+        with built.model.disable_adapter():
+            metrics["base_" + key] = global_stage.eval_loss(built, kind, evals, spec, training)
+    result = train(
+        built.model,
+        built.tokenizer,
+        examples,
+        task=spec.task,
+        training=training,
+        device=built.device,
+        round=round,
+        site=site,
+        progress=progress,
+        encode=global_stage.train_encoder(built, kind, training, round, site),
+    )
+    metrics.update(
+        {
+            "train_loss": result.train_loss,
+            "train_seconds": result.seconds,
+            "train_steps": float(result.steps),
+            "examples_per_second": result.examples_per_second,
+        }
+    )
+    arrays, privacy_metrics = privatize_update(trainable_arrays(built.model), global_arrays, spec.privacy)
+    metrics.update(privacy_metrics)
+    if evals:
+        if privacy_metrics:
+            load_trainable_arrays(built.model, arrays)
+        metrics[key] = global_stage.eval_loss(built, kind, evals, spec, training)
+    return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
+
+
 def run_evaluate(
     spec: ExperimentSpec,
     stage_index: int,
@@ -199,8 +269,9 @@ def run_evaluate(
     model_root: Path,
     *,
     device: str | DeviceChoice | None = None,
+    base_adapter_path: Path | None = None,
 ) -> TaskOutput:
-    """Metrics of the global tensors on the site's eval split."""
+    """Metrics of the global tensors on the site's eval split (a global stage: the LM loss)."""
     training = _training(spec, stage_index, None)
     examples = _eval_examples(spec, data_root)
     if not examples:
@@ -208,7 +279,12 @@ def run_evaluate(
             ErrorCode.INVALID_ARGUMENT,
             f"no eval split at this site: {Path(data_root) / str(spec.data.eval)} does not exist",
         )
-    built, _ = _built_with_global(spec, model_root, global_path, device)
+    if _is_global(spec, stage_index):
+        built, kind = build_lm_model(spec, model_root, device=_device(device))
+        load_trainable_arrays(built.model, read_global(global_path))
+        loss = global_stage.eval_loss(built, kind, examples, spec, training)
+        return TaskOutput(arrays={}, num_examples=len(examples), metrics={global_stage.loss_key(kind): loss})
+    built, _ = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
     return TaskOutput(arrays={}, num_examples=len(examples), metrics=_eval(built, spec, examples, training))
 
 
@@ -223,12 +299,13 @@ def run_personalize(
     site: str = "",
     progress: Callable[[str], None] = print,
     device: str | DeviceChoice | None = None,
+    base_adapter_path: Path | None = None,
 ) -> TaskOutput:
     """Tune the global adapter on local data, keep it in `out_dir`, report global vs personal metrics."""
     training = _training(spec, stage_index, None)
     train_examples = _examples(spec, Path(data_root) / spec.data.train)
     eval_examples = _eval_examples(spec, data_root)
-    built, _ = _built_with_global(spec, model_root, global_path, device)
+    built, _ = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
     metrics: dict[str, float] = {}
     if eval_examples:
         metrics.update(_eval(built, spec, eval_examples, training, prefix="global_eval_"))

@@ -67,8 +67,13 @@ def train(
     round: int = 0,
     site: str = "",
     progress: Callable[[str], None] = print,
+    encode: Callable[[Sequence[Example]], dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
-    """Train the model's trainable parameters in place, starting from their current (global) values."""
+    """Train the model's trainable parameters in place, starting from their current (global) values.
+
+    `encode` turns a list of examples into a model batch (default: `encode_batch` for `task`); the
+    global stage passes its LM encoder (worker/lm.py).
+    """
     if not examples:
         raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "no training examples")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -80,9 +85,11 @@ def train(
     model.train()
     loss_sum, seen, started = 0.0, 0, time.perf_counter()
     for step, indices in enumerate(_batch_order(len(examples), training.batch_size, steps, rng), start=1):
-        batch = encode_batch(
-            tokenizer, [examples[i] for i in indices], task, training.max_length, device.device
-        )
+        chosen = [examples[i] for i in indices]
+        if encode is not None:
+            batch = encode(chosen)
+        else:
+            batch = encode_batch(tokenizer, chosen, task, training.max_length, device.device)
         with torch.autocast(device.device.type, dtype=device.train_dtype, enabled=device.autocast):
             loss = model(**batch).loss.float()
         objective = loss

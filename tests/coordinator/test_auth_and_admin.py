@@ -82,7 +82,7 @@ def test_added_site_token_registers_a_worker(cluster: Cluster) -> None:
             "stages.0.rounds",
         ),
         (spec_yaml(strategy="nope"), "stages.0.strategy.name"),
-        (spec_yaml() + "  - kind: global\n", "not yet supported"),
+        (spec_yaml() + "  - kind: global\n", "stages.1.kind: a global stage must come before"),
     ],
 )
 def test_submit_rejects_a_bad_spec_naming_the_field(cluster: Cluster, spec: str, text: str) -> None:

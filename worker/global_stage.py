@@ -1,0 +1,195 @@
+"""The `global` stage on a site: a LoRA on the base model trained with the LM objective, and the merged
+base that later stages build on (docs/decisions.md 11).
+
+The global-stage adapter is `spec.peft` when that is LoRA, else a default LoRA (r=8 on peft's default
+targets, the attention projections). Encoders are trained as masked LMs (AutoModelForMaskedLM; a head
+missing from the checkpoint is drawn from `spec.seed`, so every site has the same one, and stays
+frozen), decoders as causal LMs. Later stages get the last global version's tensors
+(`base_adapter_path`): `merged_backbone_state` rebuilds the same LoRA, loads them, merges them into the
+base weights (`merge_and_unload`) and returns the backbone's state dict, cached per file digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.spec import ExperimentSpec, LoraSpec, TrainingSpec
+from worker.data import Example, load_examples
+from worker.device import DeviceChoice
+from worker.lm import LmKind, encode_lm_batch, lm_eval_loss
+from worker.methods import BuildContext, get_method
+from worker.model import (
+    BuiltModel,
+    _adapter_params,
+    _check_digest,
+    _quiet_transformers,
+    load_trainable_arrays,
+    model_dir,
+    seed_everything,
+)
+
+DEFAULT_GLOBAL_LORA = LoraSpec(r=8, alpha=16.0, dropout=0.05, target_modules=None)
+
+
+def global_lora_spec(spec: ExperimentSpec) -> LoraSpec:
+    return spec.peft if isinstance(spec.peft, LoraSpec) else DEFAULT_GLOBAL_LORA
+
+
+def lm_kind(spec: ExperimentSpec, path: Path) -> LmKind:
+    """Masked LM for encoder architectures (those with a masked-LM class), causal LM otherwise."""
+    if spec.task == "causal-lm":
+        return "causal"
+    model_type = AutoConfig.from_pretrained(path).model_type
+    return "masked" if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal"
+
+
+def loss_key(kind: LmKind) -> str:
+    return "eval_mlm_loss" if kind == "masked" else "eval_clm_loss"
+
+
+_CACHE: dict[str, BuiltModel] = {}
+_MERGED: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def build_lm_model(
+    spec: ExperimentSpec, model_root: Path, *, device: DeviceChoice, use_cache: bool = True
+) -> tuple[BuiltModel, LmKind]:
+    """The base model with its LM head and the global-stage LoRA at the seeded initial state."""
+    path = model_dir(spec, model_root)
+    kind = lm_kind(spec, path)
+    lora = global_lora_spec(spec)
+    key = json.dumps([str(path.resolve()), kind, lora.model_dump(), spec.seed, str(device.device)])
+    if use_cache and key in _CACHE:
+        _CACHE[key].reset()
+        return _CACHE[key], kind
+    _check_digest(spec, path)
+    with _quiet_transformers(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        seed_everything(spec.seed)  # a head missing from the checkpoint is drawn here, the same everywhere
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if kind == "masked" and tokenizer.mask_token_id is None:
+            raise FedtuneError(
+                ErrorCode.INVALID_SPEC,
+                f"{spec.base_model.name}: the tokenizer has no mask token for masked LM",
+            )
+        dtype = device.train_dtype if device.autocast else torch.float32
+        auto = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
+        base = auto.from_pretrained(path, dtype=dtype)
+        if base.config.pad_token_id is None:
+            base.config.pad_token_id = tokenizer.pad_token_id
+        seed_everything(spec.seed)
+        config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM if kind == "causal" else None,
+            r=lora.r,
+            lora_alpha=lora.alpha,  # type: ignore[arg-type]
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+        )
+        model = get_peft_model(base, config)  # freezes everything else, the LM head included
+    ctx = BuildContext(task=spec.task, model_path=str(path), seed=spec.seed)
+    get_method("lora").after_build(model, lora, ctx)  # FFA-LoRA: seeded frozen A
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    model.to(device.device)
+    model.eval()
+    init_state = {name: p.detach().cpu().clone() for name, p in _adapter_params(model).items()}
+    built = BuiltModel(model=model, tokenizer=tokenizer, device=device, init_state=init_state)
+    if use_cache:
+        _CACHE.clear()
+        _CACHE[key] = built
+    return built, kind
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def merged_backbone_state(
+    spec: ExperimentSpec, model_root: Path, base_adapter_path: Path, device: DeviceChoice
+) -> tuple[str, dict[str, torch.Tensor]]:
+    """(digest of the global version, the backbone's state dict with its LoRA merged in), cached."""
+    from worker.tasks import read_global
+
+    digest = _file_digest(base_adapter_path)
+    key = json.dumps([digest, spec.base_model.model_dump(), global_lora_spec(spec).model_dump(), spec.seed])
+    if key not in _MERGED:
+        built, _ = build_lm_model(spec, model_root, device=device, use_cache=False)
+        load_trainable_arrays(built.model, read_global(base_adapter_path))
+        merged = built.model.merge_and_unload()
+        backbone = getattr(merged, merged.base_model_prefix)
+        _MERGED.clear()  # one base per process at a time
+        _MERGED[key] = {k: v.detach().to("cpu").clone() for k, v in backbone.state_dict().items()}
+    return digest, _MERGED[key]
+
+
+def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a merged backbone into `model`'s backbone; keys the LM model lacks (a pooler) stay as loaded."""
+    backbone = getattr(model, str(model.base_model_prefix))
+    result = backbone.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise FedtuneError(
+            ErrorCode.BAD_MANIFEST,
+            f"the global-stage base does not fit this model: unexpected {result.unexpected_keys[:5]}",
+        )
+
+
+# ----------------------------------------------------------------------------- task entry points
+def _texts(path: Path, spec: ExperimentSpec) -> list[Example]:
+    return load_examples(path, text_field=spec.data.text_field)
+
+
+def unlabelled_examples(spec: ExperimentSpec, data_root: Path) -> list[Example]:
+    return _texts(Path(data_root) / (spec.data.unlabelled or spec.data.train), spec)
+
+
+def eval_texts(spec: ExperimentSpec, data_root: Path) -> list[Example] | None:
+    if spec.data.eval is None or not (Path(data_root) / spec.data.eval).is_file():
+        return None
+    return _texts(Path(data_root) / spec.data.eval, spec)
+
+
+def eval_loss(
+    built: BuiltModel, kind: LmKind, examples: list[Example], spec: ExperimentSpec, t: TrainingSpec
+) -> float:
+    return lm_eval_loss(
+        built.model,
+        built.tokenizer,
+        examples,
+        kind=kind,
+        device=built.device,
+        seed=spec.seed,
+        batch_size=max(t.batch_size, 32),
+        max_length=t.max_length,
+    )
+
+
+def train_encoder(
+    built: BuiltModel, kind: LmKind, training: TrainingSpec, round: int, site: str
+) -> Callable[[Any], dict[str, torch.Tensor]]:
+    """The training batch encoder: masks drawn from a generator seeded by (seed, round, site)."""
+    rng = np.random.default_rng([training.seed, round, zlib.crc32(site.encode()), 1])
+    generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    return lambda examples: encode_lm_batch(
+        built.tokenizer, examples, kind, training.max_length, built.device.device, generator
+    )
+
+
+def elapsed_since(started: float) -> float:
+    return time.perf_counter() - started
