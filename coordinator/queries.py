@@ -78,8 +78,7 @@ class AdminQueries:
 
     def rounds(self, experiment_id: str) -> list[RoundRecord]:
         with self._uow_factory() as uow:
-            if uow.session.get(models.Experiment, experiment_id) is None:
-                raise FedtuneError(ErrorCode.NOT_FOUND, f"no experiment {experiment_id!r}")
+            _require_experiment(uow, experiment_id)
             stage_rows = uow.session.execute(
                 select(models.Stage.stage_index, models.Stage.name, models.Stage.kind).where(
                     models.Stage.experiment_id == experiment_id
@@ -160,6 +159,7 @@ class AdminQueries:
         with self._uow_factory() as uow:
             query = select(models.ModelVersion)
             if experiment_id:
+                _require_experiment(uow, experiment_id)
                 query = query.where(models.ModelVersion.experiment_id == experiment_id)
             rows = uow.session.scalars(
                 query.order_by(models.ModelVersion.experiment_id, models.ModelVersion.version)
@@ -190,6 +190,9 @@ class AdminQueries:
     ) -> Iterator[EventRecord]:
         """Past events after `after_id`; with `follow`, new ones while `keep_going()` is true."""
         assert callable(keep_going)
+        if experiment_id:
+            with self._uow_factory() as uow:
+                _require_experiment(uow, experiment_id)
         last = after_id
         while True:
             batch = self.events(last, experiment_id)
@@ -222,3 +225,11 @@ class AdminQueries:
             "experiments_running": int(running or 0),
             "workers_online": int(online or 0),
         }
+
+
+def _require_experiment(uow: SqlUnitOfWork, experiment_id: str) -> None:
+    """NOT_FOUND for a mistyped id, so a filter never silently answers with nothing."""
+    if uow.session.get(models.Experiment, experiment_id) is None:
+        raise FedtuneError(
+            ErrorCode.NOT_FOUND, f"no experiment {experiment_id!r}; see `fedtune admin experiment list`"
+        )

@@ -228,6 +228,8 @@ def test_lifecycle_commands_move_experiments_through_their_states(
         (("experiment", "start", "exp-nope"), ExitCode.NOT_FOUND, "exp-nope"),
         (("round", "pause", "exp-nope"), ExitCode.NOT_FOUND, "exp-nope"),
         (("rounds", "exp-nope"), ExitCode.NOT_FOUND, "exp-nope"),
+        (("models", "list", "--experiment", "exp-nope"), ExitCode.NOT_FOUND, "exp-nope"),
+        (("watch", "exp-nope", "--no-follow"), ExitCode.NOT_FOUND, "exp-nope"),
         (("models", "show", "mv-nope"), ExitCode.NOT_FOUND, "mv-nope"),
         (("models", "export", "mv-nope", "--out", "{tmp}/x"), ExitCode.NOT_FOUND, "mv-nope"),
     ],
