@@ -6,7 +6,6 @@ Each returns a `TaskOutput`; tensors are float32 numpy arrays keyed by peft save
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,12 +190,7 @@ def run_train(
         site=site,
         progress=progress,
     )
-    metrics = {
-        "train_loss": result.train_loss,
-        "train_seconds": result.seconds,
-        "train_steps": float(result.steps),
-        "examples_per_second": result.examples_per_second,
-    }
+    metrics = result.metrics()
     arrays, privacy_metrics = privatize_update(trainable_arrays(built.model), global_arrays, spec.privacy)
     metrics.update(privacy_metrics)
     if eval_examples:
@@ -244,14 +238,7 @@ def _run_global_train(
         progress=progress,
         encode=global_stage.train_encoder(built, kind, training, round, site),
     )
-    metrics.update(
-        {
-            "train_loss": result.train_loss,
-            "train_seconds": result.seconds,
-            "train_steps": float(result.steps),
-            "examples_per_second": result.examples_per_second,
-        }
-    )
+    metrics.update(result.metrics())
     arrays, privacy_metrics = privatize_update(trainable_arrays(built.model), global_arrays, spec.privacy)
     metrics.update(privacy_metrics)
     if evals:
@@ -309,7 +296,6 @@ def run_personalize(
     metrics: dict[str, float] = {}
     if eval_examples:
         metrics.update(_eval(built, spec, eval_examples, training, prefix="global_eval_"))
-    started = time.perf_counter()
     result = train(
         built.model,
         built.tokenizer,
@@ -321,7 +307,7 @@ def run_personalize(
         site=site,
         progress=progress,
     )
-    metrics.update({"train_loss": result.train_loss, "train_seconds": time.perf_counter() - started})
+    metrics.update(result.metrics())
     if eval_examples:
         metrics.update(_eval(built, spec, eval_examples, training, prefix="personal_eval_"))
     out_dir = Path(out_dir)

@@ -33,6 +33,15 @@ class TrainResult:
     seconds: float
     examples_per_second: float
 
+    def metrics(self) -> dict[str, float]:
+        """The figures a site reports for its local training."""
+        return {
+            "train_loss": self.train_loss,
+            "train_seconds": self.seconds,
+            "train_steps": float(self.steps),
+            "examples_per_second": self.examples_per_second,
+        }
+
 
 def total_steps(num_examples: int, training: TrainingSpec) -> int:
     if training.max_steps is not None:
