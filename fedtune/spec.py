@@ -38,9 +38,9 @@ class DataSpec(_Strict):
 
 class LoraSpec(_Strict):
     method: Literal["lora"] = "lora"
-    r: int = Field(8, ge=1, le=1024)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(default=8, ge=1, le=1024)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[str] | None = None  # None = peft's default for the architecture
     # FFA-LoRA: freeze A at the shared init seed and train only B; averaging is then exact.
     freeze_a: bool = False
@@ -48,13 +48,13 @@ class LoraSpec(_Strict):
 
 class PromptTuningSpec(_Strict):
     method: Literal["prompt_tuning"] = "prompt_tuning"
-    num_virtual_tokens: int = Field(20, ge=1, le=1000)
+    num_virtual_tokens: int = Field(default=20, ge=1, le=1000)
     init_text: str | None = None
 
 
 class PrefixTuningSpec(_Strict):
     method: Literal["prefix_tuning"] = "prefix_tuning"
-    num_virtual_tokens: int = Field(20, ge=1, le=1000)
+    num_virtual_tokens: int = Field(default=20, ge=1, le=1000)
 
 
 class Ia3Spec(_Strict):
@@ -69,23 +69,23 @@ PeftSpec = Annotated[LoraSpec | PromptTuningSpec | PrefixTuningSpec | Ia3Spec, F
 class TrainingSpec(_Strict):
     """Local training settings, applied at every site."""
 
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(128, ge=8, le=8192)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)  # overrides epochs when set
+    batch_size: int = Field(default=16, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_length: int = Field(default=128, ge=8, le=8192)
     seed: int = 0
     # FedProx proximal term (0 = off); set by the fedprox strategy or here.
-    proximal_mu: float = Field(0.0, ge=0)
+    proximal_mu: float = Field(default=0.0, ge=0)
 
 
 class SelectionSpec(_Strict):
     """Which sites take part in a round."""
 
     mode: Literal["all", "fraction"] = "all"
-    fraction: float = Field(1.0, gt=0, le=1)
-    min_sites: int = Field(1, ge=1)
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    min_sites: int = Field(default=1, ge=1)
     # Restrict to these site names (default: every registered site that is online).
     sites: list[str] | None = None
 
@@ -100,19 +100,19 @@ class StrategySpec(_Strict):
 class PrivacySpec(_Strict):
     """Client-side DP (clip + Gaussian noise) for updates; off by default."""
 
-    clip_norm: float | None = Field(None, gt=0)
-    noise_multiplier: float = Field(0.0, ge=0)
+    clip_norm: float | None = Field(default=None, gt=0)
+    noise_multiplier: float = Field(default=0.0, ge=0)
     secure_aggregation: bool = False
 
 
 class StageSpec(_Strict):
     name: str | None = None  # defaults to the kind
     kind: Literal["global", "finetune", "personalize"]
-    rounds: int = Field(1, ge=1, le=10_000)
-    selection: SelectionSpec = SelectionSpec()
-    strategy: StrategySpec = StrategySpec()
+    rounds: int = Field(default=1, ge=1, le=10_000)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
     training: TrainingSpec | None = None  # overrides the experiment's training settings
-    deadline_seconds: float = Field(3600.0, gt=0)
+    deadline_seconds: float = Field(default=3600.0, gt=0)
 
     @property
     def stage_name(self) -> str:
@@ -124,10 +124,10 @@ class ExperimentSpec(_Strict):
     base_model: BaseModelSpec
     task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
     labels: list[str] | None = None  # class names, in label-id order (sequence classification)
-    data: DataSpec = DataSpec()
-    peft: PeftSpec = LoraSpec()
-    training: TrainingSpec = TrainingSpec()
-    privacy: PrivacySpec = PrivacySpec()
+    data: DataSpec = Field(default_factory=DataSpec)
+    peft: PeftSpec = Field(default_factory=LoraSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     stages: list[StageSpec] = Field(min_length=1)
     seed: int = 0
 
