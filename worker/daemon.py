@@ -23,11 +23,13 @@ from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, load_spec_json
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.v1 import worker_pb2
-from worker.connection import Connection, RpcFailure, Stopped, manifest_from_task
+from worker.connection import Connection
+from worker.downloads import manifest_from_task
+from worker.retry import RpcFailure, Stopped
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from worker.tasks import TaskOutput
+    from worker.task_io import TaskOutput
 
 log = logging.getLogger("fedtune.worker")
 

@@ -70,3 +70,10 @@ def select_device(prefer: str = "auto") -> DeviceChoice:
         "bf16": False,
     }
     return DeviceChoice(torch.device("cpu"), torch.float32, info)
+
+
+def resolve_device(device: str | DeviceChoice | None) -> DeviceChoice:
+    """A `DeviceChoice` as given, else `select_device` of the preference (None: "auto")."""
+    if isinstance(device, DeviceChoice):
+        return device
+    return select_device(device or "auto")

@@ -7,13 +7,13 @@ missing from the checkpoint is drawn from `spec.seed`, so every site has the sam
 frozen), decoders as causal LMs. Later stages get the last global version's tensors
 (`base_adapter_path`): `merged_backbone_state` rebuilds the same LoRA, loads them, merges them into the
 base weights (`merge_and_unload`) and returns the backbone's state dict, cached per file digest.
+`run_train` and `run_evaluate` are the global stage's task entry points (worker/tasks.py dispatches).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 import warnings
 import zlib
 from collections.abc import Callable
@@ -29,18 +29,21 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, LoraSpec, TrainingSpec
 from worker.data import Example, load_examples
-from worker.device import DeviceChoice
+from worker.device import DeviceChoice, resolve_device
 from worker.lm import LmKind, encode_lm_batch, lm_eval_loss
 from worker.methods import BuildContext, get_method
 from worker.model import (
     BuiltModel,
-    _adapter_params,
-    _check_digest,
-    _quiet_transformers,
+    adapter_params,
+    check_digest,
     load_trainable_arrays,
     model_dir,
+    quiet_transformers,
     seed_everything,
+    trainable_arrays,
 )
+from worker.task_io import TaskOutput, read_global
+from worker.training import privatize_update, train
 
 DEFAULT_GLOBAL_LORA = LoraSpec(r=8, alpha=16.0, dropout=0.05, target_modules=None)
 
@@ -76,8 +79,8 @@ def build_lm_model(
     if use_cache and key in _CACHE:
         _CACHE[key].reset()
         return _CACHE[key], kind
-    _check_digest(spec, path)
-    with _quiet_transformers(), warnings.catch_warnings():
+    check_digest(spec, path)
+    with quiet_transformers(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         seed_everything(spec.seed)  # a head missing from the checkpoint is drawn here, the same everywhere
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -109,7 +112,7 @@ def build_lm_model(
             param.data = param.data.float()
     model.to(device.device)
     model.eval()
-    init_state = {name: p.detach().cpu().clone() for name, p in _adapter_params(model).items()}
+    init_state = {name: p.detach().cpu().clone() for name, p in adapter_params(model).items()}
     built = BuiltModel(model=model, tokenizer=tokenizer, device=device, init_state=init_state)
     if use_cache:
         _CACHE.clear()
@@ -125,8 +128,6 @@ def merged_backbone_state(
     spec: ExperimentSpec, model_root: Path, base_adapter_path: Path, device: DeviceChoice
 ) -> tuple[str, dict[str, torch.Tensor]]:
     """(digest of the global version, the backbone's state dict with its LoRA merged in), cached."""
-    from worker.tasks import read_global
-
     digest = _file_digest(base_adapter_path)
     key = json.dumps([digest, spec.base_model.model_dump(), global_lora_spec(spec).model_dump(), spec.seed])
     if key not in _MERGED:
@@ -151,6 +152,71 @@ def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
 
 
 # ----------------------------------------------------------------------------- task entry points
+def run_train(
+    spec: ExperimentSpec,
+    training: TrainingSpec,
+    round: int,
+    global_path: Path,
+    data_root: Path,
+    model_root: Path,
+    *,
+    site: str,
+    progress: Callable[[str], None],
+    device: str | DeviceChoice | None,
+) -> TaskOutput:
+    """A global-stage round: the LM LoRA trained on the site's unlabelled text.
+
+    Metrics: train_loss, eval_mlm_loss (eval_clm_loss for decoders) on the eval split's text with
+    seeded masks, and in round 1 base_eval_mlm_loss, the same loss of the untouched base.
+    """
+    examples = unlabelled_examples(spec, data_root)
+    evals = eval_texts(spec, data_root)
+    built, kind = build_lm_model(spec, model_root, device=resolve_device(device))
+    global_arrays = read_global(global_path)
+    load_trainable_arrays(built.model, global_arrays)
+    key = loss_key(kind)
+    metrics: dict[str, float] = {}
+    if evals and round <= 1:
+        with built.model.disable_adapter():
+            metrics["base_" + key] = eval_loss(built, kind, evals, spec, training)
+    result = train(
+        built.model,
+        built.tokenizer,
+        examples,
+        task=spec.task,
+        training=training,
+        device=built.device,
+        round=round,
+        site=site,
+        progress=progress,
+        encode=train_encoder(built, kind, training, round, site),
+    )
+    metrics.update(result.metrics())
+    arrays, privacy_metrics = privatize_update(trainable_arrays(built.model), global_arrays, spec.privacy)
+    metrics.update(privacy_metrics)
+    if evals:
+        if privacy_metrics:
+            load_trainable_arrays(built.model, arrays)
+        metrics[key] = eval_loss(built, kind, evals, spec, training)
+    return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
+
+
+def run_evaluate(
+    spec: ExperimentSpec,
+    training: TrainingSpec,
+    examples: list[Example],
+    global_path: Path,
+    model_root: Path,
+    *,
+    device: str | DeviceChoice | None,
+) -> TaskOutput:
+    """The global version's LM loss on the site's eval split (`loss_key`)."""
+    built, kind = build_lm_model(spec, model_root, device=resolve_device(device))
+    load_trainable_arrays(built.model, read_global(global_path))
+    loss = eval_loss(built, kind, examples, spec, training)
+    return TaskOutput(arrays={}, num_examples=len(examples), metrics={loss_key(kind): loss})
+
+
 def _texts(path: Path, spec: ExperimentSpec) -> list[Example]:
     return load_examples(path, text_field=spec.data.text_field)
 
@@ -189,7 +255,3 @@ def train_encoder(
     return lambda examples: encode_lm_batch(
         built.tokenizer, examples, kind, training.max_length, built.device.device, generator
     )
-
-
-def elapsed_since(started: float) -> float:
-    return time.perf_counter() - started

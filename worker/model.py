@@ -47,7 +47,7 @@ class BuiltModel:
     def reset(self) -> None:
         """Put the adapter back to its initial (seeded) state."""
         with torch.no_grad():
-            for name, param in _adapter_params(self.model).items():
+            for name, param in adapter_params(self.model).items():
                 param.copy_(self.init_state[name].to(param.device, param.dtype))
 
 
@@ -58,7 +58,7 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -82,7 +82,7 @@ def model_dir(spec: ExperimentSpec, model_root: Path) -> Path:
 _DIGESTS: dict[Path, str] = {}
 
 
-def _check_digest(spec: ExperimentSpec, path: Path) -> None:
+def check_digest(spec: ExperimentSpec, path: Path) -> None:
     want = spec.base_model.sha256
     if not want:
         return
@@ -168,10 +168,10 @@ def build_model(
         built = _CACHE[key]
         built.reset()
         return built
-    _check_digest(spec, path)
+    check_digest(spec, path)
     method = get_method(spec.peft.method)
     ctx = BuildContext(task=spec.task, model_path=str(path), seed=spec.seed)
-    with _quiet_transformers(), warnings.catch_warnings():
+    with quiet_transformers(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         seed_everything(spec.seed)  # the new task head is drawn here
         tokenizer, base = _load_base(spec, path, device)
@@ -187,7 +187,7 @@ def build_model(
             param.data = param.data.float()  # trainable tensors stay float32; autocast handles bf16 compute
     model.to(device.device)
     model.eval()
-    init_state = {name: p.detach().cpu().clone() for name, p in _adapter_params(model).items()}
+    init_state = {name: p.detach().cpu().clone() for name, p in adapter_params(model).items()}
     built = BuiltModel(model=model, tokenizer=tokenizer, device=device, init_state=init_state)
     if use_cache:
         _CACHE.clear()  # one experiment per worker process at a time: keep memory bounded
@@ -199,7 +199,7 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def _adapter_params(model: PeftModel) -> dict[str, torch.nn.Parameter]:
+def adapter_params(model: PeftModel) -> dict[str, torch.nn.Parameter]:
     """Every adapter tensor (peft save name -> the live parameter behind it), trainable or frozen."""
     by_storage = {(p.data_ptr(), tuple(p.shape)): p for p in model.parameters()}
     out: dict[str, torch.nn.Parameter] = {}
@@ -222,7 +222,7 @@ def _adapter_params(model: PeftModel) -> dict[str, torch.nn.Parameter]:
 
 
 def _exchanged_params(model: PeftModel) -> dict[str, torch.nn.Parameter]:
-    return {name: p for name, p in _adapter_params(model).items() if p.requires_grad}
+    return {name: p for name, p in adapter_params(model).items() if p.requires_grad}
 
 
 def trainable_arrays(model: PeftModel) -> dict[str, np.ndarray]:
@@ -237,7 +237,7 @@ def frozen_arrays(model: PeftModel) -> dict[str, np.ndarray]:
     """Adapter tensors that are not trained (FFA-LoRA's lora_A): needed only to export a full adapter."""
     return {
         name: p.detach().to("cpu", torch.float32).numpy().copy()
-        for name, p in _adapter_params(model).items()
+        for name, p in adapter_params(model).items()
         if not p.requires_grad
     }
 

@@ -1,13 +1,13 @@
 """The entry points the worker daemon calls: init, train, evaluate, personalize, dataset sizes.
 
-Each returns a `TaskOutput`; tensors are float32 numpy arrays keyed by peft save names
-(see worker/model.py). The built model is cached per process, so later rounds skip loading.
+Each returns a `TaskOutput` (worker/task_io.py); tensors are float32 numpy arrays keyed by peft save
+names (see worker/model.py). The built model is cached per process, so later rounds skip loading.
+A global stage's train and evaluate run in worker/global_stage.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from fedtune.spec import ExperimentSpec, TrainingSpec
 from worker import data as data_files
 from worker import global_stage
 from worker.data import Example, load_examples
-from worker.device import DeviceChoice, select_device
+from worker.device import DeviceChoice, resolve_device
 from worker.evaluation import evaluate
 from worker.global_stage import build_lm_model
 from worker.model import (
@@ -29,31 +29,10 @@ from worker.model import (
     load_trainable_arrays,
     trainable_arrays,
 )
+from worker.task_io import TaskOutput, read_global
 from worker.training import privatize_update, train
 
 FROZEN_ADAPTER_FILE = "frozen_adapter.safetensors"
-
-
-@dataclass
-class TaskOutput:
-    arrays: dict[str, np.ndarray]  # trainable tensors, float32 (empty for metrics-only tasks)
-    num_examples: int
-    metrics: dict[str, float]  # e.g. train_loss, eval_accuracy, eval_loss, train_seconds
-    files: dict[str, bytes] = field(default_factory=dict)  # side files, e.g. adapter_config.json for INIT
-
-
-def _device(device: str | DeviceChoice | None) -> DeviceChoice:
-    if isinstance(device, DeviceChoice):
-        return device
-    return select_device(device or "auto")
-
-
-def read_global(path: Path) -> dict[str, np.ndarray]:
-    if not Path(path).is_file():
-        raise FedtuneError(ErrorCode.NOT_FOUND, f"global model file {path} does not exist")
-    from fedtune.tensorstream.safetensors_file import read_arrays_float32
-
-    return read_arrays_float32(Path(path))
 
 
 def _examples(spec: ExperimentSpec, path: Path) -> list[Example]:
@@ -97,7 +76,7 @@ def _built_with_global(
     device: str | DeviceChoice | None,
     base_adapter_path: Path | None = None,
 ) -> tuple[BuiltModel, dict[str, np.ndarray]]:
-    built = build_model(spec, model_root, device=_device(device), base_adapter_path=base_adapter_path)
+    built = build_model(spec, model_root, device=resolve_device(device), base_adapter_path=base_adapter_path)
     global_arrays = read_global(global_path)
     load_trainable_arrays(built.model, global_arrays)
     return built, global_arrays
@@ -144,9 +123,11 @@ def run_init(
     the adapter on the merged base.
     """
     if _is_global(spec, stage_index):
-        built, _ = build_lm_model(spec, model_root, device=_device(device))
+        built, _ = build_lm_model(spec, model_root, device=resolve_device(device))
     else:
-        built = build_model(spec, model_root, device=_device(device), base_adapter_path=base_adapter_path)
+        built = build_model(
+            spec, model_root, device=resolve_device(device), base_adapter_path=base_adapter_path
+        )
     arrays = trainable_arrays(built.model)
     files = {"adapter_config.json": adapter_config_json(built.model, spec.base_model.name)}
     frozen = frozen_arrays(built.model)
@@ -173,8 +154,16 @@ def run_train(
     """Train from the global tensors on the site's train split; returns the trained weights (not a delta)."""
     training = _training(spec, stage_index, training_overrides)
     if _is_global(spec, stage_index):
-        return _run_global_train(
-            spec, training, round, global_path, data_root, model_root, site, progress, device
+        return global_stage.run_train(
+            spec,
+            training,
+            round,
+            global_path,
+            data_root,
+            model_root,
+            site=site,
+            progress=progress,
+            device=device,
         )
     train_examples = _examples(spec, Path(data_root) / spec.data.train)
     eval_examples = _eval_examples(spec, data_root)
@@ -200,54 +189,6 @@ def run_train(
     return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
 
 
-def _run_global_train(
-    spec: ExperimentSpec,
-    training: TrainingSpec,
-    round: int,
-    global_path: Path,
-    data_root: Path,
-    model_root: Path,
-    site: str,
-    progress: Callable[[str], None],
-    device: str | DeviceChoice | None,
-) -> TaskOutput:
-    """A global-stage round: the LM LoRA trained on the site's unlabelled text.
-
-    Metrics: train_loss, eval_mlm_loss (eval_clm_loss for decoders) on the eval split's text with
-    seeded masks, and in round 1 base_eval_mlm_loss, the same loss of the untouched base.
-    """
-    examples = global_stage.unlabelled_examples(spec, data_root)
-    evals = global_stage.eval_texts(spec, data_root)
-    built, kind = build_lm_model(spec, model_root, device=_device(device))
-    global_arrays = read_global(global_path)
-    load_trainable_arrays(built.model, global_arrays)
-    key = global_stage.loss_key(kind)
-    metrics: dict[str, float] = {}
-    if evals and round <= 1:
-        with built.model.disable_adapter():
-            metrics["base_" + key] = global_stage.eval_loss(built, kind, evals, spec, training)
-    result = train(
-        built.model,
-        built.tokenizer,
-        examples,
-        task=spec.task,
-        training=training,
-        device=built.device,
-        round=round,
-        site=site,
-        progress=progress,
-        encode=global_stage.train_encoder(built, kind, training, round, site),
-    )
-    metrics.update(result.metrics())
-    arrays, privacy_metrics = privatize_update(trainable_arrays(built.model), global_arrays, spec.privacy)
-    metrics.update(privacy_metrics)
-    if evals:
-        if privacy_metrics:
-            load_trainable_arrays(built.model, arrays)
-        metrics[key] = global_stage.eval_loss(built, kind, evals, spec, training)
-    return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
-
-
 def run_evaluate(
     spec: ExperimentSpec,
     stage_index: int,
@@ -267,10 +208,7 @@ def run_evaluate(
             f"no eval split at this site: {Path(data_root) / str(spec.data.eval)} does not exist",
         )
     if _is_global(spec, stage_index):
-        built, kind = build_lm_model(spec, model_root, device=_device(device))
-        load_trainable_arrays(built.model, read_global(global_path))
-        loss = global_stage.eval_loss(built, kind, examples, spec, training)
-        return TaskOutput(arrays={}, num_examples=len(examples), metrics={global_stage.loss_key(kind): loss})
+        return global_stage.run_evaluate(spec, training, examples, global_path, model_root, device=device)
     built, _ = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
     return TaskOutput(arrays={}, num_examples=len(examples), metrics=_eval(built, spec, examples, training))
 
@@ -323,9 +261,8 @@ def dataset_sizes(data_root: Path) -> dict[str, int]:
 
 
 __all__ = [
-    "TaskOutput",
+    "FROZEN_ADAPTER_FILE",
     "dataset_sizes",
-    "read_global",
     "run_evaluate",
     "run_init",
     "run_personalize",

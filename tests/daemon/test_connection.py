@@ -12,11 +12,12 @@ import pytest
 from fedtune.tensorstream.decoder import StreamDecoder
 from fedtune.tensorstream.safetensors_file import partial_path, read_arrays
 from tests.daemon.fake_coordinator import FakeCoordinator
-from worker.connection import Backoff, Connection, RpcFailure
+from worker.connection import Connection
+from worker.retry import Backoff, RpcFailure
 
 
 @dataclass
-class Output:  # same fields as worker.tasks.TaskOutput
+class Output:  # same fields as worker.task_io.TaskOutput
     arrays: dict[str, np.ndarray]
     num_examples: int = 10
     metrics: dict[str, float] = field(default_factory=lambda: {"loss": 0.5})

@@ -20,7 +20,7 @@ from tests.daemon.fake_coordinator import FakeCoordinator
 from worker import tasks
 from worker.daemon import WorkerDaemon
 from worker.settings import WorkerSettings
-from worker.tasks import TaskOutput
+from worker.task_io import TaskOutput
 
 SPEC: ExperimentSpec = parse_spec(
     {

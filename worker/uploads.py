@@ -1,0 +1,114 @@
+"""Resumable upload of a task's update over PushUpdate.
+
+The update streams as a header (task, metrics, manifest, side files) and then chunks. After a break
+the worker asks GetUploadStatus and resumes where the coordinator stopped, restarts when it holds
+nothing, or is done when it already holds the whole update.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from fedtune.tensorstream.manifest import Manifest
+from fedtune.v1 import worker_pb2
+from worker.retry import RETRYABLE, RpcFailure, Stopped, rpc_status
+
+if TYPE_CHECKING:
+    from worker.connection import Connection
+    from worker.task_io import TaskOutput
+
+log = logging.getLogger("fedtune.worker.connection")  # one logger for the whole gRPC side
+
+
+def push_update(
+    connection: Connection,
+    task_id: str,
+    output: TaskOutput,
+    *,
+    cancel: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> worker_pb2.PushUpdateResponse:
+    """Stream header + chunks; after a break, resume where the coordinator stopped."""
+    from fedtune.tensorstream.encoder import manifest_for_arrays
+
+    manifest = manifest_for_arrays(output.arrays)
+    start: tuple[int, int] | None = (0, 0)
+    backoff = connection.new_backoff()
+    while True:
+        if start is None:  # the coordinator already holds the whole update
+            return worker_pb2.PushUpdateResponse(received_bytes=manifest.total_bytes)
+        requests = _upload_requests(connection, task_id, output, manifest, start, cancel, progress)
+        try:
+            answer: worker_pb2.PushUpdateResponse = connection.stub.PushUpdate(
+                requests, metadata=connection.metadata
+            )
+            return answer
+        except grpc.RpcError as err:
+            code, details = rpc_status(err)
+            if connection.stopping(cancel):
+                raise Stopped("stopping") from None
+            if code not in RETRYABLE:
+                raise RpcFailure("PushUpdate", code, details) from None
+            delay = backoff.next_delay()
+            log.warning(
+                "upload for task %s broke (%s: %s); asking what the coordinator holds in %.1fs",
+                task_id,
+                code.name,
+                details,
+                delay,
+            )
+            connection.wait(delay, cancel)
+            start = connection.upload_position(task_id, cancel)
+
+
+def _upload_requests(
+    connection: Connection,
+    task_id: str,
+    output: TaskOutput,
+    manifest: Manifest,
+    start: tuple[int, int],
+    cancel: threading.Event | None,
+    progress: Callable[[int, int], None] | None,
+) -> Iterator[worker_pb2.PushUpdateRequest]:
+    from fedtune.tensorstream.encoder import iter_chunks_from_arrays
+    from fedtune.tensorstream.serde import chunk_to_proto, manifest_to_proto
+
+    resume = start != (0, 0)
+    header = worker_pb2.UpdateHeader(
+        task_id=task_id,
+        num_examples=int(output.num_examples),
+        metrics={k: float(v) for k, v in output.metrics.items()},
+        manifest=manifest_to_proto(manifest),
+        files=dict(output.files),
+        resume=resume,
+    )
+    if resume:
+        log.info("resuming upload for task %s at tensor %d offset %d", task_id, *start)
+    yield worker_pb2.PushUpdateRequest(header=header)
+    total = manifest.total_bytes
+    sent = _bytes_before(manifest, *start)
+    for chunk in iter_chunks_from_arrays(
+        output.arrays,
+        manifest,
+        chunk_bytes=connection.settings.chunk_bytes,
+        start_tensor=start[0],
+        start_offset=start[1],
+    ):
+        if connection.stopping(cancel):
+            return  # ends the stream early; the server sees an incomplete upload
+        yield worker_pb2.PushUpdateRequest(chunk=chunk_to_proto(chunk))
+        sent += len(chunk.data)
+        if progress is not None:
+            progress(sent, total)
+
+
+def _bytes_before(manifest: Manifest, tensor: int, offset: int) -> int:
+    return sum(t.nbytes for t in manifest.tensors[:tensor]) + offset
+
+
+__all__ = ["push_update"]
