@@ -54,7 +54,9 @@ def bench_group() -> None:
     "--configs",
     default=DEFAULT_CONFIGS,
     show_default=True,
-    help="comma-separated: centralized, local-only, or strategy[:key=value...], e.g. fedprox:mu=0.1",
+    help="comma-separated: centralized, local-only, or strategy[:key=value...], e.g. fedprox:mu=0.1; "
+    "prefix globalG+ for G global rounds (federated masked-LM LoRA, fedavg, merged into each site's base) "
+    "before finetune, e.g. global2+fedavg",
 )
 @click.option(
     "--methods", default=DEFAULT_METHODS, show_default=True, help="PEFT methods: lora, prompt_tuning, ia3"
@@ -118,6 +120,10 @@ def quality_command(
     Example:
       fedtune bench quality --sites 8 --alpha 0.1 --rounds 10 --local-steps 10 \\
           --configs centralized,local-only,fedavg,fedprox:mu=0.01,fedyogi --methods lora
+
+    \b
+    A global stage first (2 masked-LM rounds, then the finetune rounds with fedavg):
+      fedtune bench quality --configs fedavg,global2+fedavg --methods lora
     """
     from fedtune.demo.assets import bbc_news_dir, minilm_model_dir
     from fedtune.demo.spec import MODEL_NAME

@@ -4,6 +4,14 @@ A configuration is `centralized`, `local-only`, or a registered aggregation stra
 written ``name[:key=value[:key=value]]`` (values parsed as YAML), e.g. ``fedprox:mu=0.1``.
 Every configuration runs once per PEFT method.
 
+A federated configuration may start with a ``global`` stage (docs/decisions.md 11): write
+``global<G>+<strategy>[:key=value...]``, e.g. ``global2+fedavg`` or ``global3+fedprox:mu=0.1``.
+The experiment then runs G global rounds (federated masked-LM LoRA on the sites' train text, always
+aggregated with fedavg, with the same local steps and batch size; learning rate ``--learning-rate`` or
+LoRA's 1e-3) before the usual finetune rounds with the named strategy; every site merges the global
+LoRA into its base before the finetune stage. The global rounds are extra compute, outside the budget
+rule below (which counts classification training only). Baselines take no global stage.
+
 Budget rule (same examples seen, so the same gradient compute, in every configuration):
 a federated run sees ``sites x rounds x local_steps x batch_size`` training examples in total;
 centralized trains ``sites x rounds x local_steps`` steps of ``batch_size`` on the pooled train
@@ -13,6 +21,7 @@ data of all sites; local-only trains each site ``rounds x local_steps`` steps on
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +58,7 @@ class RunConfig(BaseModel):
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+    global_rounds: int = Field(0, ge=0)  # >0: a `global` stage of that many rounds before finetune
 
     @property
     def is_baseline(self) -> bool:
@@ -56,9 +66,10 @@ class RunConfig(BaseModel):
 
     @property
     def label(self) -> str:
+        prefix = f"global{self.global_rounds}+" if self.global_rounds else ""
         if not self.options:
-            return self.name
-        return self.name + ":" + ":".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+            return prefix + self.name
+        return prefix + self.name + ":" + ":".join(f"{k}={v}" for k, v in sorted(self.options.items()))
 
 
 class BenchConfig(BaseModel):
@@ -101,11 +112,25 @@ class BenchConfig(BaseModel):
         }
 
 
+_GLOBAL_PREFIX = re.compile(r"^global(\d+)\+(.*)$")
+
+
 def parse_configs(text: str) -> list[RunConfig]:
-    """``fedavg,fedprox:mu=0.1,centralized`` -> RunConfigs (strategy names are checked by the coordinator)."""
+    """``fedavg,global2+fedprox:mu=0.1,centralized`` -> RunConfigs (the coordinator checks strategies)."""
     configs: list[RunConfig] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        name, *pairs = item.split(":")
+        global_rounds = 0
+        rest = item
+        if item.startswith("global"):
+            match = _GLOBAL_PREFIX.match(item)
+            if match is None or int(match.group(1)) < 1 or not match.group(2).strip():
+                raise FedtuneError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"config {item!r}: a global stage is written global<rounds>+<strategy>, "
+                    "rounds >= 1, e.g. global2+fedavg",
+                )
+            global_rounds, rest = int(match.group(1)), match.group(2).strip()
+        name, *pairs = rest.split(":")
         options: dict[str, Any] = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
@@ -115,9 +140,11 @@ def parse_configs(text: str) -> list[RunConfig]:
                     f"config {item!r}: option {pair!r} is not key=value (e.g. fedprox:mu=0.1)",
                 )
             options[key.strip()] = yaml.safe_load(value)
-        if name in BASELINES and options:
-            raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"baseline {name!r} takes no options")
-        configs.append(RunConfig(name=name.strip(), options=options))
+        if name in BASELINES and (options or global_rounds):
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT, f"baseline {name!r} takes no options and no global stage"
+            )
+        configs.append(RunConfig(name=name.strip(), options=options, global_rounds=global_rounds))
     if not configs:
         raise FedtuneError(
             ErrorCode.INVALID_ARGUMENT, "--configs is empty; e.g. --configs centralized,fedavg"
@@ -144,29 +171,48 @@ def experiment_spec(
 ) -> ExperimentSpec:
     """The experiment a configuration runs (baselines use its model, PEFT and training settings)."""
     strategy = {"name": run.name, "options": dict(run.options)} if run and not run.is_baseline else {}
+    training = {
+        "max_steps": config.local_steps,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate or LEARNING_RATE_BY_METHOD[method],
+        "max_length": config.max_length,
+        "seed": config.seed,
+    }
+    selection = {"mode": "all", "min_sites": config.sites}
+    stages: list[dict[str, Any]] = []
+    if run is not None and run.global_rounds:
+        stages.append(
+            {
+                "kind": "global",
+                "rounds": run.global_rounds,
+                "selection": selection,
+                "strategy": {"name": "fedavg"},
+                # the global stage trains a LoRA whatever the method: LoRA's learning rate
+                "training": {
+                    **training,
+                    "learning_rate": config.learning_rate or LEARNING_RATE_BY_METHOD["lora"],
+                },
+                "deadline_seconds": 3600,
+            }
+        )
+    stages.append(
+        {
+            "kind": "finetune",
+            "rounds": config.rounds,
+            "selection": selection,
+            "strategy": strategy or {"name": "fedavg"},
+            "deadline_seconds": 3600,
+        }
+    )
     data: dict[str, Any] = {
-        "name": f"quality-{method}-{run.label if run else 'baseline'}".replace(":", "-"),
+        "name": f"quality-{method}-{run.label if run else 'baseline'}".replace(":", "-").replace("+", "-"),
         "base_model": {"name": config.model_name},
         "task": "sequence-classification",
         "labels": labels,
         "data": {"train": "train.jsonl", "eval": "eval.jsonl", "text_field": "text", "label_field": "label"},
         "peft": PEFT_BY_METHOD[method],
-        "training": {
-            "max_steps": config.local_steps,
-            "batch_size": config.batch_size,
-            "learning_rate": config.learning_rate or LEARNING_RATE_BY_METHOD[method],
-            "max_length": config.max_length,
-            "seed": config.seed,
-        },
-        "stages": [
-            {
-                "kind": "finetune",
-                "rounds": config.rounds,
-                "selection": {"mode": "all", "min_sites": config.sites},
-                "strategy": strategy or {"name": "fedavg"},
-                "deadline_seconds": 3600,
-            }
-        ],
+        "training": training,
+        "stages": stages,
         "seed": config.seed,
     }
     return parse_spec(data)

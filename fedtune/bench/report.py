@@ -45,7 +45,53 @@ def markdown_table(results: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "local-only: mean over sites of each site's own model on the test set."]
     lines += _per_round_tables(results)
+    lines += _global_stage_tables(results)
     return "\n".join(lines) + "\n"
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _global_stage_tables(results: dict[str, Any]) -> list[str]:
+    """Per run with a global stage: held-out LM loss of the base, then after each global round."""
+    lines: list[str] = []
+    for method, block in results["methods"].items():
+        for label, run in block["federated"].items():
+            stage = run.get("global_stage")
+            if not stage:
+                continue
+            key = stage["loss_key"]
+            lines += [
+                "",
+                f"## {method} / {label}: global stage: held-out {key} base -> after round r",
+                "",
+                f"| round | sites' {key} (after local training) | lower than base? "
+                f"| aggregated global model {key} | lower than base? |",
+                "|---:|---:|:---:|---:|:---:|",
+                f"| base | {_loss(stage['base_loss'])} | | {_loss(stage['base_loss_aggregated_eval'])} | |",
+            ]
+            for row in stage["rounds"]:
+                cells = [
+                    str(row["round"]),
+                    _loss(row[key]),
+                    _yes(row["decreased_vs_base"]),
+                    _loss(row["aggregated_" + key]),
+                    _yes(row["aggregated_decreased_vs_base"]),
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
+            merged = _pct(run["final_test_accuracy"])
+            original = _pct(stage.get("final_test_accuracy_on_original_base"))
+            lines += [
+                "",
+                f"Finetune test accuracy is on the merged base (base + global LoRA): final {merged}% "
+                f"(the same adapter on the original base: {original}%).",
+            ]
+    return lines
+
+
+def _yes(flag: bool | None) -> str:
+    return "-" if flag is None else ("yes" if flag else "no")
 
 
 def _per_round_tables(results: dict[str, Any]) -> list[str]:
@@ -85,7 +131,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     methods = list(results["methods"])
-    fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 4.5), squeeze=False)
+    with_global = any(
+        run.get("global_stage")
+        for block in results["methods"].values()
+        for run in block["federated"].values()
+    )
+    rows = 2 if with_global else 1
+    fig, axes = plt.subplots(rows, len(methods), figsize=(6 * len(methods), 4.5 * rows), squeeze=False)
+    if with_global:
+        for ax, method in zip(axes[1], methods, strict=True):
+            _plot_global(ax, method, results["methods"][method])
     for ax, method in zip(axes[0], methods, strict=True):
         block = results["methods"][method]
         for label, run in block["federated"].items():
@@ -108,6 +163,29 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_global(ax: Any, method: str, block: dict[str, Any]) -> None:
+    """Global stage: held-out LM loss, round 0 = the base; solid = aggregated model, dashed = sites'."""
+    from matplotlib.ticker import MaxNLocator
+
+    for label, run in block["federated"].items():
+        stage = run.get("global_stage")
+        if not stage:
+            continue
+        key = stage["loss_key"]
+        rows = stage["rounds"]
+        xs = [0] + [r["round"] for r in rows]
+        aggregated = [stage["base_loss_aggregated_eval"]] + [r["aggregated_" + key] for r in rows]
+        local = [stage["base_loss"]] + [r[key] for r in rows]
+        (line,) = ax.plot(xs, aggregated, marker="o", label=f"{label} (aggregated)")
+        ax.plot(xs, local, marker="x", ls="--", color=line.get_color(), label=f"{label} (sites, local)")
+        ax.set_ylabel(f"held-out {key}")
+    ax.set_title(f"{method}: global stage (round 0 = base)")
+    ax.set_xlabel("global round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def write_outputs(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:

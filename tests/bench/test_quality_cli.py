@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -110,3 +111,36 @@ def test_quick_quality_benchmark_writes_json_table_and_plot(tmp_path: Path) -> N
     )
     assert (out / "quality.png").read_bytes()[:8] == PNG_MAGIC
     assert not (out / "work").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_global_stage_config_reports_finite_lm_losses_and_merged_base_accuracy(tmp_path: Path) -> None:
+    # Prepare: 2 sites, 1 global round then 1 finetune round
+    model_dir = make_tiny_model(tmp_path / "models")
+    corpus = make_tiny_corpus(tmp_path / "corpus", per_class=12)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "fedtune", "bench", "quality", "--quick", "--sites", "2", "--alpha", "1.0"]
+    args += ["--rounds", "1", "--local-steps", "2", "--batch-size", "8", "--max-length", "32"]
+    args += ["--configs", "global1+fedavg", "--methods", "lora", "--model-dir", str(model_dir)]
+    args += ["--corpus-dir", str(corpus), "--out", str(out)]
+
+    # Execute
+    result = subprocess.run(args, capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=110)
+
+    # Assert
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run = json.loads((out / "quality.json").read_text())["methods"]["lora"]["federated"]["global1+fedavg"]
+    stage = run["global_stage"]
+    assert stage["loss_key"] == "eval_mlm_loss" and [r["round"] for r in stage["rounds"]] == [1]
+    row = stage["rounds"][0]
+    for value in (stage["base_loss"], stage["base_loss_aggregated_eval"], row["eval_mlm_loss"]):
+        assert math.isfinite(value) and value > 0
+    assert math.isfinite(row["aggregated_eval_mlm_loss"]) and isinstance(row["decreased_vs_base"], bool)
+    assert set(row["site_metrics"]) == {"site-a", "site-b"}
+    assert [r["round"] for r in run["rounds"]] == [0, 1]
+    assert all(r["test_accuracy_base"] == "merged" and 0 <= r["test_accuracy"] <= 1 for r in run["rounds"])
+    assert 0 <= stage["final_test_accuracy_on_original_base"] <= 1
+    table = (out / "quality.md").read_text()
+    assert "global stage: held-out eval_mlm_loss base -> after round r" in table
+    assert (out / "quality.png").read_bytes()[:8] == PNG_MAGIC
