@@ -19,6 +19,7 @@ log = logging.getLogger("fedtune.coordinator.auth")
 
 SITE_HEADER = "x-fedtune-site"
 AUTH_HEADER = "authorization"
+CERT_CN_PROPERTY = "x509_common_name"  # gRPC auth-context property of the peer's certificate CN
 
 
 def hash_token(token: str) -> str:
@@ -34,6 +35,23 @@ def bearer(metadata: Iterable[tuple[str, str | bytes]]) -> tuple[str, str]:
     else:
         token = ""
     return values.get(SITE_HEADER, ""), token
+
+
+def certificate_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
+    """The client certificate's common names from a gRPC auth context (empty without a client cert)."""
+    return [v.decode(errors="replace") for v in auth_context.get(CERT_CN_PROPERTY, ())]
+
+
+def check_certificate_site(auth_context: Mapping[str, Iterable[bytes]], site: str) -> None:
+    """Under mutual TLS: PERMISSION_DENIED unless the client certificate was issued to `site` (its CN)."""
+    names = certificate_names(auth_context)
+    if site not in names:
+        shown = ", ".join(repr(n) for n in names) or "none"
+        raise FedtuneError(
+            ErrorCode.PERMISSION_DENIED,
+            f"the client certificate (CN {shown}) is not site {site!r}'s: a worker must present its own "
+            "site's certificate (`fedtune certs add-site`) and authenticate as that site",
+        )
 
 
 class SiteAuth:

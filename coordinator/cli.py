@@ -11,6 +11,12 @@ import click
 
 from fedtune.errors import FedtuneError
 
+_TRANSPORT = {
+    "plaintext": "PLAINTEXT, no TLS",
+    "tls": "TLS, no client certificates",
+    "mtls": "mutual TLS",
+}
+
 
 @click.group("coordinator")
 def coordinator_group() -> None:
@@ -31,6 +37,21 @@ def coordinator_group() -> None:
 )
 @click.option("--database-url", help="SQLAlchemy URL (default sqlite:///<data-dir>/fedtune.db).")
 @click.option("--admin-token", help="Bearer token the Admin API requires (default: open, with a warning).")
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Server certificate (PEM); with --tls-key the coordinator serves TLS [env FEDTUNE_TLS_CERT].",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Its private key [env FEDTUNE_TLS_KEY].",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CA of client certs: mutual TLS, a worker cert CN must be its site [env FEDTUNE_TLS_CLIENT_CA].",
+)
 @click.option("--log-level", help="DEBUG, INFO, WARNING ...")
 @click.option("--log-json/--no-log-json", default=None, help="One JSON object per log line.")
 def serve(
@@ -40,6 +61,9 @@ def serve(
     data_dir: Path | None,
     database_url: str | None,
     admin_token: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
     log_level: str | None,
     log_json: bool | None,
 ) -> None:
@@ -52,6 +76,8 @@ def serve(
     Example:
       fedtune coordinator serve --data-dir ./fedtune-data --port 50051 --admin-token s3cret
       FEDTUNE_DATABASE_URL=postgresql+psycopg://fedtune@db/fedtune fedtune coordinator serve
+      fedtune coordinator serve --tls-cert certs/coordinator/cert.pem --tls-key certs/coordinator/key.pem \\
+          --tls-client-ca certs/coordinator/ca.pem      # mutual TLS (files from `fedtune certs init`)
     """
     from coordinator.logs import configure_logging
     from coordinator.server import start_server
@@ -65,6 +91,9 @@ def serve(
             data_dir=data_dir,
             database_url=database_url,
             admin_token=admin_token,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
             log_level=log_level,
             log_json=log_json,
         )
@@ -82,7 +111,8 @@ def serve(
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
     click.echo(
-        f"fedtune coordinator listening on {settings.host}:{server.port} (data dir {settings.data_dir})"
+        f"fedtune coordinator listening on {settings.host}:{server.port} "
+        f"({_TRANSPORT[settings.tls_mode]}; data dir {settings.data_dir})"
     )
     while not server.wait(timeout=1.0):
         pass

@@ -16,6 +16,7 @@ from coordinator.clock import Clock
 from coordinator.settings import CoordinatorSettings
 from coordinator.worker_servicer import WorkerServicer
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.tls import read_pem
 from fedtune.v1 import admin_pb2, admin_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("fedtune.coordinator.server")
@@ -66,6 +67,7 @@ class CoordinatorServer:
 def start_server(
     settings: CoordinatorSettings, *, services: Services | None = None, clock: Clock | None = None
 ) -> CoordinatorServer:
+    credentials = server_credentials(settings)  # bad TLS files fail before anything is opened
     services = services or bootstrap(settings, clock=clock)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="fedtune-rpc"),
@@ -86,7 +88,11 @@ def start_server(
         reflection.SERVICE_NAME,
     ]
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         services.close()
         raise FedtuneError(ErrorCode.UNAVAILABLE, f"cannot listen on {settings.host}:{settings.port}")
@@ -95,6 +101,30 @@ def start_server(
     coordinator = CoordinatorServer(server, services, port, settings.host)
     coordinator._start()
     log.info(
-        "coordinator listening", extra={"address": coordinator.address, "data_dir": str(settings.data_dir)}
+        "coordinator listening",
+        extra={"address": coordinator.address, "data_dir": str(settings.data_dir), "tls": settings.tls_mode},
     )
+    if settings.tls_mode == "plaintext":
+        log.warning(
+            "serving PLAINTEXT gRPC: tokens and model updates cross the network unencrypted; "
+            "set tls_cert/tls_key/tls_client_ca (see `fedtune certs init`) outside a private network"
+        )
+    elif settings.tls_mode == "tls":
+        log.warning("serving TLS without client certificates; set tls_client_ca for mutual TLS")
+    else:
+        log.info("serving mutual TLS: workers must present their site's certificate (CN = site name)")
     return coordinator
+
+
+def server_credentials(settings: CoordinatorSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files, or None for plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    pair = (
+        read_pem(settings.tls_key, "TLS key (tls_key)"),
+        read_pem(settings.tls_cert, "TLS cert (tls_cert)"),
+    )
+    if settings.tls_client_ca is None:
+        return grpc.ssl_server_credentials([pair])
+    client_ca = read_pem(settings.tls_client_ca, "TLS client CA (tls_client_ca)")
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=True)

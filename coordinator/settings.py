@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.tensorstream.manifest import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
@@ -38,6 +38,30 @@ class CoordinatorSettings(BaseModel):
     scheduler_tick_seconds: float = Field(0.5, gt=0)
     log_level: str = "INFO"
     log_json: bool = False
+    # TLS (design.md section 7): server TLS when cert and key are set; mutual TLS when client_ca is set.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> CoordinatorSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (server TLS) or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
+
+    @property
+    def tls_mode(self) -> str:
+        """'plaintext', 'tls' or 'mtls'."""
+        if self.tls_cert is None:
+            return "plaintext"
+        return "mtls" if self.tls_client_ca is not None else "tls"
 
     @field_validator("sites")
     @classmethod

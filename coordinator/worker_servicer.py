@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from coordinator.auth import bearer
+from coordinator.auth import bearer, check_certificate_site
 from coordinator.bootstrap import Services
 from coordinator.uploads import UploadItem
 from fedtune.errors import rpc_errors
@@ -19,9 +19,17 @@ from fedtune.v1 import worker_pb2, worker_pb2_grpc
 log = logging.getLogger("fedtune.coordinator.worker_api")
 
 
+def _authenticate(services: Services, context: grpc.ServicerContext, site: str, token: str) -> int:
+    """The site's id. Under mutual TLS the client certificate must be the site's (checked first, so a
+    wrong certificate learns nothing about tokens); the token is required either way."""
+    if services.settings.tls_client_ca is not None:
+        check_certificate_site(context.auth_context(), site)
+    return services.auth.authenticate_site(site, token)
+
+
 def _site_id(services: Services, context: grpc.ServicerContext) -> int:
     site, token = bearer(context.invocation_metadata())
-    return services.auth.authenticate_site(site, token)
+    return _authenticate(services, context, site, token)
 
 
 def _push_items(requests: Iterator[worker_pb2.PushUpdateRequest]) -> Iterator[UploadItem]:
@@ -41,7 +49,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self, request: worker_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> worker_pb2.RegisterResponse:
         with rpc_errors(context, "Register"):
-            site_id = self._services.auth.authenticate_site(request.site, request.token)
+            site_id = _authenticate(self._services, context, request.site, request.token)
             device = {
                 "kind": request.device.kind,
                 "name": request.device.name,

@@ -19,13 +19,15 @@ RUN_EXAMPLE = """
 \b
 Example:
   fedtune worker run --coordinator 10.0.0.5:50051 --site hospital-a --token "$TOKEN" \\
-      --data-root /srv/fedtune/data --model-root /srv/fedtune/models
+      --data-root /srv/fedtune/data --model-root /srv/fedtune/models \\
+      --tls-ca certs/ca.pem --tls-cert certs/cert.pem --tls-key certs/key.pem
 
 \b
 Every option can also come from the environment (FEDTUNE_COORDINATOR, FEDTUNE_SITE,
 FEDTUNE_TOKEN, FEDTUNE_DATA_ROOT, FEDTUNE_MODEL_ROOT, FEDTUNE_DEVICE, FEDTUNE_TORCH_THREADS, ...)
 or from a YAML file given with --config (keys: coordinator, site, token, data_root, model_root,
-work_dir, device, pull_wait_seconds, max_backoff_seconds, chunk_bytes, torch_threads).
+work_dir, device, pull_wait_seconds, max_backoff_seconds, chunk_bytes, torch_threads, tls_ca,
+tls_cert, tls_key, tls_server_name).
 Precedence: flags > environment > config file > defaults.
 """
 
@@ -67,6 +69,29 @@ def _common_options(fn: Any) -> Any:
             help="Where to train [env FEDTUNE_DEVICE, default auto].",
         ),
         click.option("--log-level", default=None, help="DEBUG, INFO, WARNING [env FEDTUNE_LOG_LEVEL]."),
+        click.option(
+            "--tls-ca",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="CA that signed the coordinator's cert; connects over TLS [env FEDTUNE_TLS_CA].",
+        ),
+        click.option(
+            "--tls-cert",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="This site's client cert, CN = the site (mutual TLS) [env FEDTUNE_TLS_CERT].",
+        ),
+        click.option(
+            "--tls-key",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Its private key [env FEDTUNE_TLS_KEY].",
+        ),
+        click.option(
+            "--tls-server-name",
+            default=None,
+            help="Name to verify the coordinator's cert for [env FEDTUNE_TLS_SERVER_NAME].",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)

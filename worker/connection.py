@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from fedtune.tensorstream.manifest import Manifest
+from fedtune.tls import make_channel
 from fedtune.v1 import worker_pb2, worker_pb2_grpc
 from worker import downloads, uploads
 from worker.retry import (
@@ -50,9 +51,9 @@ class Connection:
         self.worker_id = ""
         self.heartbeat_seconds = settings.heartbeat_seconds
         self.metadata = (("x-fedtune-site", settings.site), ("authorization", f"Bearer {settings.token}"))
-        self._channel = grpc.insecure_channel(
+        self._channel = make_channel(
             settings.coordinator,
-            options=[
+            [
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.keepalive_time_ms", 30_000),
@@ -62,7 +63,12 @@ class Connection:
                 ("grpc.initial_reconnect_backoff_ms", 500),
                 ("grpc.max_reconnect_backoff_ms", int(settings.max_backoff_seconds * 1000)),
             ],
+            settings.client_tls,
         )
+        if settings.client_tls is None:
+            log.warning(
+                "plaintext connection to %s: set tls_ca (and tls_cert/tls_key) for TLS", settings.coordinator
+            )
         self.stub = worker_pb2_grpc.WorkerStub(self._channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:

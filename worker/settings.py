@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.tls import ClientTls
 
 ENV_PREFIX = "FEDTUNE_"
 CONFIG_ENV = "FEDTUNE_WORKER_CONFIG"  # a YAML file, when --config is not given
@@ -43,6 +44,10 @@ class WorkerSettings(BaseModel):
     chunk_bytes: int = Field(1 << 20, ge=1024, le=16 << 20)
     torch_threads: int | None = Field(None, ge=1)
     log_level: str = "INFO"
+    tls_ca: Path | None = Field(None, description="CA that signed the coordinator's cert: TLS when set")
+    tls_cert: Path | None = Field(None, description="this site's client certificate (mutual TLS)")
+    tls_key: Path | None = Field(None, description="its private key")
+    tls_server_name: str | None = Field(None, description="name to verify the coordinator's cert for")
 
     @field_validator("coordinator")
     @classmethod
@@ -51,6 +56,21 @@ class WorkerSettings(BaseModel):
         if not sep or not host or not port.isdigit():
             raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:50051, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> WorkerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (mutual TLS) or neither")
+        if self.tls_ca is None and (self.tls_cert is not None or self.tls_server_name):
+            raise ValueError("tls_cert/tls_server_name need tls_ca (the CA that signed the coordinator)")
+        return self
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        """TLS options for the channel; None = plaintext."""
+        if self.tls_ca is None:
+            return None
+        return ClientTls(self.tls_ca, self.tls_cert, self.tls_key, self.tls_server_name)
 
     @property
     def resolved_work_dir(self) -> Path:

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from fedtune.errors import FedtuneError
+from fedtune.tls import ClientTls, looks_like_tls_failure, make_channel
 from fedtune.v1 import admin_pb2, admin_pb2_grpc
 
 MAX_MESSAGE_BYTES = 32 << 20  # 32 MiB, above the tensor stream's largest chunk
@@ -55,7 +57,10 @@ def error_from_rpc(err: grpc.RpcError, target: str, timeout: float | None) -> Ad
     details = (err.details() if isinstance(err, grpc.Call) else None) or ""
     details = " ".join(details.split())  # one line, whatever the server sent
     exit_code = _EXIT_BY_STATUS.get(code, ExitCode.ERROR)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and looks_like_tls_failure(details):
+        message = f"TLS with the coordinator at {target} failed: {details} "
+        message += "(check --tls-ca, --tls-cert, --tls-key: the coordinator may require TLS or a client cert)"
+    elif code == grpc.StatusCode.UNAVAILABLE:
         message = f"cannot reach the coordinator at {target} (is `fedtune coordinator serve` running?)"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"the coordinator at {target} did not answer within {timeout:g} s (raise --timeout?)"
@@ -81,19 +86,26 @@ class AdminClient:
     Use as a context manager (or call `close()`) to close the channel.
     """
 
-    def __init__(self, target: str, admin_token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, target: str, admin_token: str | None = None, timeout: float = 30.0, tls: ClientTls | None = None
+    ) -> None:
+        """`tls`: verify the coordinator with its CA (and present a client cert); None = plaintext."""
         self.target = target
         self.timeout = timeout
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
         )
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        try:
+            self._channel = make_channel(
+                target,
+                [
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ],
+                tls,
+            )
+        except FedtuneError as err:
+            raise AdminError(err.message, ExitCode.USAGE) from None
         self._stub = admin_pb2_grpc.AdminStub(self._channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:

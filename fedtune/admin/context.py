@@ -10,6 +10,7 @@ from rich.console import RenderableType
 
 from fedtune.admin import render
 from fedtune.admin.client import AdminClient, AdminError
+from fedtune.tls import ClientTls
 
 
 class AdminGroup(click.Group):
@@ -31,11 +32,12 @@ class AdminContext:
     admin_token: str | None
     timeout: float
     json_output: bool
+    tls: ClientTls | None = None
     _client: AdminClient | None = field(default=None, repr=False)
 
     def client(self) -> AdminClient:
         if self._client is None:
-            self._client = AdminClient(self.target, self.admin_token, self.timeout)
+            self._client = AdminClient(self.target, self.admin_token, self.timeout, self.tls)
             click.get_current_context().call_on_close(self._client.close)
         return self._client
 

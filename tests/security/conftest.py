@@ -1,0 +1,84 @@
+"""A certs folder made by the real `fedtune certs init`, and coordinators serving TLS or mutual TLS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+
+from coordinator.server import CoordinatorServer, start_server
+from coordinator.settings import CoordinatorSettings
+from fedtune.certs import certs_group
+
+ADMIN_TOKEN = "admin-secret"
+SITE_TOKENS = {"site-a": "token-a", "site-b": "token-b"}
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CA + coordinator (host `coord.test`) + admin + site-a + site-b, made once for the session."""
+    out = tmp_path_factory.mktemp("certs")
+    args = [
+        "init",
+        "--out",
+        str(out),
+        "--coordinator-host",
+        "coord.test",
+        "--site",
+        "site-a",
+        "--site",
+        "site-b",
+    ]
+    result = CliRunner().invoke(certs_group, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _serve(certs: Path, data_dir: Path, mutual: bool) -> Iterator[CoordinatorServer]:
+    bundle = certs / "coordinator"
+    settings = CoordinatorSettings(
+        host="127.0.0.1",
+        port=0,
+        data_dir=data_dir,
+        admin_token=ADMIN_TOKEN,
+        sites=",".join(f"{name}:{token}" for name, token in SITE_TOKENS.items()),
+        max_pull_wait_seconds=1.0,
+        tls_cert=bundle / "cert.pem",
+        tls_key=bundle / "key.pem",
+        tls_client_ca=bundle / "ca.pem" if mutual else None,
+    )
+    server = start_server(settings)
+    try:
+        yield server
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture
+def tls_server(certs: Path, data_dir: Path) -> Iterator[CoordinatorServer]:
+    """Server TLS only: no client certificate asked for."""
+    yield from _serve(certs, data_dir, mutual=False)
+
+
+@pytest.fixture
+def mtls_server(certs: Path, data_dir: Path) -> Iterator[CoordinatorServer]:
+    """Mutual TLS: a client certificate signed by the CA is required."""
+    yield from _serve(certs, data_dir, mutual=True)
+
+
+def secure_channel(server: CoordinatorServer, certs: Path, client: str | None = None) -> grpc.Channel:
+    """A TLS channel trusting the CA; `client` = "admin" or a site name presents that party's cert."""
+    ca = (certs / "ca.pem").read_bytes()
+    if client is None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+    else:
+        bundle = certs / "admin" if client == "admin" else certs / "sites" / client
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=(bundle / "key.pem").read_bytes(),
+            certificate_chain=(bundle / "cert.pem").read_bytes(),
+        )
+    return grpc.secure_channel(f"127.0.0.1:{server.port}", credentials)
