@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +179,17 @@ class Cluster:
             finished, timeout, f"experiment {experiment_id} to finish", interval=2
         )
         return result
+
+
+E2E_LABELS = ["sport", "business"]
+E2E_SITES = ["site-a", "site-b"]
+
+
+def running_cluster(tmp_path: Path, port: int, **coordinator_env: str) -> Iterator[Cluster]:
+    """A cluster whose processes are always stopped; their log tails print when the test failed."""
+    cluster = Cluster(tmp_path, port, {"FEDTUNE_HEARTBEAT_SECONDS": "1", **coordinator_env})
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+        print(cluster.all_tails())  # shown by pytest only when the test failed

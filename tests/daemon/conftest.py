@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon.cluster import E2E_LABELS, E2E_SITES, Cluster, running_cluster
 from tests.daemon.fake_coordinator import FakeCoordinator
+from tests.fixtures.tiny import make_classification_data, make_tiny_model
 from worker.connection import Connection
 from worker.settings import WorkerSettings
 
@@ -47,3 +49,25 @@ def connection(settings: WorkerSettings) -> Iterator[Connection]:
         yield conn
     finally:
         conn.close()
+
+
+# --- end-to-end fixtures: the real CLIs as subprocesses (tests/daemon/cluster.py) ---
+@pytest.fixture
+def cluster(tmp_path: Path, port: int) -> Iterator[Cluster]:
+    yield from running_cluster(tmp_path, port)
+
+
+@pytest.fixture
+def model_root(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    make_tiny_model(root, "tiny-bert", "bert")
+    return root
+
+
+@pytest.fixture
+def data_roots(tmp_path: Path) -> dict[str, Path]:
+    roots = {}
+    for seed, site in enumerate(E2E_SITES):
+        roots[site] = tmp_path / "data" / site
+        make_classification_data(roots[site], E2E_LABELS, n_train=48, n_eval=16, seed=seed)
+    return roots

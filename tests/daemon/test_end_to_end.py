@@ -15,47 +15,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.daemon.cluster import Cluster, wait_for
-from tests.fixtures.tiny import make_classification_data, make_tiny_model, tiny_spec
+from tests.daemon.cluster import E2E_LABELS, E2E_SITES, Cluster, running_cluster, wait_for
+from tests.fixtures.tiny import tiny_spec
 
 pytestmark = pytest.mark.slow
-LABELS = ["sport", "business"]
-SITES = ["site-a", "site-b"]
-
-
-@pytest.fixture
-def model_root(tmp_path: Path) -> Path:
-    root = tmp_path / "models"
-    make_tiny_model(root, "tiny-bert", "bert")
-    return root
-
-
-@pytest.fixture
-def data_roots(tmp_path: Path) -> dict[str, Path]:
-    roots = {}
-    for seed, site in enumerate(SITES):
-        roots[site] = tmp_path / "data" / site
-        make_classification_data(roots[site], LABELS, n_train=48, n_eval=16, seed=seed)
-    return roots
-
-
-def _cluster(tmp_path: Path, port: int, **coordinator_env: str) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, port, coordinator_env)
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()
-        print(cluster.all_tails())  # shown by pytest only when the test failed
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, port: int) -> Iterator[Cluster]:
-    yield from _cluster(tmp_path, port, FEDTUNE_HEARTBEAT_SECONDS="1")
 
 
 @pytest.fixture
 def short_lease_cluster(tmp_path: Path, port: int) -> Iterator[Cluster]:
-    yield from _cluster(tmp_path, port, FEDTUNE_HEARTBEAT_SECONDS="1", FEDTUNE_TASK_LEASE_SECONDS="5")
+    yield from running_cluster(tmp_path, port, FEDTUNE_TASK_LEASE_SECONDS="5")
 
 
 def _submit(cluster: Cluster, tmp_path: Path, training: dict[str, Any]) -> str:
@@ -81,10 +49,10 @@ def test_two_workers_finish_a_two_round_lora_experiment_and_the_adapter_loads_in
 ) -> None:
     # Prepare: coordinator, two sites, two workers
     cluster.start_coordinator()
-    for site in SITES:
+    for site in E2E_SITES:
         cluster.add_site(site)
         cluster.start_worker(site, data_roots[site], model_root)
-    cluster.wait_workers_online(SITES)
+    cluster.wait_workers_online(E2E_SITES)
     # Execute
     experiment_id = _submit(cluster, tmp_path, {"max_steps": 8})
     shown = cluster.wait_experiment(experiment_id, timeout=240)
@@ -100,15 +68,15 @@ def test_two_workers_finish_a_two_round_lora_experiment_and_the_adapter_loads_in
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     base_dir = model_root / "tiny-bert"
-    base = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=len(LABELS))
+    base = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=len(E2E_LABELS))
     model = PeftModel.from_pretrained(base, str(export_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     with torch.no_grad():
         logits = model(**tokenizer(["the coach said the match had a late goal"], return_tensors="pt")).logits
-    assert logits.shape == (1, len(LABELS))
-    assert int(logits.argmax(-1)) in range(len(LABELS))
+    assert logits.shape == (1, len(E2E_LABELS))
+    assert int(logits.argmax(-1)) in range(len(E2E_LABELS))
     # the workers logged what they did, and only tensors + metrics left the site
-    for site in SITES:
+    for site in E2E_SITES:
         log = cluster.log_text(f"worker-{site}")
         assert "registered as" in log and re.search(r"task \S+ received: train", log)
         assert re.search(r"upload \S+: 100%", log)
@@ -120,10 +88,10 @@ def test_a_worker_killed_mid_training_rejoins_and_the_experiment_finishes(
     # Prepare: enough local steps that the kill lands during training
     cluster = short_lease_cluster
     cluster.start_coordinator()
-    for site in SITES:
+    for site in E2E_SITES:
         cluster.add_site(site)
         cluster.start_worker(site, data_roots[site], model_root)
-    cluster.wait_workers_online(SITES)
+    cluster.wait_workers_online(E2E_SITES)
     experiment_id = _submit(cluster, tmp_path, {"max_steps": 300})
     victim = "worker-site-b"
     # Execute: SIGKILL site-b once it reports training progress, then restart it with the same token

@@ -7,28 +7,15 @@ Lineage reads base -> global versions -> finetune versions; every finetune versi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.daemon.cluster import Cluster
+from tests.daemon.cluster import E2E_LABELS, E2E_SITES, Cluster
 from tests.fixtures.tiny import make_classification_data, make_tiny_model, tiny_spec
 
 pytestmark = pytest.mark.slow
-LABELS = ["sport", "business"]
-SITES = ["site-a", "site-b"]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, port: int) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, port, {"FEDTUNE_HEARTBEAT_SECONDS": "1"})
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()
-        print(cluster.all_tails())  # shown by pytest only when the test failed
 
 
 def test_global_then_finetune_completes_with_lineage_and_a_loadable_export(
@@ -38,11 +25,11 @@ def test_global_then_finetune_completes_with_lineage_and_a_loadable_export(
     model_root = tmp_path / "models"
     make_tiny_model(model_root, "tiny-bert", "bert")
     cluster.start_coordinator()
-    for seed, site in enumerate(SITES):
-        make_classification_data(tmp_path / "data" / site, LABELS, n_train=48, n_eval=16, seed=seed)
+    for seed, site in enumerate(E2E_SITES):
+        make_classification_data(tmp_path / "data" / site, E2E_LABELS, n_train=48, n_eval=16, seed=seed)
         cluster.add_site(site)
         cluster.start_worker(site, tmp_path / "data" / site, model_root)
-    cluster.wait_workers_online(SITES)
+    cluster.wait_workers_online(E2E_SITES)
     spec = tiny_spec(
         training={"batch_size": 8, "learning_rate": 5e-3, "max_length": 32, "seed": 0, "max_steps": 4},
         stages=[

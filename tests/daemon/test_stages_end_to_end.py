@@ -8,44 +8,15 @@ The exported FFA-LoRA version carries the frozen lora_A tensors and loads in pef
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.daemon.cluster import Cluster
-from tests.fixtures.tiny import make_classification_data, make_tiny_model, tiny_spec
+from tests.daemon.cluster import E2E_LABELS, E2E_SITES, Cluster
+from tests.fixtures.tiny import tiny_spec
 
 pytestmark = pytest.mark.slow
-LABELS = ["sport", "business"]
-SITES = ["site-a", "site-b"]
-
-
-@pytest.fixture
-def model_root(tmp_path: Path) -> Path:
-    root = tmp_path / "models"
-    make_tiny_model(root, "tiny-bert", "bert")
-    return root
-
-
-@pytest.fixture
-def data_roots(tmp_path: Path) -> dict[str, Path]:
-    roots = {}
-    for seed, site in enumerate(SITES):
-        roots[site] = tmp_path / "data" / site
-        make_classification_data(roots[site], LABELS, n_train=48, n_eval=16, seed=seed)
-    return roots
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, port: int) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, port, {"FEDTUNE_HEARTBEAT_SECONDS": "1"})
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()
-        print(cluster.all_tails())  # shown by pytest only when the test failed
 
 
 def _submit(cluster: Cluster, tmp_path: Path) -> str:
@@ -67,10 +38,10 @@ def test_finetune_then_personalize_reports_per_site_metrics_and_ffa_export_loads
 ) -> None:
     # Prepare
     cluster.start_coordinator()
-    for site in SITES:
+    for site in E2E_SITES:
         cluster.add_site(site)
         cluster.start_worker(site, data_roots[site], model_root)
-    cluster.wait_workers_online(SITES)
+    cluster.wait_workers_online(E2E_SITES)
 
     # Execute
     experiment_id = _submit(cluster, tmp_path)
@@ -84,17 +55,17 @@ def test_finetune_then_personalize_reports_per_site_metrics_and_ffa_export_loads
         ("personalize", "committed"),
     ]
     metrics = rounds[1]["metrics"]
-    for site in SITES:
+    for site in E2E_SITES:
         assert 0.0 <= metrics[f"{site}.personal_eval_accuracy"] <= 1.0
         assert f"{site}.global_eval_accuracy" in metrics
     assert "personal_gain_accuracy" in metrics and rounds[1]["model_version_id"] == ""
     assert rounds[1]["updates_received"] == 2 and rounds[1]["tasks_total"] == 2
     models = cluster.admin("models", "list", "--experiment", experiment_id)["models"]
     assert sorted(m["version"] for m in models) == [0, 1]
-    for site in SITES:
+    for site in E2E_SITES:
         kept = data_roots[site] / ".fedtune" / "personalized" / experiment_id
         assert (kept / "adapter_config.json").is_file()
-    for site in SITES:
+    for site in E2E_SITES:
         assert "personalized model kept at" in cluster.log_text(f"worker-{site}")
 
     # Assert: the FFA-LoRA export is a complete adapter (frozen lora_A merged in) that peft loads
@@ -110,7 +81,7 @@ def test_finetune_then_personalize_reports_per_site_metrics_and_ffa_export_loads
     exported = load_file(str(export_dir / "adapter_model.safetensors"))
     assert any("lora_A" in name for name in exported) and any("lora_B" in name for name in exported)
     base = AutoModelForSequenceClassification.from_pretrained(
-        str(model_root / "tiny-bert"), num_labels=len(LABELS)
+        str(model_root / "tiny-bert"), num_labels=len(E2E_LABELS)
     )
     model = PeftModel.from_pretrained(base, str(export_dir))
     loaded = {n: p for n, p in model.named_parameters() if "lora_A" in n}
