@@ -78,6 +78,10 @@ class TrainingSpec(_Strict):
     seed: int = 0
     # FedProx proximal term (0 = off); set by the fedprox strategy or here.
     proximal_mu: float = Field(default=0.0, ge=0)
+    # Logit adjustment tau for label-skewed sites (0 = off, 1.0 the standard value; classification only):
+    # local training minimises CE(logits + tau * log(site label prior)), evaluation uses raw logits.
+    # Removes each site's class prior from what the shared model learns (Menon et al. 2021; FedLC).
+    logit_adjustment: float = Field(default=0.0, ge=0)
 
 
 class SelectionSpec(_Strict):
@@ -137,6 +141,18 @@ class ExperimentSpec(_Strict):
             raise ValueError("sequence-classification needs `labels: [..]`, the class names in id order")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError("`labels` has duplicates")
+        if self.task != "sequence-classification":
+            adjusted = ["training"] * (self.training.logit_adjustment > 0) + [
+                f"stages.{i}.training"
+                for i, stage in enumerate(self.stages)
+                if stage.training is not None and stage.training.logit_adjustment > 0
+            ]
+            if adjusted:
+                raise ValueError(
+                    f"{', '.join(a + '.logit_adjustment' for a in adjusted)} > 0 needs task "
+                    f"sequence-classification (it shifts class logits by the site's label prior), "
+                    f"not {self.task}; set it to 0 or remove it"
+                )
         names = [s.stage_name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}; give repeated kinds a `name`")

@@ -21,6 +21,7 @@ from fedtune.spec import PrivacySpec, TrainingSpec
 from worker.batches import encode_batch
 from worker.data import Example
 from worker.device import DeviceChoice
+from worker.logit_adjustment import adjusted_cross_entropy, site_log_prior
 
 PROGRESS_EVERY = 10
 
@@ -65,6 +66,22 @@ def data_rng(seed: int, round: int, site: str) -> np.random.Generator:
     return np.random.default_rng([seed, round, zlib.crc32(site.encode())])
 
 
+class _AdjustedLoss:
+    """Logit-adjusted CE with the site's label prior; the class count comes from the first logits."""
+
+    def __init__(self, examples: Sequence[Example], tau: float) -> None:
+        self.label_ids = [int(ex.label) for ex in examples if ex.label is not None]
+        self.tau = tau
+        self.log_prior: torch.Tensor | None = None
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits
+        if self.log_prior is None:
+            self.log_prior = site_log_prior(self.label_ids, int(logits.shape[-1]))
+        return adjusted_cross_entropy(logits, batch["labels"], self.log_prior, self.tau)
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: object,
@@ -81,7 +98,9 @@ def train(
     """Train the model's trainable parameters in place, starting from their current (global) values.
 
     `encode` turns a list of examples into a model batch (default: `encode_batch` for `task`); the
-    global stage passes its LM encoder (worker/lm.py).
+    global stage passes its LM encoder (worker/lm.py). With `training.logit_adjustment` > 0 and
+    classification batches (no custom `encode`), the loss is the logit-adjusted CE with the prior of
+    `examples` (worker/logit_adjustment.py); the reported train_loss is that adjusted loss.
     """
     if not examples:
         raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "no training examples")
@@ -91,6 +110,11 @@ def train(
     steps = total_steps(len(examples), training)
     rng = data_rng(training.seed, round, site)
     torch.manual_seed(int(rng.integers(2**31)))  # dropout masks
+    adjusted = (
+        _AdjustedLoss(examples, training.logit_adjustment)
+        if training.logit_adjustment > 0 and task == "sequence-classification" and encode is None
+        else None
+    )
     model.train()
     loss_sum, seen, started = 0.0, 0, time.perf_counter()
     for step, indices in enumerate(_batch_order(len(examples), training.batch_size, steps, rng), start=1):
@@ -100,7 +124,7 @@ def train(
         else:
             batch = encode_batch(tokenizer, chosen, task, training.max_length, device.device)
         with torch.autocast(device.device.type, dtype=device.train_dtype, enabled=device.autocast):
-            loss = model(**batch).loss.float()
+            loss = model(**batch).loss.float() if adjusted is None else adjusted(model, batch)
         objective = loss
         if anchors:
             drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))

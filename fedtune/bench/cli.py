@@ -61,6 +61,17 @@ def bench_group() -> None:
 @click.option(
     "--methods", default=DEFAULT_METHODS, show_default=True, help="PEFT methods: lora, prompt_tuning, ia3"
 )
+@click.option(
+    "--logit-adjustment",
+    "logit_adjustment",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="TAU",
+    help="logit-adjusted local training (label-skew fix; 1.0 standard, 0 off): each site's loss is "
+    "CE(logits + TAU * log site label prior); applied to federated runs and local-only, not to "
+    "centralized (its pooled data is roughly balanced)",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="split, init and data-order seed")
 @click.option(
     "--out",
@@ -101,6 +112,7 @@ def quality_command(
     learning_rate: float | None,
     configs: str,
     methods: str,
+    logit_adjustment: float,
     seed: int,
     out_dir: Path,
     work_dir: Path | None,
@@ -135,6 +147,7 @@ def quality_command(
             sites=sites,
             alpha=alpha,
             seed=seed,
+            logit_adjustment=logit_adjustment,
             batch_size=batch_size,
             max_length=max_length,
             learning_rate=learning_rate,

@@ -17,6 +17,11 @@ a federated run sees ``sites x rounds x local_steps x batch_size`` training exam
 centralized trains ``sites x rounds x local_steps`` steps of ``batch_size`` on the pooled train
 data of all sites; local-only trains each site ``rounds x local_steps`` steps on its own data
 (what that site computes during the federated run, without the exchange).
+
+``logit_adjustment`` (tau, ``--logit-adjustment``) goes into the spec's training settings, so every
+site of a federated run and every local-only site trains with logit-adjusted CE against its own label
+prior; centralized trains on the pooled data (roughly balanced) with plain CE (see
+`baselines.centralized`).
 """
 
 from __future__ import annotations
@@ -85,6 +90,9 @@ class BenchConfig(BaseModel):
     max_length: int = Field(128, ge=8)
     learning_rate: float | None = Field(None, gt=0)  # None: LEARNING_RATE_BY_METHOD
     seed: int = 0
+    # tau of logit-adjusted local training (docs/decisions.md 18): federated runs and local-only;
+    # centralized trains on the pooled, roughly balanced data and keeps plain CE.
+    logit_adjustment: float = Field(0.0, ge=0)
     configs: list[RunConfig]
     methods: list[str]
     model_dir: Path
@@ -177,6 +185,7 @@ def experiment_spec(
         "learning_rate": config.learning_rate or LEARNING_RATE_BY_METHOD[method],
         "max_length": config.max_length,
         "seed": config.seed,
+        "logit_adjustment": config.logit_adjustment,
     }
     selection = {"mode": "all", "min_sites": config.sites}
     stages: list[dict[str, Any]] = []
@@ -191,6 +200,7 @@ def experiment_spec(
                 "training": {
                     **training,
                     "learning_rate": config.learning_rate or LEARNING_RATE_BY_METHOD["lora"],
+                    "logit_adjustment": 0.0,  # masked-LM text has no class prior
                 },
                 "deadline_seconds": 3600,
             }

@@ -21,6 +21,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"budget: {results['budget']['federated_examples_seen']} examples seen per configuration. "
         f"Test set: {results['data']['test_examples']} held-out articles.",
         "",
+        *_logit_adjustment_line(cfg),
         "| method | configuration | final test acc % | best test acc % | mean site eval acc % (last round) "
         "| upload / site / round | % of base params |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -47,6 +48,17 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines += _per_round_tables(results)
     lines += _global_stage_tables(results)
     return "\n".join(lines) + "\n"
+
+
+def _logit_adjustment_line(cfg: dict[str, Any]) -> list[str]:
+    tau = cfg.get("logit_adjustment") or 0.0
+    if not tau:
+        return ["Local training: plain cross-entropy (no logit adjustment).", ""]
+    return [
+        f"Local training: logit adjustment tau {tau} (CE on logits + tau x log site label prior) in "
+        "federated and local-only runs; centralized uses plain cross-entropy.",
+        "",
+    ]
 
 
 def _loss(value: float | None) -> str:

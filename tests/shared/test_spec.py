@@ -82,3 +82,45 @@ def test_duplicate_stage_names_are_rejected() -> None:
 @pytest.mark.parametrize("text", ["name: [unclosed", "- just\n- a list\n"])
 def test_non_mapping_or_broken_yaml_is_invalid_spec(text: str) -> None:
     _error(text)
+
+
+def test_logit_adjustment_is_off_by_default_and_accepted_for_classification() -> None:
+    assert load_spec_yaml(MINIMAL).training.logit_adjustment == 0.0
+
+    spec = load_spec_yaml(MINIMAL + "training: {logit_adjustment: 1.0}\n")
+
+    assert spec.training.logit_adjustment == 1.0
+
+
+def test_negative_logit_adjustment_is_named_in_the_error() -> None:
+    err = _error(MINIMAL + "training: {logit_adjustment: -1}\n")
+
+    assert "training.logit_adjustment" in err.message
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ("training: {logit_adjustment: 1.0}\n", "training.logit_adjustment"),
+        (
+            "stages: [{kind: finetune, training: {logit_adjustment: 0.5}}]\n",
+            "stages.0.training.logit_adjustment",
+        ),
+    ],
+)
+def test_logit_adjustment_is_rejected_for_causal_lm(extra: str, where: str) -> None:
+    text = "name: t\nbase_model: {name: tiny-llama}\ntask: causal-lm\n" + extra
+    if not extra.startswith("stages"):
+        text += "stages: [{kind: finetune}]\n"
+
+    err = _error(text)
+
+    assert where in err.message and "sequence-classification" in err.message
+
+
+def test_causal_lm_with_logit_adjustment_zero_is_fine() -> None:
+    text = "name: t\nbase_model: {name: tiny-llama}\ntask: causal-lm\ntraining: {logit_adjustment: 0}\n"
+
+    spec = load_spec_yaml(text + "stages: [{kind: finetune}]\n")
+
+    assert spec.training.logit_adjustment == 0.0

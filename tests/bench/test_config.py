@@ -1,0 +1,89 @@
+"""`fedtune bench quality --logit-adjustment`: config, specs and report header (no benchmark run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from fedtune.bench.config import BenchConfig, experiment_spec, parse_configs
+from fedtune.bench.report import markdown_table
+from fedtune.spec import ExperimentSpec
+
+LABELS = ["business", "sport"]
+
+
+def _config(**overrides: Any) -> BenchConfig:
+    data: dict[str, Any] = {
+        "configs": parse_configs("centralized,local-only,fedavg,global1+fedavg"),
+        "methods": ["lora"],
+        "model_dir": Path("/models/m"),
+        "model_name": "m",
+        "corpus_dir": Path("/corpus"),
+        "out_dir": Path("/out"),
+    }
+    return BenchConfig(**{**data, **overrides})
+
+
+def test_logit_adjustment_defaults_to_off() -> None:
+    spec = experiment_spec(_config(), LABELS, "lora", parse_configs("fedavg")[0])
+
+    assert spec.training.logit_adjustment == 0.0
+
+
+def test_logit_adjustment_goes_into_federated_and_baseline_training_but_not_the_global_stage() -> None:
+    # Prepare
+    config = _config(logit_adjustment=1.0)
+    # Execute
+    federated = experiment_spec(config, LABELS, "lora", parse_configs("global1+fedavg")[0])
+    baseline = experiment_spec(config, LABELS, "lora")
+    # Assert
+    assert federated.training.logit_adjustment == 1.0 and baseline.training.logit_adjustment == 1.0
+    global_stage = next(s for s in federated.stages if s.kind == "global")
+    assert global_stage.training is not None and global_stage.training.logit_adjustment == 0.0
+    assert config.model_dump(mode="json")["logit_adjustment"] == 1.0
+
+
+def test_centralized_baseline_trains_with_plain_cross_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedtune.bench import baselines
+    from fedtune.bench.dataset import BenchData
+
+    seen: list[float] = []
+
+    def fake_train_and_test(spec: ExperimentSpec, *_args: Any, **_kwargs: Any) -> dict[str, float]:
+        seen.append(spec.training.logit_adjustment)
+        return {}
+
+    monkeypatch.setattr(baselines, "_train_and_test", fake_train_and_test)
+    config = _config(logit_adjustment=1.0)
+    data = BenchData(labels=LABELS, test=[], sites=[], sites_root=Path("/sites"))
+
+    baselines.centralized(config, data, experiment_spec(config, LABELS, "lora"), Path("/models"))
+
+    assert seen == [0.0]
+
+
+def test_markdown_header_shows_the_logit_adjustment() -> None:
+    results = {
+        "config": {**_config(logit_adjustment=1.0).model_dump(mode="json"), "configs": []},
+        "budget": {"federated_examples_seen": 1},
+        "data": {"test_examples": 1, "sites": {}},
+        "methods": {},
+    }
+
+    table = markdown_table(results)
+
+    assert "logit adjustment tau 1.0" in table and "centralized uses plain cross-entropy" in table
+
+
+def test_cli_flag_is_documented_and_rejects_negative_tau() -> None:
+    from fedtune.bench.cli import bench_group
+
+    runner = CliRunner()
+    help_text = runner.invoke(bench_group, ["quality", "--help"]).output
+    bad = runner.invoke(bench_group, ["quality", "--logit-adjustment", "-1"])
+
+    assert "--logit-adjustment TAU" in help_text and "centralized" in help_text
+    assert bad.exit_code == 2 and "logit-adjustment" in bad.output
