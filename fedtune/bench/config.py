@@ -229,4 +229,4 @@ def experiment_spec(
 
 
 def spec_yaml(spec: ExperimentSpec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    return str(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False))

@@ -54,7 +54,7 @@ def dirichlet_sites(
     pool: dict[str, list[Article]] = {}
     for label in labels:
         items = list(by_label[label])
-        rng.shuffle(items)  # type: ignore[arg-type]
+        rng.shuffle(items)
         cut = int(round(len(items) * test_fraction))
         test.extend(items[:cut])
         pool[label] = items[cut:]

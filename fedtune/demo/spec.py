@@ -33,4 +33,4 @@ def demo_spec_yaml(labels: list[str], rounds: int, local_steps: int, strategy: s
         ],
         "seed": 0,
     }
-    return yaml.safe_dump(spec, sort_keys=False)
+    return str(yaml.safe_dump(spec, sort_keys=False))

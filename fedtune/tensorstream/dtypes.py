@@ -73,7 +73,8 @@ def from_float32(values: np.ndarray, dtype_name: str) -> np.ndarray:
     if dtype_name == "bfloat16":
         bits = np.ascontiguousarray(values, dtype="<f4").view("<u4")
         rounded = bits + 0x7FFF + ((bits >> 16) & 1)
-        return (rounded >> 16).astype("<u2")
+        narrowed: np.ndarray = (rounded >> 16).astype("<u2")
+        return narrowed
     return values.astype(wire_dtype(dtype_name).storage)
 
 
