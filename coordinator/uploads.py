@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
 log = logging.getLogger("fedtune.coordinator.uploads")
 
 UploadItem = UpdateHeaderRecord | Chunk
+# How long a new PushUpdate of a task waits for the handler of its previous, broken stream to end.
+UPLOAD_HANDOVER_SECONDS = 10.0
 
 
 def first_layout_difference(expected: Manifest, got: Manifest) -> str | None:
@@ -86,7 +89,7 @@ class UploadService:
         self._settings = settings
         self._notifier = notifier
         self._uploading: set[str] = set()
-        self._guard = threading.Lock()
+        self._guard = threading.Condition()
 
     def _spool_path(self, task: models.Task) -> Path:
         return self._aggregator.spool_path(task.round_id or "init", task.id)
@@ -171,10 +174,7 @@ class UploadService:
         if not isinstance(header, UpdateHeaderRecord):
             raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "the first PushUpdate message must be the header")
         with self._guard:
-            if header.task_id in self._uploading:
-                raise FedtuneError(
-                    ErrorCode.TASK_CLOSED, f"an upload for task {header.task_id} is already running"
-                )
+            self._wait_for_handover(header.task_id)
             self._uploading.add(header.task_id)
         try:
             admission = self._admit(site_id, header)
@@ -186,6 +186,24 @@ class UploadService:
         finally:
             with self._guard:
                 self._uploading.discard(header.task_id)
+                self._guard.notify_all()
+
+    def _wait_for_handover(self, task_id: str) -> None:
+        """Wait (bounded) until no stream of `task_id` is being received; call holding the guard.
+
+        A client whose stream broke usually resumes before this server has noticed the break; the old
+        stream's handler ends within moments (it keeps the verified prefix and records its progress),
+        so the resume waits for it instead of failing. UNAVAILABLE (retry) if it does not end in time.
+        """
+        deadline = time.monotonic() + UPLOAD_HANDOVER_SECONDS
+        while task_id in self._uploading:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FedtuneError(
+                    ErrorCode.UNAVAILABLE,
+                    f"an upload for task {task_id} is still being received; retry shortly",
+                )
+            self._guard.wait(remaining)
 
     def _receive(
         self, site_id: int, admission: _Admission, header: UpdateHeaderRecord, items: Iterator[UploadItem]
@@ -197,9 +215,14 @@ class UploadService:
         else:
             decoder = StreamDecoder(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
         try:
+            first_chunk = True
             while (item := _next_item(items)) is not None:
                 if not isinstance(item, Chunk):
                     raise FedtuneError(ErrorCode.BAD_CHUNK, "a second header inside one PushUpdate stream")
+                if first_chunk and header.resume:
+                    # the client may resume from a status read before its old stream was closed here
+                    decoder.rewind_to(item.tensor_index, item.offset)
+                first_chunk = False
                 decoder.add(item)
         except BaseException:
             decoder.close()  # keep the verified prefix: the upload can resume

@@ -152,6 +152,37 @@ class StreamDecoder:
     def complete(self) -> bool:
         return self._received == self._starts[-1]
 
+    def rewind_to(self, tensor_index: int, offset: int) -> None:
+        """Continue from an earlier position than the one recorded.
+
+        A client that resumes from a status it read while its broken stream was still being received
+        re-sends bytes this decoder already holds; they are identical, so the stream continues from
+        the client's position (the running sha256 is recomputed over the shorter prefix). A position
+        after the recorded one would leave a gap: BAD_CHUNK.
+        """
+        tensors = self.manifest.tensors
+        if not 0 <= tensor_index <= len(tensors) or offset < 0:
+            raise FedtuneError(ErrorCode.BAD_CHUNK, f"no position ({tensor_index}, {offset}) in this stream")
+        target = self._starts[tensor_index] + offset
+        if tensor_index < len(tensors) and offset > tensors[tensor_index].nbytes:
+            raise FedtuneError(
+                ErrorCode.BAD_CHUNK, f"offset {offset} is past the end of tensor {tensor_index}"
+            )
+        if target > self._received:
+            expected = self.next_position
+            raise FedtuneError(
+                ErrorCode.BAD_CHUNK,
+                f"resuming at tensor {tensor_index} offset {offset} would skip bytes: "
+                f"this stream continues at tensor {expected[0]} offset {expected[1]}",
+            )
+        if target == self._received:
+            return
+        self._writer_open()
+        self._received = target
+        self._synced = min(self._synced, target)
+        self._sha = hashlib.sha256()
+        self._rehash()
+
     def _writer_open(self) -> SafetensorsFileWriter:
         if self._writer is None:
             raise FedtuneError(ErrorCode.WRONG_STATE, f"the stream for {self.out_path} is already closed")

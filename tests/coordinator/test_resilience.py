@@ -77,6 +77,29 @@ def test_broken_upload_resumes_from_the_reported_position(cluster: Cluster) -> N
     assert_arrays_close(a.fetch(version_id), update)
 
 
+def test_resume_from_a_status_read_right_after_a_break_completes(cluster: Cluster) -> None:
+    # Prepare: the server may not have noticed the break when the client comes back
+    admin = cluster.admin()
+    a = cluster.worker("a")
+    experiment_id, _ = initialize(admin, [a], spec_yaml(rounds=1, min_sites=1))
+    task = pull_train(a)
+    update = train_update(a, task, np.random.default_rng(4))
+    future = push_then_hang(a, task.task_id, update, chunks=2)
+    wait_for(lambda: a.upload_status(task.task_id).in_progress)
+    future.cancel()
+
+    # Execute: no polling: the status may predate the server noticing the break; the resume waits
+    # for the old stream's handler and continues from the client's (possibly earlier) position
+    status = a.upload_status(task.task_id)
+    resume_from = (status.next_tensor, status.next_offset) if status.in_progress else None
+    a.push(task.task_id, update, num_examples=4, resume_from=resume_from)
+    version_id = committed_version(admin, experiment_id, 1)
+
+    # Assert
+    assert a.upload_status(task.task_id).complete
+    assert_arrays_close(a.fetch(version_id), update)
+
+
 def test_round_fails_at_deadline_with_fewer_than_min_sites(cluster: Cluster) -> None:
     # Prepare
     admin = cluster.admin()

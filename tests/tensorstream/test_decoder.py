@@ -297,3 +297,36 @@ def test_resume_rejects_another_manifest_and_missing_partial(tmp_path: Path) -> 
 
     assert wrong.value.code is ErrorCode.BAD_MANIFEST
     assert missing.value.code is ErrorCode.NOT_FOUND
+
+
+def test_resume_from_an_earlier_position_rewinds_and_finishes_with_the_right_digest(tmp_path: Path) -> None:
+    # Prepare: the decoder holds 6 chunks; the client only knows about 3 (a stale status)
+    arrays, manifest, chunks = _stream()
+    out = tmp_path / "out.safetensors"
+    first = StreamDecoder(manifest, out)
+    for chunk in chunks[:6]:
+        first.add(chunk)
+    first.close()
+    decoder = StreamDecoder.resume(manifest, out)
+
+    # Execute: the client re-sends from chunk 3
+    decoder.rewind_to(chunks[3].tensor_index, chunks[3].offset)
+    for chunk in chunks[3:]:
+        decoder.add(chunk)
+    digest = decoder.finish()
+
+    # Assert
+    assert digest == manifest.digest == data_digest(out)
+
+
+def test_rewind_cannot_skip_ahead(tmp_path: Path) -> None:
+    _, manifest, chunks = _stream()
+    decoder = StreamDecoder(manifest, tmp_path / "out.safetensors")
+    for chunk in chunks[:2]:
+        decoder.add(chunk)
+
+    with pytest.raises(FedtuneError) as gap:
+        decoder.rewind_to(chunks[4].tensor_index, chunks[4].offset)
+
+    assert gap.value.code is ErrorCode.BAD_CHUNK
+    assert decoder.next_position == (chunks[2].tensor_index, chunks[2].offset)
