@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/fedtune/v1/*.proto)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -rfE
 
 .PHONY: install test demo proto check-protos lint bench clean help
 
