@@ -40,10 +40,9 @@ from worker.model import (
     model_dir,
     quiet_transformers,
     seed_everything,
-    trainable_arrays,
 )
 from worker.task_io import TaskOutput, read_global
-from worker.training import privatize_update, train
+from worker.training import train, update_to_send
 
 DEFAULT_GLOBAL_LORA = LoraSpec(r=8, alpha=16.0, dropout=0.05, target_modules=None)
 
@@ -192,11 +191,9 @@ def run_train(
         encode=train_encoder(built, kind, training, round, site),
     )
     metrics.update(result.metrics())
-    arrays, privacy_metrics = privatize_update(trainable_arrays(built.model), global_arrays, spec.privacy)
+    arrays, privacy_metrics = update_to_send(built.model, global_arrays, spec.privacy)
     metrics.update(privacy_metrics)
     if evals:
-        if privacy_metrics:
-            load_trainable_arrays(built.model, arrays)
         metrics[key] = eval_loss(built, kind, evals, spec, training)
     return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
 

@@ -30,7 +30,7 @@ from worker.model import (
     trainable_arrays,
 )
 from worker.task_io import TaskOutput, read_global
-from worker.training import privatize_update, train
+from worker.training import train, update_to_send
 
 FROZEN_ADAPTER_FILE = "frozen_adapter.safetensors"
 
@@ -180,11 +180,9 @@ def run_train(
         progress=progress,
     )
     metrics = result.metrics()
-    arrays, privacy_metrics = privatize_update(trainable_arrays(built.model), global_arrays, spec.privacy)
+    arrays, privacy_metrics = update_to_send(built.model, global_arrays, spec.privacy)
     metrics.update(privacy_metrics)
     if eval_examples:
-        if privacy_metrics:
-            load_trainable_arrays(built.model, arrays)  # evaluate what is actually sent
         metrics.update(_eval(built, spec, eval_examples, training))
     return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from peft import PeftModel
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import PrivacySpec, TrainingSpec
@@ -22,6 +23,7 @@ from worker.batches import encode_batch
 from worker.data import Example
 from worker.device import DeviceChoice
 from worker.logit_adjustment import adjusted_cross_entropy, site_log_prior
+from worker.model import load_trainable_arrays, trainable_arrays
 
 PROGRESS_EVERY = 10
 
@@ -178,3 +180,15 @@ def privatize_update(
         noisy = delta * scale + (rng.normal(0.0, sigma, size=delta.shape) if sigma > 0 else 0.0)
         out[name] = (global_arrays[name] + noisy).astype(np.float32)
     return out, {"update_norm": norm, "update_clipped": float(scale < 1.0)}
+
+
+def update_to_send(
+    model: PeftModel, global_arrays: dict[str, np.ndarray], privacy: PrivacySpec
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The trained tensors as they leave the site (clipped and noised when `privacy` asks), plus the
+    privacy metrics; a privatized update is loaded back into `model`, so an evaluation that follows
+    measures what is actually sent."""
+    arrays, privacy_metrics = privatize_update(trainable_arrays(model), global_arrays, privacy)
+    if privacy_metrics:
+        load_trainable_arrays(model, arrays)
+    return arrays, privacy_metrics
