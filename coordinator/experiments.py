@@ -34,9 +34,11 @@ def validate_spec(spec_yaml: str) -> ExperimentSpec:
                 f"use {sorted(SUPPORTED_STAGE_KINDS)}",
             )
         try:
-            build_strategy(stage.strategy.name, dict(stage.strategy.options))
+            strategy = build_strategy(stage.strategy.name, dict(stage.strategy.options))
         except FedtuneError as err:
             raise FedtuneError(err.code, f"stages.{index}.{err.message}") from None
+        if "class_statistics" in strategy.client_training_overrides():
+            _check_class_statistics_stage(spec, index)
         if stage.selection.sites is not None and len(stage.selection.sites) < stage.selection.min_sites:
             raise FedtuneError(
                 ErrorCode.INVALID_SPEC,
@@ -44,6 +46,24 @@ def validate_spec(spec_yaml: str) -> ExperimentSpec:
                 f"{len(stage.selection.sites)} sites listed in selection.sites",
             )
     return spec
+
+
+def _check_class_statistics_stage(spec: ExperimentSpec, index: int) -> None:
+    """A strategy whose sites send class statistics (fedncm) needs labels, a finetune stage, and no DP:
+    the clip + noise option covers trained weights, not feature sums."""
+    name = spec.stages[index].strategy.name
+    if spec.task != "sequence-classification" or spec.stages[index].kind != "finetune":
+        raise FedtuneError(
+            ErrorCode.INVALID_SPEC,
+            f"stages.{index}.strategy.name: {name} runs in a finetune stage of a sequence-classification "
+            "experiment",
+        )
+    if spec.privacy.clip_norm is not None or spec.privacy.noise_multiplier > 0:
+        raise FedtuneError(
+            ErrorCode.INVALID_SPEC,
+            f"stages.{index}.strategy.name: {name} sends per-class feature sums, which privacy.clip_norm / "
+            "noise_multiplier do not protect; turn privacy off for this experiment or use another strategy",
+        )
 
 
 def _check_stage_order(spec: ExperimentSpec) -> None:

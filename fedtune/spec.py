@@ -82,6 +82,10 @@ class TrainingSpec(_Strict):
     # local training minimises CE(logits + tau * log(site label prior)), evaluation uses raw logits.
     # Removes each site's class prior from what the shared model learns (Menon et al. 2021; FedLC).
     logit_adjustment: float = Field(default=0.0, ge=0)
+    # Set by the fedncm strategy (docs/decisions.md 19), not by hand: the site does not train but sends
+    # per-class sums of the input features of this classifier layer, and the class counts, in that
+    # layer's weight and bias tensors (classification only).
+    class_statistics: str | None = Field(default=None, min_length=1)
 
 
 class SelectionSpec(_Strict):

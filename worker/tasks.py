@@ -17,6 +17,7 @@ from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, TrainingSpec
 from worker import data as data_files
 from worker import global_stage
+from worker.class_statistics import class_feature_sums, statistics_update
 from worker.data import Example, load_examples
 from worker.device import DeviceChoice, resolve_device
 from worker.evaluation import evaluate
@@ -168,6 +169,8 @@ def run_train(
     train_examples = _examples(spec, Path(data_root) / spec.data.train)
     eval_examples = _eval_examples(spec, data_root)
     built, global_arrays = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
+    if training.class_statistics:
+        return _class_statistics(spec, training, built, global_arrays, train_examples, progress)
     result = train(
         built.model,
         built.tokenizer,
@@ -185,6 +188,39 @@ def run_train(
     if eval_examples:
         metrics.update(_eval(built, spec, eval_examples, training))
     return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
+
+
+def _class_statistics(
+    spec: ExperimentSpec,
+    training: TrainingSpec,
+    built: BuiltModel,
+    global_arrays: dict[str, np.ndarray],
+    examples: list[Example],
+    progress: Callable[[str], None],
+) -> TaskOutput:
+    """A fedncm round (docs/decisions.md 19): class feature sums and counts instead of training."""
+    head = training.class_statistics or ""
+    if spec.task != "sequence-classification":
+        raise FedtuneError(
+            ErrorCode.INVALID_SPEC, "class statistics (fedncm) need a sequence-classification task"
+        )
+    sums, counts = class_feature_sums(
+        built.model,
+        built.tokenizer,
+        examples,
+        head=head,
+        num_classes=len(spec.labels or []),
+        device=built.device,
+        batch_size=max(training.batch_size, 32),
+        max_length=training.max_length,
+        progress=progress,
+    )
+    arrays = statistics_update(global_arrays, sums, counts, head)
+    metrics = {
+        "class_statistics_examples": float(counts.sum()),
+        "class_statistics_classes": float((counts > 0).sum()),
+    }
+    return TaskOutput(arrays=arrays, num_examples=len(examples), metrics=metrics)
 
 
 def run_evaluate(

@@ -9,6 +9,7 @@ from coordinator.strategies import (  # noqa: F401  (each import registers its s
     fedavg,
     fedavg_adaptive,
     fedavgm,
+    fedncm,
     fedprox,
     fedyogi,
     median,

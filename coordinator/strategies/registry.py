@@ -23,6 +23,7 @@ class StrategyName(enum.StrEnum):
     FEDAVG_ADAPTIVE = "fedavg_adaptive"
     MEDIAN = "median"
     TRIMMED_MEAN = "trimmed_mean"
+    FEDNCM = "fedncm"
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

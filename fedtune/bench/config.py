@@ -4,6 +4,10 @@ A configuration is `centralized`, `local-only`, or a registered aggregation stra
 written ``name[:key=value[:key=value]]`` (values parsed as YAML), e.g. ``fedprox:mu=0.1``.
 Every configuration runs once per PEFT method.
 
+A federated configuration may start with ``ncm+`` (after any global prefix), e.g. ``ncm+fedavg``:
+one ``fedncm`` round (docs/decisions.md 19) sets the classifier head to the pooled class means of its
+input features before the finetune rounds; it trains nothing and is outside the budget rule.
+
 A federated configuration may start with a ``global`` stage (docs/decisions.md 11): write
 ``global<G>+<strategy>[:key=value...]``, e.g. ``global2+fedavg`` or ``global3+fedprox:mu=0.1``.
 The experiment then runs G global rounds (federated masked-LM LoRA on the sites' train text, always
@@ -64,6 +68,7 @@ class RunConfig(BaseModel):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
     global_rounds: int = Field(0, ge=0)  # >0: a `global` stage of that many rounds before finetune
+    head_init: bool = False  # True: one fedncm round (class-mean head) before the finetune rounds
 
     @property
     def is_baseline(self) -> bool:
@@ -72,6 +77,7 @@ class RunConfig(BaseModel):
     @property
     def label(self) -> str:
         prefix = f"global{self.global_rounds}+" if self.global_rounds else ""
+        prefix += "ncm+" if self.head_init else ""
         if not self.options:
             return prefix + self.name
         return prefix + self.name + ":" + ":".join(f"{k}={v}" for k, v in sorted(self.options.items()))
@@ -121,6 +127,7 @@ class BenchConfig(BaseModel):
 
 
 _GLOBAL_PREFIX = re.compile(r"^global(\d+)\+(.*)$")
+HEAD_PREFIX = "ncm+"
 
 
 def parse_configs(text: str) -> list[RunConfig]:
@@ -138,6 +145,8 @@ def parse_configs(text: str) -> list[RunConfig]:
                     "rounds >= 1, e.g. global2+fedavg",
                 )
             global_rounds, rest = int(match.group(1)), match.group(2).strip()
+        head_init = rest.startswith(HEAD_PREFIX)
+        rest = rest.removeprefix(HEAD_PREFIX).strip()
         name, *pairs = rest.split(":")
         options: dict[str, Any] = {}
         for pair in pairs:
@@ -148,11 +157,14 @@ def parse_configs(text: str) -> list[RunConfig]:
                     f"config {item!r}: option {pair!r} is not key=value (e.g. fedprox:mu=0.1)",
                 )
             options[key.strip()] = yaml.safe_load(value)
-        if name in BASELINES and (options or global_rounds):
+        if name in BASELINES and (options or global_rounds or head_init):
             raise FedtuneError(
-                ErrorCode.INVALID_ARGUMENT, f"baseline {name!r} takes no options and no global stage"
+                ErrorCode.INVALID_ARGUMENT,
+                f"baseline {name!r} takes no options, no global stage and no ncm+ head round",
             )
-        configs.append(RunConfig(name=name.strip(), options=options, global_rounds=global_rounds))
+        configs.append(
+            RunConfig(name=name.strip(), options=options, global_rounds=global_rounds, head_init=head_init)
+        )
     if not configs:
         raise FedtuneError(
             ErrorCode.INVALID_ARGUMENT, "--configs is empty; e.g. --configs centralized,fedavg"
@@ -202,6 +214,17 @@ def experiment_spec(
                     "learning_rate": config.learning_rate or LEARNING_RATE_BY_METHOD["lora"],
                     "logit_adjustment": 0.0,  # masked-LM text has no class prior
                 },
+                "deadline_seconds": 3600,
+            }
+        )
+    if run is not None and run.head_init:
+        stages.append(
+            {
+                "name": "head",
+                "kind": "finetune",
+                "rounds": 1,
+                "selection": selection,
+                "strategy": {"name": "fedncm"},
                 "deadline_seconds": 3600,
             }
         )

@@ -181,9 +181,10 @@ def run_federated(
     train_seconds = time.monotonic() - started
     versions = sorted(cluster.admin.list_models(experiment_id), key=lambda v: v.version)
     global_report, global_files = _global_stage(cluster, spec, data, experiment_id, versions, export_root)
-    finetune_index = next(i for i, s in enumerate(spec.stages) if s.kind == "finetune")
-    finetune = spec.stages[finetune_index]
-    versions = [v for v in versions if v.stage == finetune.stage_name]
+    # every finetune stage's versions in order: a fedncm head stage (1 round) may precede the main one
+    stage_index_by_name = {s.stage_name: i for i, s in enumerate(spec.stages) if s.kind == "finetune"}
+    finetune = spec.stages[max(stage_index_by_name.values())]
+    versions = [v for v in versions if v.stage in stage_index_by_name]
     rounds = {r.model_version_id: r for r in cluster.admin.list_rounds(experiment_id)}
     per_site = _site_updates(cluster.database_url, experiment_id)
     model_dir = cluster.model_root / spec.base_model.name
@@ -191,7 +192,7 @@ def run_federated(
     rows: list[dict[str, Any]] = []
     accuracies: list[float] = []
     original_base_accuracy: float | None = None
-    for version in versions:
+    for step, version in enumerate(versions):
         out_dir = export_root / f"v{version.version}"
         cluster.admin.export_model(version.version_id, out_dir)
         base_id = global_eval.base_version_id(out_dir)
@@ -216,18 +217,26 @@ def run_federated(
         rows.append(
             {
                 "version": int(version.version),
-                "round": int(version.round),
+                # rounds are counted over the finetune stages (a head stage's round comes first)
+                "round": step,
+                "stage": version.stage,
+                "stage_round": int(version.round),
                 "test_accuracy": accuracy,
                 "test_accuracy_base": "merged" if base_id is not None else "original",
                 "sites": sorted(version.sites),
                 "mean_train_loss": metrics.get("train_loss"),
                 "mean_site_eval_accuracy": metrics.get("eval_accuracy"),
-                "site_metrics": per_site.get((finetune_index, int(version.round)), {}) if trained else {},
+                "site_metrics": per_site.get((stage_index_by_name[version.stage], int(version.round)), {})
+                if trained
+                else {},
                 "upload_bytes_per_site": upload if trained else 0,
                 "upload_bytes_total": upload * len(version.sites) if trained else 0,
             }
         )
-        print(f"  v{version.version} (round {version.round}): test accuracy {accuracy:.4f}", file=sys.stderr)
+        print(
+            f"  v{version.version} ({version.stage} round {version.round}): test accuracy {accuracy:.4f}",
+            file=sys.stderr,
+        )
     out: dict[str, Any] = {
         "experiment_id": experiment_id,
         "strategy": finetune.strategy.model_dump(),

@@ -154,3 +154,44 @@ def test_submit_rejects_global_stages_out_of_order(stages: str, text: str) -> No
     spec = f"name: x\nbase_model: {{name: m}}\ntask: causal-lm\nstages: {stages}\n"
     with pytest.raises(FedtuneError, match=text):
         validate_spec(spec)
+
+
+FEDNCM_SPEC = "name: x\nbase_model: {name: m}\ntask: %s\nlabels: [a, b]\n%sstages: %s\n"
+
+
+@pytest.mark.parametrize(
+    ("task", "extra", "stages", "text"),
+    [
+        (
+            "sequence-classification",
+            "privacy: {clip_norm: 1.0, noise_multiplier: 0.5}\n",
+            "[{kind: finetune, strategy: {name: fedncm}}]",
+            "stages.0.strategy.name: fedncm sends per-class",
+        ),
+        (
+            "sequence-classification",
+            "",
+            "[{kind: global, strategy: {name: fedncm}}, {kind: finetune}]",
+            "stages.0.strategy.name: fedncm runs in a finetune stage",
+        ),
+        ("causal-lm", "", "[{kind: finetune, strategy: {name: fedncm}}]", "of a sequence-classification"),
+    ],
+    ids=["with-dp", "global-stage", "causal-lm"],
+)
+def test_submit_rejects_fedncm_where_class_statistics_do_not_fit(
+    task: str, extra: str, stages: str, text: str
+) -> None:
+    with pytest.raises(FedtuneError, match=text):
+        validate_spec(FEDNCM_SPEC % (task, extra, stages))
+
+
+def test_submit_accepts_a_fedncm_head_stage_before_finetune() -> None:
+    spec = validate_spec(
+        FEDNCM_SPEC
+        % (
+            "sequence-classification",
+            "",
+            "[{name: head, kind: finetune, strategy: {name: fedncm}}, {kind: finetune}]",
+        )
+    )
+    assert [s.stage_name for s in spec.stages] == ["head", "finetune"]

@@ -92,3 +92,34 @@ def run_round(strategy: Strategy, files: RoundFiles) -> RoundResult:
     for update in files.updates:
         strategy.fold(update, strategy.weight(update, files.inputs))
     return strategy.finish_round()
+
+
+# a classifier head as peft saves it, next to other adapter tensors of every dtype (fedncm rounds)
+HEAD_WEIGHT = "base_model.model.classifier.weight"
+HEAD_BIAS = "base_model.model.classifier.bias"
+HEAD_LAYOUT: dict[str, tuple[str, tuple[int, ...]]] = {
+    "base_model.model.bert.lora_B": ("bfloat16", (3, 3)),
+    HEAD_WEIGHT: ("float32", (3, 4)),
+    "encoder.bias": ("float16", (5,)),
+    HEAD_BIAS: ("float32", (3,)),
+}
+
+
+def write_statistics(path: Path, base: dict[str, np.ndarray], sums: np.ndarray, counts: np.ndarray) -> None:
+    """A site's fedncm update: the global tensors with the head holding feature sums and class counts."""
+    write_tensors(path, {**base, HEAD_WEIGHT: sums, HEAD_BIAS: counts}, HEAD_LAYOUT)
+
+
+def make_statistics_round(
+    workdir: Path, rng: np.random.Generator, *, sites: int = 3, round_number: int = 1
+) -> RoundFiles:
+    """A fedncm round: a random global version with a head, and `sites` valid statistics updates."""
+    files = make_round(workdir, rng, layout=HEAD_LAYOUT, sites=0, round_number=round_number)
+    base = read_float64(files.inputs.global_path)
+    for i in range(sites):
+        counts = rng.integers(1, 20, size=3).astype(np.float64)
+        sums = counts[:, None] * rng.standard_normal((3, 4))
+        path = workdir / f"stats-r{round_number}-s{i}.safetensors"
+        write_statistics(path, base, sums, counts)
+        files.updates.append(UpdateInfo(path, int(counts.sum()), {}, f"site-{i}"))
+    return files

@@ -11,7 +11,13 @@ from coordinator.strategies import STRATEGIES, build_strategy
 from coordinator.strategies.registry import StrategyName
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.tensorstream.safetensors_file import read_arrays, read_header
-from tests.strategies.helpers import FLOAT32_LAYOUT, RoundFiles, make_round, run_round
+from tests.strategies.helpers import (
+    FLOAT32_LAYOUT,
+    RoundFiles,
+    make_round,
+    make_statistics_round,
+    run_round,
+)
 
 NAMES = sorted(STRATEGIES)
 
@@ -24,7 +30,15 @@ BAD_OPTION = {
     "fedadagrad": ("eta", -0.1),
     "fedavg_adaptive": ("outlier_ratio", 0.5),
     "trimmed_mean": ("trim_fraction", 0.5),
+    "fedncm": ("margin", 0.0),
 }
+
+
+def _round(name: str, workdir: Path, rng: np.random.Generator, sites: int = 3) -> RoundFiles:
+    """Updates the strategy accepts: trained weights, or class statistics for fedncm."""
+    if name == "fedncm":
+        return make_statistics_round(workdir, rng, sites=sites)
+    return make_round(workdir, rng, sites=sites)
 
 
 def test_every_shipped_name_is_registered() -> None:
@@ -41,7 +55,7 @@ def test_builds_from_default_options(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_round_keeps_manifest_layout_and_dtypes(name: str, tmp_path: Path) -> None:
-    files = make_round(tmp_path, np.random.default_rng(1))
+    files = _round(name, tmp_path, np.random.default_rng(1))
 
     result = run_round(build_strategy(name, {}), files)
 
@@ -56,7 +70,7 @@ def test_round_keeps_manifest_layout_and_dtypes(name: str, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", NAMES)
 def test_begin_round_again_and_refold_gives_the_same_result(name: str, tmp_path: Path) -> None:
-    files = make_round(tmp_path / "r", np.random.default_rng(2))
+    files = _round(name, tmp_path / "r", np.random.default_rng(2))
     once = read_arrays(run_round(build_strategy(name, {}), files).new_tensors_path)
     restarted = build_strategy(name, {})
     restarted.begin_round(files.inputs)
@@ -72,7 +86,7 @@ def test_begin_round_again_and_refold_gives_the_same_result(name: str, tmp_path:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_finish_without_folds_is_a_wrong_state_error(name: str, tmp_path: Path) -> None:
-    files = make_round(tmp_path, np.random.default_rng(3), sites=0)
+    files = _round(name, tmp_path, np.random.default_rng(3), sites=0)
     strategy = build_strategy(name, {})
     strategy.begin_round(files.inputs)
 
@@ -85,7 +99,7 @@ def test_finish_without_folds_is_a_wrong_state_error(name: str, tmp_path: Path) 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fold_before_begin_round_is_a_wrong_state_error(name: str, tmp_path: Path) -> None:
-    files = make_round(tmp_path, np.random.default_rng(4), sites=1)
+    files = _round(name, tmp_path, np.random.default_rng(4), sites=1)
 
     with pytest.raises(FedtuneError) as err:
         build_strategy(name, {}).fold(files.updates[0], 1.0)
@@ -95,7 +109,7 @@ def test_fold_before_begin_round_is_a_wrong_state_error(name: str, tmp_path: Pat
 
 @pytest.mark.parametrize("name", NAMES)
 def test_rejects_update_with_another_layout(name: str, tmp_path: Path) -> None:
-    files = make_round(tmp_path / "a", np.random.default_rng(5))
+    files = _round(name, tmp_path / "a", np.random.default_rng(5))
     stranger = make_round(tmp_path / "b", np.random.default_rng(5), layout=FLOAT32_LAYOUT, sites=1).updates[0]
     strategy = build_strategy(name, {})
     strategy.begin_round(files.inputs)

@@ -1,0 +1,3 @@
+from coordinator.strategies.fedncm.strategy import FedNCM
+
+__all__ = ["FedNCM"]
