@@ -116,12 +116,18 @@ def _per_round_tables(results: dict[str, Any]) -> list[str]:
                 "",
                 f"## {method} / {label}: per round",
                 "",
-                "| round | test acc % | mean site eval acc % | " + " | ".join(sites) + " |",
-                "|---:|---:|---:|" + "---:|" * len(sites),
+                "| round | stage | test acc % | mean site eval acc % | " + " | ".join(sites) + " |",
+                "|---:|---|---:|---:|" + "---:|" * len(sites),
             ]
             for row in run["rounds"]:
                 per_site = [_pct(row["site_metrics"].get(s, {}).get("eval_accuracy")) for s in sites]
-                head = [str(row["round"]), _pct(row["test_accuracy"]), _pct(row["mean_site_eval_accuracy"])]
+                stage = f"{row.get('stage', 'finetune')} {row.get('stage_round', row['round'])}"
+                head = [
+                    str(row["round"]),
+                    stage,
+                    _pct(row["test_accuracy"]),
+                    _pct(row["mean_site_eval_accuracy"]),
+                ]
                 lines.append("| " + " | ".join(head + per_site) + " |")
     return lines
 

@@ -87,3 +87,23 @@ def test_cli_flag_is_documented_and_rejects_negative_tau() -> None:
 
     assert "--logit-adjustment TAU" in help_text and "centralized" in help_text
     assert bad.exit_code == 2 and "logit-adjustment" in bad.output
+
+
+def test_ncm_prefix_adds_one_fedncm_head_stage_before_finetune() -> None:
+    run = parse_configs("global2+ncm+fedprox:mu=0.1")[0]
+
+    spec = experiment_spec(_config(), LABELS, "lora", run)
+
+    assert run.label == "global2+ncm+fedprox:mu=0.1" and run.head_init and run.global_rounds == 2
+    assert [(s.stage_name, s.kind, s.rounds, s.strategy.name) for s in spec.stages] == [
+        ("global", "global", 2, "fedavg"),
+        ("head", "finetune", 1, "fedncm"),
+        ("finetune", "finetune", 10, "fedprox"),
+    ]
+
+
+def test_baselines_take_no_ncm_prefix() -> None:
+    from fedtune.errors import FedtuneError
+
+    with pytest.raises(FedtuneError, match="no ncm\\+ head round"):
+        parse_configs("ncm+centralized")

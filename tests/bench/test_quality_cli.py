@@ -144,3 +144,32 @@ def test_global_stage_config_reports_finite_lm_losses_and_merged_base_accuracy(t
     table = (out / "quality.md").read_text()
     assert "global stage: held-out eval_mlm_loss base -> after round r" in table
     assert (out / "quality.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(220)
+def test_ncm_config_reports_the_head_round_before_the_finetune_rounds(tmp_path: Path) -> None:
+    # Prepare: 2 sites, the fedncm head round then 1 finetune round
+    model_dir = make_tiny_model(tmp_path / "models")
+    corpus = make_tiny_corpus(tmp_path / "corpus", per_class=12)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "fedtune", "bench", "quality", "--quick", "--sites", "2", "--alpha", "1.0"]
+    args += ["--rounds", "1", "--local-steps", "2", "--batch-size", "8", "--max-length", "32"]
+    args += ["--configs", "ncm+fedavg", "--methods", "lora", "--model-dir", str(model_dir)]
+    args += ["--corpus-dir", str(corpus), "--out", str(out)]
+
+    # Execute
+    result = subprocess.run(args, capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=200)
+
+    # Assert
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run = json.loads((out / "quality.json").read_text())["methods"]["lora"]["federated"]["ncm+fedavg"]
+    assert [(r["round"], r["stage"], r["stage_round"]) for r in run["rounds"]] == [
+        (0, "head", 0),
+        (1, "head", 1),
+        (2, "finetune", 1),
+    ]
+    assert set(run["rounds"][1]["site_metrics"]) == {"site-a", "site-b"}
+    assert all(0 <= r["test_accuracy"] <= 1 for r in run["rounds"])
+    table = (out / "quality.md").read_text()
+    assert "| lora | ncm+fedavg |" in table and "| 1 | head 1 |" in table and "| 2 | finetune 1 |" in table
