@@ -2,7 +2,8 @@
 
     python bench/quality.py [any `fedtune bench quality` option, e.g. --quick or --rounds 5]
 
-Configurations: centralized, local-only, FedAvg, FedProx, FedYogi and fedavg_adaptive, each with
+Configurations: centralized, local-only, FedAvg, FedProx, FedYogi, fedavg_adaptive, and FedAvg /
+FedProx after a fedncm class-mean head round (and once after a 2-round global stage), each with
 LoRA and with prompt tuning (20 virtual tokens); fixed seeds. Same code as `fedtune bench quality`;
 writes bench/results/quality/{quality.json,quality.md,quality.png}.
 """
@@ -25,7 +26,8 @@ DEFAULTS = [
     "--seed",
     "0",
     "--configs",
-    "centralized,local-only,fedavg,fedprox,fedyogi,fedavg_adaptive",
+    "centralized,local-only,fedavg,fedprox,fedyogi,fedavg_adaptive,"
+    "ncm+fedavg,ncm+fedprox:mu=0.01,global2+ncm+fedavg",
     "--methods",
     "lora,prompt_tuning",
     "--out",

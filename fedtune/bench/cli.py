@@ -56,7 +56,9 @@ def bench_group() -> None:
     show_default=True,
     help="comma-separated: centralized, local-only, or strategy[:key=value...], e.g. fedprox:mu=0.1; "
     "prefix globalG+ for G global rounds (federated masked-LM LoRA, fedavg, merged into each site's base) "
-    "before finetune, e.g. global2+fedavg",
+    "before finetune, e.g. global2+fedavg; prefix ncm+ (after any globalG+) for one fedncm round that "
+    "sets the "
+    "classifier head to the pooled class means before finetune, e.g. ncm+fedprox:mu=0.01",
 )
 @click.option(
     "--methods", default=DEFAULT_METHODS, show_default=True, help="PEFT methods: lora, prompt_tuning, ia3"
@@ -136,6 +138,10 @@ def quality_command(
     \b
     A global stage first (2 masked-LM rounds, then the finetune rounds with fedavg):
       fedtune bench quality --configs fedavg,global2+fedavg --methods lora
+
+    \b
+    Strongly label-skewed sites: a class-mean head round first, logit-adjusted local training:
+      fedtune bench quality --configs ncm+fedprox:mu=0.01 --methods lora --logit-adjustment 1.0
     """
     from fedtune.demo.assets import bbc_news_dir, minilm_model_dir
     from fedtune.demo.spec import MODEL_NAME

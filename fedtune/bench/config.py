@@ -41,7 +41,9 @@ from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, parse_spec
 
 BASELINES = ("centralized", "local-only")
-DEFAULT_CONFIGS = "centralized,local-only,fedavg,fedprox,fedyogi,fedavg_adaptive"
+DEFAULT_CONFIGS = (
+    "centralized,local-only,fedavg,fedprox,fedyogi,fedavg_adaptive,ncm+fedavg,ncm+fedprox:mu=0.01"
+)
 DEFAULT_METHODS = "lora,prompt_tuning"
 
 # PEFT settings per method (the issue's: LoRA r=8 on MiniLM's attention + dense; 20 virtual tokens).
