@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -65,6 +66,9 @@ def test_broken_upload_resumes_from_the_reported_position(cluster: Cluster) -> N
     update = train_update(a, task, np.random.default_rng(3))
     future = push_then_hang(a, task.task_id, update, chunks=2)
     wait_for(lambda: a.upload_status(task.task_id).in_progress)
+    # in_progress turns true with the header; give the two chunks time to reach the server before the
+    # break (the sidecar is only written at the break, so there is nothing to poll for them)
+    time.sleep(0.5)
     future.cancel()
 
     # Execute: once the server has closed the broken stream, its sidecar says where to go on
