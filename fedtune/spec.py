@@ -49,6 +49,10 @@ class LoraSpec(_Strict):
 class PromptTuningSpec(_Strict):
     method: Literal["prompt_tuning"] = "prompt_tuning"
     num_virtual_tokens: int = Field(default=20, ge=1, le=1000)
+    # sample_vocab: each virtual token starts as a random vocabulary token's embedding (the scale the
+    # model was trained on); random: peft's N(0, 1), ~20x the word-embedding scale of BERT-like models,
+    # which swamps the real tokens. init_text, when set, wins over both.
+    init: Literal["sample_vocab", "random"] = "sample_vocab"
     init_text: str | None = None
 
 

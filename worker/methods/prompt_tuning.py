@@ -21,8 +21,11 @@ class PromptTuningMethod:
                 prompt_tuning_init_text=spec.init_text,
                 tokenizer_name_or_path=ctx.model_path,
             )
+        init = PromptTuningInit.SAMPLE_VOCAB if spec.init == "sample_vocab" else PromptTuningInit.RANDOM
         return PromptTuningConfig(
-            task_type=peft_task_type(ctx.task), num_virtual_tokens=spec.num_virtual_tokens
+            task_type=peft_task_type(ctx.task),
+            num_virtual_tokens=spec.num_virtual_tokens,
+            prompt_tuning_init=init,
         )
 
     def after_build(self, model: PeftModel, spec: PromptTuningSpec, ctx: BuildContext) -> None:
