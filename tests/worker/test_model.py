@@ -143,3 +143,15 @@ def test_missing_base_model_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(FedtuneError) as err:
         run_init(tiny_spec(), tmp_path)
     assert err.value.code is ErrorCode.NOT_FOUND and "tiny-bert" in err.value.message
+
+
+@pytest.mark.parametrize("init", ["sample_vocab", "random"])
+def test_prompt_tokens_start_from_vocabulary_embeddings_unless_random(model_root: Path, init: str) -> None:
+    spec = tiny_spec(peft={"method": "prompt_tuning", "num_virtual_tokens": 4, "init": init})
+
+    built = build_model(spec, model_root)
+
+    prompts = built.model.prompt_encoder["default"].embedding.weight.detach()
+    vocab = built.model.get_base_model().bert.embeddings.word_embeddings.weight.detach()
+    from_vocab = [bool((vocab == row).all(dim=1).any()) for row in prompts]
+    assert all(from_vocab) if init == "sample_vocab" else not any(from_vocab)
