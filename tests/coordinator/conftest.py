@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,8 +28,10 @@ def spec_yaml(
     extra_stage: str = "",
     sites: list[str] | None = None,
     strategy: str = "fedavg",
+    strategy_options: dict[str, float] | None = None,
 ) -> str:
     listed = f"\n      sites: {sites}" if sites else ""
+    options = f", options: {json.dumps(strategy_options)}" if strategy_options else ""
     return f"""
 name: test-experiment
 base_model: {{name: tiny-model}}
@@ -38,7 +41,7 @@ stages:
   - kind: finetune
     rounds: {rounds}
     deadline_seconds: {deadline}
-    strategy: {{name: {strategy}}}
+    strategy: {{name: {strategy}{options}}}
     selection:
       min_sites: {min_sites}{listed}
 {extra_stage}"""

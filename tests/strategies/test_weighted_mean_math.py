@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from tests.strategies.helpers import (
     run_round,
     write_tensors,
 )
+from tests.strategies.reference import SERVER_OPTIMISERS, server_optimiser_rounds
 
 Arrays = dict[str, np.ndarray]
 
@@ -84,62 +84,12 @@ def test_fedprox_asks_sites_for_the_proximal_term() -> None:
     assert build_strategy("fedprox", {"mu": 0.05}).client_training_overrides() == {"proximal_mu": 0.05}
 
 
-# --- server optimisers: numpy references (state stored as float32 between rounds, like the files) ---
-def fedavgm_step(
-    opts: dict[str, float],
-) -> Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], np.ndarray]:
-    lr, momentum = opts.get("server_lr", 1.0), opts.get("momentum", 0.9)
-
-    def step(mean: np.ndarray, x: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
-        buf = momentum * state.get("momentum", 0.0) + (x - mean)
-        state["momentum"] = buf
-        return x - lr * buf
-
-    return step
-
-
-def adaptive_step(
-    rule: str, opts: dict[str, float]
-) -> Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], np.ndarray]:
-    eta, b1, b2, tau = (
-        opts.get("eta", 1e-2),
-        opts.get("beta1", 0.9),
-        opts.get("beta2", 0.99),
-        opts.get("tau", 1e-3),
-    )
-
-    def step(mean: np.ndarray, x: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
-        delta = mean - x
-        m = b1 * state.get("m", 0.0) + (1 - b1) * delta
-        v = state.get("v", np.full_like(x, tau**2))
-        if rule == "adagrad":
-            v = v + delta**2
-        elif rule == "adam":
-            v = b2 * v + (1 - b2) * delta**2
-        else:
-            v = v - (1 - b2) * delta**2 * np.sign(v - delta**2)
-        state["m"], state["v"] = m, v
-        return x + eta * m / (np.sqrt(v) + tau)
-
-    return step
-
-
-CASES = {
-    "fedavgm": ({"server_lr": 0.7, "momentum": 0.5}, lambda o: fedavgm_step(o)),
-    "fedadagrad": ({"eta": 0.05, "beta1": 0.8, "tau": 1e-2}, lambda o: adaptive_step("adagrad", o)),
-    "fedadam": ({"eta": 0.05, "beta1": 0.8, "beta2": 0.9, "tau": 1e-2}, lambda o: adaptive_step("adam", o)),
-    "fedyogi": ({"eta": 0.05, "beta1": 0.8, "beta2": 0.9, "tau": 1e-2}, lambda o: adaptive_step("yogi", o)),
-}
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(SERVER_OPTIMISERS))
 def test_server_optimiser_matches_numpy_over_two_rounds_with_state(name: str, tmp_path: Path) -> None:
-    options, make_step = CASES[name]
-    step = make_step(options)
+    options, _ = SERVER_OPTIMISERS[name]
     rng = np.random.default_rng(20)
     round1 = make_round(tmp_path / "r1", rng, layout=FLOAT32_LAYOUT, sites=3)
-    x = read_float64(round1.inputs.global_path)
-    reference_state: dict[str, dict[str, np.ndarray]] = {k: {} for k in x}
+    start = read_float64(round1.inputs.global_path)
 
     # Execute round 1, then round 2 on a fresh instance (a restarted coordinator) from the persisted state
     first = run_round(build_strategy(name, options), round1)
@@ -155,16 +105,11 @@ def test_server_optimiser_matches_numpy_over_two_rounds_with_state(name: str, tm
     )
     second = run_round(build_strategy(name, options), round2)
 
-    for files in (round1, round2):
-        mean = weighted_mean(
-            [read_float64(u.path) for u in files.updates], [u.num_examples for u in files.updates]
-        )
-        for key in x:
-            x[key] = step(mean[key], x[key], reference_state[key]).astype(np.float32).astype(np.float64)
-            for buffer in reference_state[key]:
-                reference_state[key][buffer] = (
-                    reference_state[key][buffer].astype(np.float32).astype(np.float64)
-                )
+    means = [
+        weighted_mean([read_float64(u.path) for u in files.updates], [u.num_examples for u in files.updates])
+        for files in (round1, round2)
+    ]
+    x, reference_state = server_optimiser_rounds(name, start, means)
     result = read_float64(second.new_tensors_path)
     state = read_float64(second.state_path) if second.state_path else {}
     for key in x:
