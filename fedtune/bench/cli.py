@@ -48,7 +48,7 @@ def bench_group() -> None:
     "--learning-rate",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="local AdamW learning rate [lora 1e-3, prompt_tuning 1e-2, ia3 3e-3]",
+    help="local AdamW learning rate [lora and ffa_lora 1e-3, prompt_tuning 1e-2, ia3 3e-3]",
 )
 @click.option(
     "--configs",
@@ -61,7 +61,10 @@ def bench_group() -> None:
     "classifier head to the pooled class means before finetune, e.g. ncm+fedprox:mu=0.01",
 )
 @click.option(
-    "--methods", default=DEFAULT_METHODS, show_default=True, help="PEFT methods: lora, prompt_tuning, ia3"
+    "--methods",
+    default=DEFAULT_METHODS,
+    show_default=True,
+    help="PEFT methods: lora, ffa_lora (LoRA with A frozen: exact FedAvg), prompt_tuning, ia3",
 )
 @click.option(
     "--logit-adjustment",

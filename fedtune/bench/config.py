@@ -58,8 +58,15 @@ PEFT_BY_METHOD: dict[str, dict[str, Any]] = {
     "prompt_tuning": {"method": "prompt_tuning", "num_virtual_tokens": 20},
     "ia3": {"method": "ia3"},
 }
+# FFA-LoRA (docs/decisions.md 15): the same LoRA with A frozen at the shared seed, so FedAvg of B is exact.
+PEFT_BY_METHOD["ffa_lora"] = {**PEFT_BY_METHOD["lora"], "freeze_a": True}
 # Prompt tuning trains only input embeddings + the head: it needs a larger step than LoRA.
-LEARNING_RATE_BY_METHOD: dict[str, float] = {"lora": 1e-3, "prompt_tuning": 1e-2, "ia3": 3e-3}
+LEARNING_RATE_BY_METHOD: dict[str, float] = {
+    "lora": 1e-3,
+    "ffa_lora": 1e-3,
+    "prompt_tuning": 1e-2,
+    "ia3": 3e-3,
+}
 
 
 class RunConfig(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from fedtune.bench.config import BenchConfig, experiment_spec, parse_configs
+from fedtune.bench.config import BenchConfig, experiment_spec, parse_configs, parse_methods
 from fedtune.bench.report import markdown_table
 from fedtune.spec import ExperimentSpec
 
@@ -107,3 +107,13 @@ def test_baselines_take_no_ncm_prefix() -> None:
 
     with pytest.raises(FedtuneError, match="no ncm\\+ head round"):
         parse_configs("ncm+centralized")
+
+
+def test_ffa_lora_method_is_the_bench_lora_with_a_frozen() -> None:
+    config = _config(methods=parse_methods("lora,ffa_lora"))
+
+    lora = experiment_spec(config, LABELS, "lora", parse_configs("fedavg")[0]).peft
+    ffa = experiment_spec(config, LABELS, "ffa_lora", parse_configs("fedavg")[0]).peft
+
+    assert ffa.freeze_a and not lora.freeze_a
+    assert ffa.model_dump(exclude={"freeze_a"}) == lora.model_dump(exclude={"freeze_a"})
