@@ -114,7 +114,18 @@ class PrivacySpec(_Strict):
 
     clip_norm: float | None = Field(default=None, gt=0)
     noise_multiplier: float = Field(default=0.0, ge=0)
+    # Reserved for pairwise-masked secure aggregation (design.md section 7), which is not built yet:
+    # `true` is refused rather than accepted and ignored, so nobody believes their updates are masked.
     secure_aggregation: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> PrivacySpec:
+        if self.secure_aggregation:
+            raise ValueError(
+                "secure_aggregation is not available yet: updates would reach the coordinator unmasked. "
+                "Remove it (or set false); clip_norm + noise_multiplier give client-side DP today"
+            )
+        return self
 
 
 class StageSpec(_Strict):

@@ -124,3 +124,10 @@ def test_causal_lm_with_logit_adjustment_zero_is_fine() -> None:
     spec = load_spec_yaml(text + "stages: [{kind: finetune}]\n")
 
     assert spec.training.logit_adjustment == 0.0
+
+
+def test_secure_aggregation_is_refused_until_it_exists() -> None:
+    err = _error(MINIMAL + "privacy: {clip_norm: 1.0, secure_aggregation: true}\n")
+
+    assert "privacy" in err.message and "secure_aggregation is not available yet" in err.message
+    assert load_spec_yaml(MINIMAL + "privacy: {secure_aggregation: false}\n").privacy.clip_norm is None
