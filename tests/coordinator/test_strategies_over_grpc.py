@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from coordinator.strategies import STRATEGIES
-from tests.coordinator.conftest import Cluster, spec_yaml, wait_for
+from tests.coordinator.conftest import Admin, Cluster, spec_yaml, wait_for
 from tests.coordinator.fake_worker import FakeWorker
 from tests.coordinator.flow import committed_version, initialize, pull_train, train_update
 from tests.strategies.reference import SERVER_OPTIMISERS, server_optimiser_rounds
@@ -102,8 +102,14 @@ EXPECTED: dict[str, Callable[[Arrays, Sequence[Pushed]], Arrays]] = {
 STATEFUL = sorted([*SERVER_OPTIMISERS, "fedavg_adaptive"])
 
 
-def _options(name: str) -> dict[str, float] | None:
-    return SERVER_OPTIMISERS[name][0] if name in SERVER_OPTIMISERS else None
+def _start_two_round_experiment(cluster: Cluster, name: str) -> tuple[Admin, list[FakeWorker], str, Arrays]:
+    """Admin and three workers on `cluster`, an experiment of two rounds with strategy `name`, version 0."""
+    admin = cluster.admin()
+    workers = [cluster.worker(site) for site in SITES]
+    options = SERVER_OPTIMISERS[name][0] if name in SERVER_OPTIMISERS else None
+    spec = spec_yaml(rounds=2, min_sites=3, strategy=name, strategy_options=options)
+    experiment_id, start = initialize(admin, workers, spec)
+    return admin, workers, experiment_id, start
 
 
 def test_every_strategy_but_fedncm_has_an_expected_result_here() -> None:
@@ -113,10 +119,7 @@ def test_every_strategy_but_fedncm_has_an_expected_result_here() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_each_strategy_commits_its_own_aggregate_over_two_rounds(name: str, cluster: Cluster) -> None:
     # Prepare
-    admin = cluster.admin()
-    workers = [cluster.worker(site) for site in SITES]
-    spec = spec_yaml(rounds=2, min_sites=3, strategy=name, strategy_options=_options(name))
-    experiment_id, start = initialize(admin, workers, spec)
+    admin, workers, experiment_id, start = _start_two_round_experiment(cluster, name)
     rng = np.random.default_rng(31)
 
     # Execute: round 2's last site moves 10x further than the others (an outlier for fedavg_adaptive)
@@ -136,10 +139,7 @@ def test_each_strategy_commits_its_own_aggregate_over_two_rounds(name: str, clus
 @pytest.mark.parametrize("name", STATEFUL)
 def test_strategy_state_survives_a_coordinator_restart_between_rounds(name: str, cluster: Cluster) -> None:
     # Prepare
-    admin = cluster.admin()
-    workers = [cluster.worker(site) for site in SITES]
-    spec = spec_yaml(rounds=2, min_sites=3, strategy=name, strategy_options=_options(name))
-    experiment_id, start = initialize(admin, workers, spec)
+    admin, workers, experiment_id, start = _start_two_round_experiment(cluster, name)
     rng = np.random.default_rng(32)
     round1 = _push_round(workers, rng, 1)
     first = workers[0].fetch(committed_version(admin, experiment_id, 1))
