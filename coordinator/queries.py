@@ -9,11 +9,39 @@ from sqlalchemy import func, select
 
 from coordinator.clock import Clock
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.serde import EventRecord, ExperimentRecord, ModelVersionRecord, RoundRecord, WorkerRecord
+from fedtune.serde import (
+    EventRecord,
+    ExperimentRecord,
+    ModelVersionRecord,
+    RoundRecord,
+    SiteUpdateRecord,
+    WorkerRecord,
+)
 from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.registry import events_after, get_model_version, latest_model_version
 from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+
+
+def _accepted_updates(uow: SqlUnitOfWork, round_id: str) -> tuple[SiteUpdateRecord, ...]:
+    """The round's verified or folded updates, by site name."""
+    rows = uow.session.execute(
+        select(models.Update, models.Site.name)
+        .join(models.Site, models.Site.id == models.Update.site_id)
+        .where(models.Update.round_id == round_id, models.Update.state.in_(("verified", "folded")))
+        .order_by(models.Site.name)
+    ).all()
+    return tuple(
+        SiteUpdateRecord(
+            site=site,
+            num_examples=update.num_examples,
+            weight=update.weight,
+            metrics={k: float(v) for k, v in update.metrics.items() if isinstance(v, (int, float))},
+            received_bytes=update.received_bytes,
+            state=update.state,
+        )
+        for update, site in rows
+    )
 
 
 def _experiment_record(uow: SqlUnitOfWork, row: models.Experiment) -> ExperimentRecord:
@@ -96,6 +124,7 @@ class AdminQueries:
                 tasks = uow.session.scalar(
                     select(func.count(models.Task.id)).where(models.Task.round_id == rnd.id)
                 )
+                site_updates: tuple[SiteUpdateRecord, ...] = ()
                 if kinds.get(rnd.stage_index) == "personalize":  # results, not updates
                     updates = uow.session.scalar(
                         select(func.count(models.Task.id)).where(
@@ -103,11 +132,8 @@ class AdminQueries:
                         )
                     )
                 else:
-                    updates = uow.session.scalar(
-                        select(func.count(models.Update.id)).where(
-                            models.Update.round_id == rnd.id, models.Update.state.in_(("verified", "folded"))
-                        )
-                    )
+                    site_updates = _accepted_updates(uow, rnd.id)
+                    updates = len(site_updates)
                 records.append(
                     RoundRecord(
                         round_id=rnd.id,
@@ -124,6 +150,7 @@ class AdminQueries:
                         reason=rnd.reason,
                         metrics={k: float(v) for k, v in rnd.metrics.items()},
                         model_version_id=rnd.model_version_id or "",
+                        site_updates=site_updates,
                     )
                 )
             return records

@@ -64,6 +64,40 @@ def experiment_from_proto(msg: admin_pb2.Experiment) -> ExperimentRecord:
 
 
 @dataclass(frozen=True)
+class SiteUpdateRecord:
+    """One site's accepted update in a round: its reported metrics and size, never its tensors."""
+
+    site: str
+    num_examples: int
+    weight: float
+    metrics: dict[str, float]
+    received_bytes: int
+    state: str  # verified, folded
+
+
+def site_update_to_proto(rec: SiteUpdateRecord) -> admin_pb2.SiteUpdate:
+    return admin_pb2.SiteUpdate(
+        site=rec.site,
+        num_examples=rec.num_examples,
+        weight=rec.weight,
+        metrics=rec.metrics,
+        received_bytes=rec.received_bytes,
+        state=rec.state,
+    )
+
+
+def site_update_from_proto(msg: admin_pb2.SiteUpdate) -> SiteUpdateRecord:
+    return SiteUpdateRecord(
+        site=msg.site,
+        num_examples=msg.num_examples,
+        weight=msg.weight,
+        metrics=dict(msg.metrics),
+        received_bytes=msg.received_bytes,
+        state=msg.state,
+    )
+
+
+@dataclass(frozen=True)
 class RoundRecord:
     round_id: str
     experiment_id: str
@@ -79,6 +113,7 @@ class RoundRecord:
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     model_version_id: str = ""
+    site_updates: tuple[SiteUpdateRecord, ...] = ()
 
 
 def round_to_proto(rec: RoundRecord) -> admin_pb2.RoundInfo:
@@ -97,6 +132,7 @@ def round_to_proto(rec: RoundRecord) -> admin_pb2.RoundInfo:
         reason=rec.reason,
         metrics=rec.metrics,
         model_version_id=rec.model_version_id,
+        site_updates=[site_update_to_proto(u) for u in rec.site_updates],
     )
 
 
@@ -116,6 +152,7 @@ def round_from_proto(msg: admin_pb2.RoundInfo) -> RoundRecord:
         reason=msg.reason,
         metrics=dict(msg.metrics),
         model_version_id=msg.model_version_id,
+        site_updates=tuple(site_update_from_proto(u) for u in msg.site_updates),
     )
 
 

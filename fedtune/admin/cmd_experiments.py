@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import RenderableType
+from rich.console import Group, RenderableType
 
 from fedtune.admin import render
 from fedtune.admin.context import AdminContext, pass_admin
@@ -185,14 +185,23 @@ for _verb in _LIFECYCLE:
 
 @click.command("rounds")
 @click.argument("experiment_id")
+@click.option(
+    "--sites", "by_site", is_flag=True, help="Also list each site's update: examples, weight, metrics, size."
+)
 @pass_admin
-def rounds_list(admin: AdminContext, experiment_id: str) -> None:
+def rounds_list(admin: AdminContext, experiment_id: str, by_site: bool) -> None:
     """List the rounds of an experiment: state, updates in, metrics, resulting model.
+
+    Round metrics are the example-weighted means of what the sites reported (plus the strategy's
+    own figures as strategy.*); --sites shows each site's figures. The JSON output always holds them
+    (`site_updates`).
 
     \b
     Examples:
       fedtune admin rounds exp-3f2a
+      fedtune admin rounds exp-3f2a --sites
       fedtune admin --json rounds exp-3f2a | jq '.rounds[-1].metrics'
+      fedtune admin --json rounds exp-3f2a | jq '.rounds[-1].site_updates[] | [.site, .metrics.eval_accuracy]'
     """
     rounds = admin.client().list_rounds(experiment_id)
     human: RenderableType = (
@@ -200,4 +209,6 @@ def rounds_list(admin: AdminContext, experiment_id: str) -> None:
         if rounds
         else render.plain(f"Experiment {experiment_id} has no rounds yet.")
     )
+    if rounds and by_site:
+        human = Group(human, render.site_updates_table(rounds))
     admin.output({"experiment_id": experiment_id, "rounds": [render.to_jsonable(r) for r in rounds]}, human)

@@ -201,6 +201,27 @@ def rounds_table(rounds: Sequence[admin_pb2.RoundInfo]) -> Table:
     )
 
 
+def site_updates_table(rounds: Sequence[admin_pb2.RoundInfo]) -> Table:
+    """Each accepted update of each round: the site's examples, aggregation weight, metrics, size."""
+    return table(
+        "updates by site",
+        ["STAGE", "ROUND", "SITE", "EXAMPLES", "WEIGHT", "METRICS", "RECEIVED"],
+        (
+            [
+                r.stage,
+                r.round,
+                u.site,
+                u.num_examples,
+                f"{u.weight:.4g}" if u.state == "folded" else "-",
+                fmt_metrics(u.metrics),
+                fmt_bytes(u.received_bytes),
+            ]
+            for r in rounds
+            for u in r.site_updates
+        ),
+    )
+
+
 def _closed_or_due(r: admin_pb2.RoundInfo) -> str:
     if r.closed_unix:
         return fmt_time_short(r.closed_unix)

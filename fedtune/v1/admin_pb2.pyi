@@ -66,7 +66,7 @@ class ListRoundsRequest(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
 
 class RoundInfo(_message.Message):
-    __slots__ = ("round_id", "experiment_id", "stage", "stage_index", "round", "state", "tasks_total", "updates_received", "opened_unix", "deadline_unix", "closed_unix", "reason", "metrics", "model_version_id")
+    __slots__ = ("round_id", "experiment_id", "stage", "stage_index", "round", "state", "tasks_total", "updates_received", "opened_unix", "deadline_unix", "closed_unix", "reason", "metrics", "model_version_id", "site_updates")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class RoundInfo(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_UPDATES_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     experiment_id: str
     stage: str
@@ -102,7 +103,31 @@ class RoundInfo(_message.Message):
     reason: str
     metrics: _containers.ScalarMap[str, float]
     model_version_id: str
-    def __init__(self, round_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., stage: _Optional[str] = ..., stage_index: _Optional[int] = ..., round: _Optional[int] = ..., state: _Optional[str] = ..., tasks_total: _Optional[int] = ..., updates_received: _Optional[int] = ..., opened_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., closed_unix: _Optional[float] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., model_version_id: _Optional[str] = ...) -> None: ...
+    site_updates: _containers.RepeatedCompositeFieldContainer[SiteUpdate]
+    def __init__(self, round_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., stage: _Optional[str] = ..., stage_index: _Optional[int] = ..., round: _Optional[int] = ..., state: _Optional[str] = ..., tasks_total: _Optional[int] = ..., updates_received: _Optional[int] = ..., opened_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., closed_unix: _Optional[float] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., model_version_id: _Optional[str] = ..., site_updates: _Optional[_Iterable[_Union[SiteUpdate, _Mapping]]] = ...) -> None: ...
+
+class SiteUpdate(_message.Message):
+    __slots__ = ("site", "num_examples", "weight", "metrics", "received_bytes", "state")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    num_examples: int
+    weight: float
+    metrics: _containers.ScalarMap[str, float]
+    received_bytes: int
+    state: str
+    def __init__(self, site: _Optional[str] = ..., num_examples: _Optional[int] = ..., weight: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., received_bytes: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ListRoundsResponse(_message.Message):
     __slots__ = ("rounds",)

@@ -92,6 +92,16 @@ class FakeAdmin(admin_pb2_grpc.AdminServicer):
                 closed_unix=T0 + 120,
                 metrics={"accuracy": 0.812345, "loss": 0.41},
                 model_version_id="mv-2",
+                site_updates=[
+                    admin_pb2.SiteUpdate(
+                        site="hospital-a",
+                        num_examples=120,
+                        weight=120.0,
+                        metrics={"accuracy": 0.9},
+                        received_bytes=1_359_380,
+                        state="folded",
+                    )
+                ],
             ),
             admin_pb2.RoundInfo(
                 round_id="r-2",

@@ -165,6 +165,26 @@ def test_rounds_lists_rounds_with_compact_metrics(admin: Admin) -> None:
     assert machine.json["rounds"][0]["metrics"] == {"accuracy": 0.812345, "loss": 0.41}
 
 
+def test_rounds_sites_lists_each_sites_update_and_json_always_has_them(admin: Admin) -> None:
+    plain = admin("rounds", "exp-1")
+    human = admin("rounds", "exp-1", "--sites")
+    machine = admin("--json", "rounds", "exp-1")
+
+    assert human.exit_code == 0, human.stderr
+    assert "hospital-a" not in plain.stdout
+    assert "updates by site" in human.stdout and "hospital-a" in human.stdout
+    assert "accuracy=0.9" in human.stdout and "1.3 MiB" in human.stdout
+    (update,) = machine.json["rounds"][0]["site_updates"]
+    assert update == {
+        "site": "hospital-a",
+        "num_examples": 120,
+        "weight": 120.0,
+        "metrics": {"accuracy": 0.9},
+        "received_bytes": 1_359_380,
+        "state": "folded",
+    }
+
+
 def test_round_help_says_rounds_are_scheduled_per_experiment(admin: Admin) -> None:
     result = admin("round", "--help")
 

@@ -41,6 +41,14 @@ def test_three_rounds_of_three_workers_commit_the_exact_weighted_mean(cluster: C
         expected = weighted_mean(pushed)
         assert_arrays_close(workers[0].fetch(version_id), expected)
         current = expected
+        (info,) = [r for r in admin.rounds(experiment_id) if r.round == round_number]
+        by_site = {u.site: u for u in info.site_updates}
+        assert sorted(by_site) == ["a", "b", "c"]
+        for worker, (_, num_examples) in zip(workers, pushed, strict=True):
+            update = by_site[worker.site]
+            assert update.num_examples == num_examples and update.weight == num_examples
+            assert update.metrics["loss"] == float(num_examples) and update.state == "folded"
+            assert update.received_bytes > 0
 
     experiment = wait_for(lambda: (e := admin.experiment(experiment_id)).state == "completed" and e)
     assert experiment.current_round == 3

@@ -26,7 +26,24 @@ MANIFEST = Manifest.of(
         ),
         (
             serde.RoundRecord(
-                "r", "e", "finetune", 0, 1, "committed", 3, 2, 1.0, 9.0, 5.0, "", {"loss": 0.5}, "mv"
+                "r",
+                "e",
+                "finetune",
+                0,
+                1,
+                "committed",
+                3,
+                2,
+                1.0,
+                9.0,
+                5.0,
+                "",
+                {"loss": 0.5},
+                "mv",
+                (
+                    serde.SiteUpdateRecord("a", 40, 40.0, {"eval_accuracy": 0.75}, 1024, "folded"),
+                    serde.SiteUpdateRecord("b", 7, 0.0, {}, 3 << 31, "verified"),
+                ),
             ),
             serde.round_to_proto,
             serde.round_from_proto,
