@@ -3,10 +3,9 @@
 The cluster is started like `fedtune.demo.run` starts it (same ProcessGroup, free_port, AdminClient
 and waits); each configuration is one experiment, run to completion, after which every round's
 global version is exported and scored on the held-out test set (`fedtune.demo.evaluate`).
-Per-site figures (eval accuracy, bytes received) come from the coordinator's registry: the admin
-API reports only the round's example-weighted means. A run with a `global` stage first reports that
-stage's LM-loss figures (`fedtune.bench.global_eval`), and its finetune versions are scored on the
-merged base they were trained on (base + the global LoRA named by the export's `base_version.json`).
+Scoring (`fedtune.bench.scoring`, shared with `fedtune bench report`) uses the Admin API only, per-site
+figures included. A run with a `global` stage first also reports that stage's held-out LM loss on the
+sites' text (`fedtune.bench.global_eval`), which only the benchmark can: it holds every site's data.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from fedtune.admin.client import AdminClient
 from fedtune.bench import global_eval
 from fedtune.bench.config import spec_yaml
 from fedtune.bench.dataset import BenchData
-from fedtune.demo.evaluate import test_accuracy
+from fedtune.bench.scoring import score_finetune_versions, site_figures
 from fedtune.demo.processes import ProcessGroup, free_port
 from fedtune.demo.progress import follow_experiment, wait_for_coordinator
 from fedtune.errors import ErrorCode, FedtuneError
@@ -37,7 +36,6 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 class Cluster:
     admin: AdminClient
     group: ProcessGroup
-    database_url: str
     model_root: Path
 
 
@@ -84,83 +82,38 @@ def local_cluster(work: Path, data: BenchData, model_root: Path) -> Iterator[Clu
                 ],
                 env=_child_env(FEDTUNE_TORCH_THREADS=threads),
             )
-        yield Cluster(admin, group, f"sqlite:///{coordinator_dir.resolve() / 'fedtune.db'}", model_root)
+        yield Cluster(admin, group, model_root)
 
 
-def _manifest_bytes(version: Any) -> int:
-    return int(sum(t.nbytes for t in version.manifest.tensors))
-
-
-def _site_updates(
-    database_url: str, experiment_id: str
-) -> dict[tuple[int, int], dict[str, dict[str, float]]]:
-    """(stage index, round) -> site -> {eval_accuracy, ..., received_bytes} of each accepted update."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
-
-    from storage.db import make_engine
-    from storage.models import Round, Site, Update
-
-    engine = make_engine(database_url)
-    try:
-        with Session(engine) as session:
-            rows = session.execute(
-                select(
-                    Round.stage_index,
-                    Round.round,
-                    Site.name,
-                    Update.metrics,
-                    Update.received_bytes,
-                    Update.num_examples,
-                )
-                .join(Round, Update.round_id == Round.id)
-                .join(Site, Update.site_id == Site.id)
-                .where(Round.experiment_id == experiment_id, Update.state.not_in(["receiving", "rejected"]))
-            ).all()
-    finally:
-        engine.dispose()
-    out: dict[tuple[int, int], dict[str, dict[str, float]]] = {}
-    for stage_index, round_no, site, metrics, received, examples in rows:
-        figures = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-        figures.update(received_bytes=float(received), num_examples=float(examples))
-        out.setdefault((int(stage_index), int(round_no)), {})[site] = figures
-    return out
-
-
-def _global_stage(
+def _global_stage_report(
     cluster: Cluster,
     spec: ExperimentSpec,
     data: BenchData,
     experiment_id: str,
-    versions: list[Any],
-    export_root: Path,
-) -> tuple[dict[str, Any] | None, dict[str, Path]]:
-    """(the global stage's report or None, version id -> exported tensor file of each global version)."""
+    global_files: dict[str, Path],
+) -> dict[str, Any] | None:
+    """The global stage's held-out LM loss per round (the bench holds every site's text), or None."""
     global_index = next((i for i, s in enumerate(spec.stages) if s.kind == "global"), None)
     if global_index is None:
-        return None, {}
+        return None
     name = spec.stages[global_index].stage_name
-    files: dict[str, Path] = {}
+    versions = {v.version_id: v for v in cluster.admin.list_models(experiment_id) if v.stage == name}
     aggregated: dict[int, dict[str, Any]] = {}
     sites = [s.name for s in data.sites]
-    for version in (v for v in versions if v.stage == name):
-        out_dir = export_root / f"v{version.version}-global"
-        cluster.admin.export_model(version.version_id, out_dir)
-        files[version.version_id] = out_dir / global_eval.ADAPTER_FILE
-        loss = global_eval.global_lm_loss(
-            spec, cluster.model_root, files[version.version_id], data.sites_root, sites
-        )
+    for version_id, adapter_file in global_files.items():
+        version = versions[version_id]
+        loss = global_eval.global_lm_loss(spec, cluster.model_root, adapter_file, data.sites_root, sites)
         aggregated[int(version.round)] = loss
         print(
             f"  v{version.version} (global round {version.round}): held-out LM loss {loss['mean']}",
             file=sys.stderr,
         )
-    infos = [r for r in cluster.admin.list_rounds(experiment_id) if r.stage_index == global_index]
-    per_site = _site_updates(cluster.database_url, experiment_id)
-    site_rows = {r: v for (i, r), v in per_site.items() if i == global_index}
+    round_infos = cluster.admin.list_rounds(experiment_id)
+    infos = [r for r in round_infos if r.stage_index == global_index]
+    site_rows = {r: v for (i, r), v in site_figures(round_infos).items() if i == global_index}
     report = global_eval.global_rounds_report(infos, aggregated, site_rows)
     report.update(stage=name, stage_index=global_index, rounds_total=spec.stages[global_index].rounds)
-    return report, files
+    return report
 
 
 def run_federated(
@@ -179,75 +132,22 @@ def run_federated(
         error = cluster.admin.get_experiment(experiment_id).error
         raise FedtuneError(ErrorCode.WRONG_STATE, f"experiment {spec.name} ended {state}: {error}")
     train_seconds = time.monotonic() - started
-    versions = sorted(cluster.admin.list_models(experiment_id), key=lambda v: v.version)
-    global_report, global_files = _global_stage(cluster, spec, data, experiment_id, versions, export_root)
-    # every finetune stage's versions in order: a fedncm head stage (1 round) may precede the main one
-    stage_index_by_name = {s.stage_name: i for i, s in enumerate(spec.stages) if s.kind == "finetune"}
-    finetune = spec.stages[max(stage_index_by_name.values())]
-    versions = [v for v in versions if v.stage in stage_index_by_name]
-    rounds = {r.model_version_id: r for r in cluster.admin.list_rounds(experiment_id)}
-    per_site = _site_updates(cluster.database_url, experiment_id)
-    model_dir = cluster.model_root / spec.base_model.name
-    labels = spec.labels or []
-    rows: list[dict[str, Any]] = []
-    accuracies: list[float] = []
-    original_base_accuracy: float | None = None
-    for step, version in enumerate(versions):
-        out_dir = export_root / f"v{version.version}"
-        cluster.admin.export_model(version.version_id, out_dir)
-        base_id = global_eval.base_version_id(out_dir)
-        if base_id is not None:
-            if base_id not in global_files:
-                raise FedtuneError(
-                    ErrorCode.NOT_FOUND,
-                    f"v{version.version} names base version {base_id}, not a global version",
-                )
-            accuracy = global_eval.merged_base_test_accuracy(
-                spec, cluster.model_root, global_files[base_id], out_dir, labels, data.test
-            )
-            if version is versions[-1]:
-                original_base_accuracy = test_accuracy(model_dir, out_dir, labels, data.test)
-        else:
-            accuracy = test_accuracy(model_dir, out_dir, labels, data.test)
-        accuracies.append(accuracy)
-        info = rounds.get(version.version_id)
-        metrics = dict(info.metrics) if info is not None else {}
-        upload = _manifest_bytes(version)
-        trained = version.round > 0
-        rows.append(
-            {
-                "version": int(version.version),
-                # rounds are counted over the finetune stages (a head stage's round comes first)
-                "round": step,
-                "stage": version.stage,
-                "stage_round": int(version.round),
-                "test_accuracy": accuracy,
-                "test_accuracy_base": "merged" if base_id is not None else "original",
-                "sites": sorted(version.sites),
-                "mean_train_loss": metrics.get("train_loss"),
-                "mean_site_eval_accuracy": metrics.get("eval_accuracy"),
-                "site_metrics": per_site.get((stage_index_by_name[version.stage], int(version.round)), {})
-                if trained
-                else {},
-                "upload_bytes_per_site": upload if trained else 0,
-                "upload_bytes_total": upload * len(version.sites) if trained else 0,
-            }
-        )
-        print(
-            f"  v{version.version} ({version.stage} round {version.round}): test accuracy {accuracy:.4f}",
-            file=sys.stderr,
-        )
+    scored = score_finetune_versions(
+        cluster.admin, experiment_id, spec, cluster.model_root, data.test, export_root
+    )
+    global_report = _global_stage_report(cluster, spec, data, experiment_id, scored["global_files"])
+    finetune = spec.stages[max(i for i, s in enumerate(spec.stages) if s.kind == "finetune")]
     out: dict[str, Any] = {
         "experiment_id": experiment_id,
         "strategy": finetune.strategy.model_dump(),
-        "rounds": rows,
-        "final_test_accuracy": accuracies[-1] if accuracies else None,
-        "best_test_accuracy": max(accuracies, default=None),
-        "upload_bytes_per_site_per_round": _manifest_bytes(versions[-1]) if versions else 0,
+        "rounds": scored["rounds"],
+        "final_test_accuracy": scored["final_test_accuracy"],
+        "best_test_accuracy": scored["best_test_accuracy"],
+        "upload_bytes_per_site_per_round": scored["upload_bytes_per_site_per_round"],
         "seconds": time.monotonic() - started,
         "training_seconds": train_seconds,
     }
     if global_report is not None:
-        global_report["final_test_accuracy_on_original_base"] = original_base_accuracy
+        global_report["final_test_accuracy_on_original_base"] = scored["final_test_accuracy_on_original_base"]
         out["global_stage"] = global_report
     return out
