@@ -14,7 +14,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "admin": ("fedtune.admin.cli:admin_group", "drive experiments, rounds and models over gRPC"),
     "db": ("storage.cli:db_group", "manage the registry database (migrations)"),
     "certs": ("fedtune.certs:certs_group", "make a CA and TLS certificates for a coordinator and its sites"),
-    "bench": ("fedtune.bench.cli:bench_group", "quality benchmarks: federated vs centralized vs local-only"),
+    "bench": ("fedtune.bench.cli:bench_group", "quality benchmarks, and held-out reports of any experiment"),
 }
 
 

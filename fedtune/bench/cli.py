@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from fedtune.admin.options import connection_options
 from fedtune.bench.config import (
     DEFAULT_CONFIGS,
     DEFAULT_METHODS,
@@ -23,7 +24,7 @@ FULL = {"rounds": 10, "local_steps": 10, "max_test_examples": None}
 
 @click.group("bench", context_settings={"help_option_names": ["-h", "--help"]})
 def bench_group() -> None:
-    """Quality benchmarks: federated vs centralized vs local-only."""
+    """Quality benchmarks (federated vs centralized vs local-only) and per-round reports of experiments."""
 
 
 @bench_group.command("quality")
@@ -185,6 +186,80 @@ def quality_command(
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+    click.echo(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        click.echo(f"{kind}: {path}")
+
+
+@bench_group.command("report")
+@click.argument("experiment_id")
+@click.option(
+    "--test",
+    "test_file",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="held-out labelled examples (.jsonl or .csv with the spec's text and label fields)",
+)
+@click.option(
+    "--model-root",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="folder holding the base model under the spec's base_model.name (as a worker's --model-root)",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="output folder (report.json, report.md, report.png) [./report-EXPERIMENT_ID]",
+)
+@connection_options
+def report_command(
+    experiment_id: str,
+    test_file: Path,
+    model_root: Path,
+    out_dir: Path | None,
+    target: str,
+    admin_token: str | None,
+    timeout: float,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_server_name: str | None,
+) -> None:
+    """Score every round's global model of a classification experiment on a held-out test file.
+
+    Exports each finetune version (round 0 = the initial adapter) over the Admin API, loads it with
+    peft on the base under --model-root, and reports held-out test accuracy per round next to each
+    site's own eval accuracy and the upload size. Works on running and finished experiments; needs the
+    worker extra (torch), not the coordinator's database.
+
+    \b
+    Example:
+      fedtune bench report exp-3f2a --test held-out.jsonl --model-root ./models \\
+          --coordinator coord.example.org:50051 --admin-token "$FEDTUNE_ADMIN_TOKEN"
+    """
+    from fedtune.admin.client import AdminClient, AdminError
+    from fedtune.tls import ClientTls
+
+    out_dir = out_dir or Path(f"report-{experiment_id}")
+    try:
+        tls = ClientTls.from_options(tls_ca, tls_cert, tls_key, tls_server_name)
+        from fedtune.bench.experiment_report import build_report, write_report
+
+        with AdminClient(target, admin_token or None, timeout, tls) as admin:
+            report = build_report(admin, experiment_id, model_root.resolve(), test_file, out_dir / "work")
+        paths = write_report(report, out_dir)
+    except AdminError as err:
+        click.echo(f"error: {err.message}", err=True)
+        sys.exit(err.exit_code)
+    except FedtuneError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    finally:
+        import shutil
+
+        shutil.rmtree(out_dir / "work", ignore_errors=True)
     click.echo(paths["markdown"].read_text())
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")

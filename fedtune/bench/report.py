@@ -112,23 +112,24 @@ def _per_round_tables(results: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for method, block in results["methods"].items():
         for label, run in block["federated"].items():
-            lines += [
-                "",
-                f"## {method} / {label}: per round",
-                "",
-                "| round | stage | test acc % | mean site eval acc % | " + " | ".join(sites) + " |",
-                "|---:|---|---:|---:|" + "---:|" * len(sites),
-            ]
-            for row in run["rounds"]:
-                per_site = [_pct(row["site_metrics"].get(s, {}).get("eval_accuracy")) for s in sites]
-                stage = f"{row.get('stage', 'finetune')} {row.get('stage_round', row['round'])}"
-                head = [
-                    str(row["round"]),
-                    stage,
-                    _pct(row["test_accuracy"]),
-                    _pct(row["mean_site_eval_accuracy"]),
-                ]
-                lines.append("| " + " | ".join(head + per_site) + " |")
+            lines += per_round_table(f"{method} / {label}: per round", run["rounds"], sites)
+    return lines
+
+
+def per_round_table(title: str, rows: list[dict[str, Any]], sites: list[str]) -> list[str]:
+    """Markdown lines: round, stage, held-out test accuracy, mean and per-site eval accuracy."""
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "| round | stage | test acc % | mean site eval acc % | " + " | ".join(sites) + " |",
+        "|---:|---|---:|---:|" + "---:|" * len(sites),
+    ]
+    for row in rows:
+        per_site = [_pct(row["site_metrics"].get(s, {}).get("eval_accuracy")) for s in sites]
+        stage = f"{row.get('stage', 'finetune')} {row.get('stage_round', row['round'])}"
+        head = [str(row["round"]), stage, _pct(row["test_accuracy"]), _pct(row["mean_site_eval_accuracy"])]
+        lines.append("| " + " | ".join(head + per_site) + " |")
     return lines
 
 

@@ -32,7 +32,9 @@ def site_figures(rounds: Sequence[admin_pb2.RoundInfo]) -> SiteFigures:
     for info in rounds:
         for update in info.site_updates:
             figures = dict(update.metrics)
-            figures.update(received_bytes=float(update.received_bytes), num_examples=float(update.num_examples))
+            figures.update(
+                received_bytes=float(update.received_bytes), num_examples=float(update.num_examples)
+            )
             out.setdefault((info.stage_index, info.round), {})[update.site] = figures
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.daemon.cluster import E2E_LABELS, E2E_SITES, Cluster, running_cluster, wait_for
+from tests.daemon.cluster import E2E_LABELS, E2E_SITES, FEDTUNE, Cluster, clean_env, running_cluster, wait_for
 from tests.fixtures.tiny import tiny_spec
 
 pytestmark = pytest.mark.slow
@@ -80,6 +81,55 @@ def test_two_workers_finish_a_two_round_lora_experiment_and_the_adapter_loads_in
         log = cluster.log_text(f"worker-{site}")
         assert "registered as" in log and re.search(r"task \S+ received: train", log)
         assert re.search(r"upload \S+: 100%", log)
+
+    # `fedtune bench report` scores every round's global model on a held-out file the user holds
+    _assert_report_scores_each_round(cluster, tmp_path, model_root, data_roots, experiment_id)
+
+
+def _bench_report(cluster: Cluster, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [*FEDTUNE, "bench", "report", *args, "--coordinator", cluster.address]
+    return subprocess.run(command, capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=180)
+
+
+def _assert_report_scores_each_round(
+    cluster: Cluster, tmp_path: Path, model_root: Path, data_roots: dict[str, Path], experiment_id: str
+) -> None:
+    test_file = data_roots["site-a"] / "eval.jsonl"
+    out = tmp_path / "report"
+    result = _bench_report(
+        cluster,
+        tmp_path,
+        experiment_id,
+        "--test",
+        str(test_file),
+        "--model-root",
+        str(model_root),
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2] and report["sites"] == E2E_SITES
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in report["rounds"])
+    assert report["test"]["examples"] == len(test_file.read_text().splitlines())
+    # per-site figures are what each worker reported for its update (the Admin API's site_updates)
+    rounds = cluster.admin("rounds", experiment_id)["rounds"]
+    for row, info in zip(report["rounds"][1:], rounds, strict=True):
+        reported = {u["site"]: u["metrics"]["eval_accuracy"] for u in info["site_updates"]}
+        assert {s: m["eval_accuracy"] for s, m in row["site_metrics"].items()} == reported
+    assert "| 2 | finetune 2 |" in (out / "report.md").read_text()
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (out / "work").exists()
+    # a label the spec does not know is named with its file and line; an unknown experiment is exit 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a late goal", "label": "sport"}\n{"text": "rates", "label": "weather"}\n')
+    wrong = _bench_report(
+        cluster, tmp_path, experiment_id, "--test", str(bad), "--model-root", str(model_root)
+    )
+    assert wrong.returncode == 1 and f"{bad}:2: label 'weather'" in wrong.stderr
+    missing = _bench_report(
+        cluster, tmp_path, "exp-nope", "--test", str(bad), "--model-root", str(model_root)
+    )
+    assert missing.returncode == 3 and "exp-nope" in missing.stderr
 
 
 def test_a_worker_killed_mid_training_rejoins_and_the_experiment_finishes(
