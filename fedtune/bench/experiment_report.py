@@ -9,14 +9,13 @@ and report.png (the plot). Needs torch (it runs the model), not the coordinator'
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from fedtune.admin.client import AdminClient
 from fedtune.admin.render import fmt_bytes
-from fedtune.bench.report import per_round_table
+from fedtune.bench.report import pct, per_round_table, write_files
 from fedtune.bench.scoring import score_finetune_versions
 from fedtune.demo.data import Article
 from fedtune.errors import ErrorCode, FedtuneError
@@ -83,21 +82,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"Base model {experiment['base_model']}; stages: {stages}.",
         f"Held-out test set: {report['test']['examples']} examples from {report['test']['file']}.",
         "",
-        f"Final test accuracy {_pct(final)} %, best {_pct(best)} %; upload per site per round "
+        f"Final test accuracy {pct(final)} %, best {pct(best)} %; upload per site per round "
         f"{fmt_bytes(report['upload_bytes_per_site_per_round'])}.",
         "Site columns: each site's accuracy on its own eval file, as its worker reported it.",
     ]
     if report.get("final_test_accuracy_on_original_base") is not None:
         lines.append(
             "Test accuracy is on the merged base (base + the global stage's LoRA); the final adapter on "
-            f"the original base: {_pct(report['final_test_accuracy_on_original_base'])} %."
+            f"the original base: {pct(report['final_test_accuracy_on_original_base'])} %."
         )
     lines += per_round_table("per round", rounds, report["sites"])
     return "\n".join(lines) + "\n"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -139,13 +134,4 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out_dir / "report.json",
-        "markdown": out_dir / "report.md",
-        "plot": out_dir / "report.png",
-    }
-    paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
-    paths["markdown"].write_text(markdown(report))
-    plot(report, paths["plot"])
-    return paths
+    return write_files(out_dir, "report", report, markdown, plot)

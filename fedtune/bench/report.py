@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
@@ -31,15 +32,15 @@ def markdown_table(results: dict[str, Any]) -> str:
         share = 100 * params["uploaded_parameters"] / max(1, params["base_model_parameters"])
         for name, base in block["baselines"].items():
             accuracy = base.get("test_accuracy", base.get("test_accuracy_mean"))
-            lines.append(f"| {method} | {name} | {_pct(accuracy)} | - | - | 0 B | - |")
+            lines.append(f"| {method} | {name} | {pct(accuracy)} | - | - | 0 B | - |")
         for label, run in block["federated"].items():
             last = run["rounds"][-1] if run["rounds"] else {}
             cells = [
                 method,
                 label,
-                _pct(run["final_test_accuracy"]),
-                _pct(run["best_test_accuracy"]),
-                _pct(last.get("mean_site_eval_accuracy")),
+                pct(run["final_test_accuracy"]),
+                pct(run["best_test_accuracy"]),
+                pct(last.get("mean_site_eval_accuracy")),
                 _bytes(run["upload_bytes_per_site_per_round"]),
                 f"{share:.3f}",
             ]
@@ -92,8 +93,8 @@ def _global_stage_tables(results: dict[str, Any]) -> list[str]:
                     _yes(row["aggregated_decreased_vs_base"]),
                 ]
                 lines.append("| " + " | ".join(cells) + " |")
-            merged = _pct(run["final_test_accuracy"])
-            original = _pct(stage.get("final_test_accuracy_on_original_base"))
+            merged = pct(run["final_test_accuracy"])
+            original = pct(stage.get("final_test_accuracy_on_original_base"))
             lines += [
                 "",
                 f"Finetune test accuracy is on the merged base (base + global LoRA): final {merged}% "
@@ -126,9 +127,9 @@ def per_round_table(title: str, rows: list[dict[str, Any]], sites: list[str]) ->
         "|---:|---|---:|---:|" + "---:|" * len(sites),
     ]
     for row in rows:
-        per_site = [_pct(row["site_metrics"].get(s, {}).get("eval_accuracy")) for s in sites]
+        per_site = [pct(row["site_metrics"].get(s, {}).get("eval_accuracy")) for s in sites]
         stage = f"{row.get('stage', 'finetune')} {row.get('stage_round', row['round'])}"
-        head = [str(row["round"]), stage, _pct(row["test_accuracy"]), _pct(row["mean_site_eval_accuracy"])]
+        head = [str(row["round"]), stage, pct(row["test_accuracy"]), pct(row["mean_site_eval_accuracy"])]
         lines.append("| " + " | ".join(head + per_site) + " |")
     return lines
 
@@ -207,14 +208,25 @@ def _plot_global(ax: Any, method: str, block: dict[str, Any]) -> None:
     ax.legend(fontsize=8)
 
 
-def write_outputs(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def write_files(
+    out_dir: Path,
+    stem: str,
+    document: dict[str, Any],
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+) -> dict[str, Path]:
+    """OUT/STEM.json (every figure), OUT/STEM.md and OUT/STEM.png, made from `document`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "json": out_dir / "quality.json",
-        "markdown": out_dir / "quality.md",
-        "plot": out_dir / "quality.png",
+        "json": out_dir / f"{stem}.json",
+        "markdown": out_dir / f"{stem}.md",
+        "plot": out_dir / f"{stem}.png",
     }
-    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
-    paths["markdown"].write_text(markdown_table(results))
-    plot(results, paths["plot"])
+    paths["json"].write_text(json.dumps(document, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown(document))
+    plot(document, paths["plot"])
     return paths
+
+
+def write_outputs(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    return write_files(out_dir, "quality", results, markdown_table, plot)
