@@ -163,8 +163,10 @@ def privatize_update(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Clip the update (trained - global) to `clip_norm` in L2 and add N(0, (noise_multiplier*clip_norm)^2).
 
-    Returns the privatized weights (global + noisy clipped delta) and metrics (update norm before
-    clipping). Off (identity) when `clip_norm` is unset.
+    Returns the privatized weights (global + noisy clipped delta) and metrics: the update norm before
+    clipping and whether it was clipped, but only when no noise is added (clipping alone, to tune
+    clip_norm): with noise these exact, un-noised figures would leak past it. Off (identity) when
+    `clip_norm` is unset.
     """
     if privacy.clip_norm is None:
         if privacy.noise_multiplier > 0:
@@ -179,6 +181,8 @@ def privatize_update(
     for name, delta in deltas.items():
         noisy = delta * scale + (rng.normal(0.0, sigma, size=delta.shape) if sigma > 0 else 0.0)
         out[name] = (global_arrays[name] + noisy).astype(np.float32)
+    if sigma > 0:
+        return out, {}
     return out, {"update_norm": norm, "update_clipped": float(scale < 1.0)}
 
 
@@ -189,6 +193,6 @@ def update_to_send(
     privacy metrics; a privatized update is loaded back into `model`, so an evaluation that follows
     measures what is actually sent."""
     arrays, privacy_metrics = privatize_update(trainable_arrays(model), global_arrays, privacy)
-    if privacy_metrics:
+    if privacy.clip_norm is not None:
         load_trainable_arrays(model, arrays)
     return arrays, privacy_metrics

@@ -138,3 +138,38 @@ def test_personalize_saves_adapter_and_reports_both(model_root: Path, cls_data: 
     assert out.metrics["personal_eval_accuracy"] > out.metrics["global_eval_accuracy"]
     base = AutoModelForSequenceClassification.from_pretrained(model_root / "tiny-bert", num_labels=2)
     assert isinstance(PeftModel.from_pretrained(base, str(tmp_path / "mine")), PeftModel)
+
+
+def test_dp_with_noise_reports_no_unnoised_update_figures() -> None:
+    from fedtune.spec import PrivacySpec
+    from worker.training import privatize_update
+
+    rng = np.random.default_rng(5)
+    global_arrays = {"w": np.zeros((64,), dtype=np.float64)}
+    trained = {"w": np.full((64,), 0.5, dtype=np.float32)}  # norm 4: clipped to 1
+
+    clipped, clip_metrics = privatize_update(trained, global_arrays, PrivacySpec(clip_norm=1.0), rng)
+    noisy, noise_metrics = privatize_update(
+        trained, global_arrays, PrivacySpec(clip_norm=1.0, noise_multiplier=1.0), rng
+    )
+
+    assert clip_metrics == {"update_norm": pytest.approx(4.0), "update_clipped": 1.0}
+    assert np.linalg.norm(clipped["w"]) == pytest.approx(1.0, rel=1e-6)
+    assert noise_metrics == {}
+    assert np.linalg.norm(noisy["w"] - clipped["w"]) > 1.0  # 64 draws of N(0, 1): norm ~8
+
+
+def test_dp_eval_metrics_measure_the_noised_update_that_is_sent(
+    model_root: Path, cls_data: Path, tmp_path: Path
+) -> None:
+    steps = {"max_steps": 10, "batch_size": 8, "learning_rate": 1e-2, "max_length": 32}
+    plain = tiny_spec(training=steps)
+    noised = tiny_spec(training=steps, privacy={"clip_norm": 1.0, "noise_multiplier": 50.0})
+    global_path, global_arrays = _init_global(plain, model_root, tmp_path)
+
+    clean = run_train(plain, 0, 1, global_path, cls_data, model_root, progress=quiet)
+    sent = run_train(noised, 0, 1, global_path, cls_data, model_root, progress=quiet)
+
+    assert _distance(sent.arrays, global_arrays) > 100  # the noise, not the training, moved it
+    assert sent.metrics["eval_loss"] > 2 * clean.metrics["eval_loss"]
+    assert "update_norm" not in sent.metrics
