@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedtune.admin.render import fmt_bytes
+
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
@@ -41,7 +43,7 @@ def markdown_table(results: dict[str, Any]) -> str:
                 pct(run["final_test_accuracy"]),
                 pct(run["best_test_accuracy"]),
                 pct(last.get("mean_site_eval_accuracy")),
-                _bytes(run["upload_bytes_per_site_per_round"]),
+                fmt_bytes(run["upload_bytes_per_site_per_round"]),
                 f"{share:.3f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -132,14 +134,6 @@ def per_round_table(title: str, rows: list[dict[str, Any]], sites: list[str]) ->
         head = [str(row["round"]), stage, pct(row["test_accuracy"]), pct(row["mean_site_eval_accuracy"])]
         lines.append("| " + " | ".join(head + per_site) + " |")
     return lines
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
