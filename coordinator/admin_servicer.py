@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import grpc
+import grpc.aio
 
 from coordinator.auth import bearer
+from coordinator.blocking import BlockingPool
 from coordinator.bootstrap import Services
 from coordinator.downloads import SideFile
 from coordinator.version import __version__
-from fedtune.errors import rpc_errors
+from fedtune.errors import aio_rpc_errors
 from fedtune.serde import (
     event_to_proto,
     experiment_to_proto,
@@ -26,149 +30,186 @@ from fedtune.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger("fedtune.coordinator.admin_api")
 
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+P = ParamSpec("P")
+T = TypeVar("T")
+WATCH_POLL_SECONDS = 0.3
+
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, pool: BlockingPool) -> None:
         self._services = services
+        self._pool = pool
 
-    @contextlib.contextmanager
-    def _call(self, context: grpc.ServicerContext, method: str) -> Iterator[None]:
-        with rpc_errors(context, method):
-            _, token = bearer(context.invocation_metadata())
+    @contextlib.asynccontextmanager
+    async def _call(self, context: Context, method: str) -> AsyncIterator[None]:
+        async with aio_rpc_errors(context, method):
+            _, token = bearer(context.invocation_metadata() or ())
             self._services.auth.check_admin(token)
             log.debug("admin call", extra={"method": method})
             yield
 
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._pool.run(fn, *args, **kwargs)
+
     def _experiment(self, experiment_id: str) -> admin_pb2.Experiment:
         return experiment_to_proto(self._services.queries.experiment(experiment_id))
 
-    def SubmitExperiment(
-        self, request: admin_pb2.SubmitExperimentRequest, context: grpc.ServicerContext
+    async def SubmitExperiment(
+        self, request: admin_pb2.SubmitExperimentRequest, context: Context
     ) -> admin_pb2.Experiment:
-        with self._call(context, "SubmitExperiment"):
-            experiment_id = self._services.experiments.submit(request.spec_yaml, start=request.start)
-            return self._experiment(experiment_id)
+        async with self._call(context, "SubmitExperiment"):
+
+            def submit() -> admin_pb2.Experiment:
+                return self._experiment(
+                    self._services.experiments.submit(request.spec_yaml, start=request.start)
+                )
+
+            return await self._run(submit)
         raise AssertionError("unreachable")
 
-    def ListExperiments(
-        self, request: admin_pb2.ListExperimentsRequest, context: grpc.ServicerContext
+    async def ListExperiments(
+        self, request: admin_pb2.ListExperimentsRequest, context: Context
     ) -> admin_pb2.ListExperimentsResponse:
-        with self._call(context, "ListExperiments"):
-            records = self._services.queries.experiments()
+        async with self._call(context, "ListExperiments"):
+            records = await self._run(self._services.queries.experiments)
             return admin_pb2.ListExperimentsResponse(experiments=[experiment_to_proto(r) for r in records])
         raise AssertionError("unreachable")
 
-    def GetExperiment(
-        self, request: admin_pb2.ExperimentRef, context: grpc.ServicerContext
-    ) -> admin_pb2.Experiment:
-        with self._call(context, "GetExperiment"):
-            return self._experiment(request.experiment_id)
+    async def GetExperiment(self, request: admin_pb2.ExperimentRef, context: Context) -> admin_pb2.Experiment:
+        async with self._call(context, "GetExperiment"):
+            return await self._run(self._experiment, request.experiment_id)
         raise AssertionError("unreachable")
 
-    def StartExperiment(
-        self, request: admin_pb2.ExperimentRef, context: grpc.ServicerContext
+    async def _transition(
+        self, context: Context, method: str, change: Callable[[], object], experiment_id: str
     ) -> admin_pb2.Experiment:
-        with self._call(context, "StartExperiment"):
-            self._services.experiments.start(request.experiment_id)
-            return self._experiment(request.experiment_id)
+        async with self._call(context, method):
+
+            def apply() -> admin_pb2.Experiment:
+                change()
+                return self._experiment(experiment_id)
+
+            return await self._run(apply)
         raise AssertionError("unreachable")
 
-    def PauseExperiment(
-        self, request: admin_pb2.ExperimentRef, context: grpc.ServicerContext
+    async def StartExperiment(
+        self, request: admin_pb2.ExperimentRef, context: Context
     ) -> admin_pb2.Experiment:
-        with self._call(context, "PauseExperiment"):
-            self._services.experiments.pause(request.experiment_id, request.reason)
-            return self._experiment(request.experiment_id)
-        raise AssertionError("unreachable")
+        experiments = self._services.experiments
+        return await self._transition(
+            context,
+            "StartExperiment",
+            lambda: experiments.start(request.experiment_id),
+            request.experiment_id,
+        )
 
-    def ResumeExperiment(
-        self, request: admin_pb2.ExperimentRef, context: grpc.ServicerContext
+    async def PauseExperiment(
+        self, request: admin_pb2.ExperimentRef, context: Context
     ) -> admin_pb2.Experiment:
-        with self._call(context, "ResumeExperiment"):
-            self._services.experiments.resume(request.experiment_id)
-            return self._experiment(request.experiment_id)
-        raise AssertionError("unreachable")
+        experiments = self._services.experiments
+        return await self._transition(
+            context,
+            "PauseExperiment",
+            lambda: experiments.pause(request.experiment_id, request.reason),
+            request.experiment_id,
+        )
 
-    def AbortExperiment(
-        self, request: admin_pb2.ExperimentRef, context: grpc.ServicerContext
+    async def ResumeExperiment(
+        self, request: admin_pb2.ExperimentRef, context: Context
     ) -> admin_pb2.Experiment:
-        with self._call(context, "AbortExperiment"):
-            for round_id in self._services.experiments.abort(request.experiment_id, request.reason):
-                self._services.aggregator.discard(round_id)
-            return self._experiment(request.experiment_id)
-        raise AssertionError("unreachable")
+        experiments = self._services.experiments
+        return await self._transition(
+            context,
+            "ResumeExperiment",
+            lambda: experiments.resume(request.experiment_id),
+            request.experiment_id,
+        )
 
-    def ListRounds(
-        self, request: admin_pb2.ListRoundsRequest, context: grpc.ServicerContext
+    async def AbortExperiment(
+        self, request: admin_pb2.ExperimentRef, context: Context
+    ) -> admin_pb2.Experiment:
+        services = self._services
+
+        def abort() -> None:
+            for round_id in services.experiments.abort(request.experiment_id, request.reason):
+                services.aggregator.discard(round_id)
+
+        return await self._transition(context, "AbortExperiment", abort, request.experiment_id)
+
+    async def ListRounds(
+        self, request: admin_pb2.ListRoundsRequest, context: Context
     ) -> admin_pb2.ListRoundsResponse:
-        with self._call(context, "ListRounds"):
-            records = self._services.queries.rounds(request.experiment_id)
+        async with self._call(context, "ListRounds"):
+            records = await self._run(self._services.queries.rounds, request.experiment_id)
             return admin_pb2.ListRoundsResponse(rounds=[round_to_proto(r) for r in records])
         raise AssertionError("unreachable")
 
-    def AddSite(
-        self, request: admin_pb2.AddSiteRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.AddSiteResponse:
-        with self._call(context, "AddSite"):
-            token = self._services.auth.add_site(request.name)
+    async def AddSite(self, request: admin_pb2.AddSiteRequest, context: Context) -> admin_pb2.AddSiteResponse:
+        async with self._call(context, "AddSite"):
+            token = await self._run(self._services.auth.add_site, request.name)
             return admin_pb2.AddSiteResponse(name=request.name.strip(), token=token)
         raise AssertionError("unreachable")
 
-    def ListWorkers(
-        self, request: admin_pb2.ListWorkersRequest, context: grpc.ServicerContext
+    async def ListWorkers(
+        self, request: admin_pb2.ListWorkersRequest, context: Context
     ) -> admin_pb2.ListWorkersResponse:
-        with self._call(context, "ListWorkers"):
-            return admin_pb2.ListWorkersResponse(
-                workers=[worker_to_proto(r) for r in self._services.queries.workers()]
-            )
+        async with self._call(context, "ListWorkers"):
+            records = await self._run(self._services.queries.workers)
+            return admin_pb2.ListWorkersResponse(workers=[worker_to_proto(r) for r in records])
         raise AssertionError("unreachable")
 
-    def ListModels(
-        self, request: admin_pb2.ListModelsRequest, context: grpc.ServicerContext
+    async def ListModels(
+        self, request: admin_pb2.ListModelsRequest, context: Context
     ) -> admin_pb2.ListModelsResponse:
-        with self._call(context, "ListModels"):
-            records = self._services.queries.models(request.experiment_id)
+        async with self._call(context, "ListModels"):
+            records = await self._run(self._services.queries.models, request.experiment_id)
             return admin_pb2.ListModelsResponse(models=[model_version_to_proto(r) for r in records])
         raise AssertionError("unreachable")
 
-    def GetModel(self, request: admin_pb2.ModelRef, context: grpc.ServicerContext) -> admin_pb2.ModelVersion:
-        with self._call(context, "GetModel"):
-            return model_version_to_proto(self._services.queries.model(request.version_id))
+    async def GetModel(self, request: admin_pb2.ModelRef, context: Context) -> admin_pb2.ModelVersion:
+        async with self._call(context, "GetModel"):
+            return model_version_to_proto(await self._run(self._services.queries.model, request.version_id))
         raise AssertionError("unreachable")
 
-    def ExportModel(
-        self, request: admin_pb2.ModelRef, context: grpc.ServicerContext
-    ) -> Iterator[admin_pb2.ExportModelResponse]:
-        with self._call(context, "ExportModel"):
-            for item in self._services.downloads.export(request.version_id):
+    async def ExportModel(self, request: admin_pb2.ModelRef, context: Context) -> None:
+        async with self._call(context, "ExportModel"):
+            items = await self._run(self._services.downloads.export, request.version_id)
+            async for item in self._pool.iterate(items):
                 if isinstance(item, Manifest):
-                    yield admin_pb2.ExportModelResponse(manifest=manifest_to_proto(item))
+                    message = admin_pb2.ExportModelResponse(manifest=manifest_to_proto(item))
                 elif isinstance(item, SideFile):
-                    yield admin_pb2.ExportModelResponse(
+                    message = admin_pb2.ExportModelResponse(
                         file=admin_pb2.ExportedFile(name=item.name, content=item.content)
                     )
                 else:
-                    yield admin_pb2.ExportModelResponse(chunk=chunk_to_proto(item))
+                    message = admin_pb2.ExportModelResponse(chunk=chunk_to_proto(item))
+                await context.write(message)
 
-    def WatchEvents(
-        self, request: admin_pb2.WatchEventsRequest, context: grpc.ServicerContext
-    ) -> Iterator[admin_pb2.Event]:
-        with self._call(context, "WatchEvents"):
-            stopping = self._services.notifier
+    async def WatchEvents(self, request: admin_pb2.WatchEventsRequest, context: Context) -> None:
+        """Past events after `after_id`; with `follow`, new ones until the client goes away (which
+        cancels this coroutine) or the coordinator stops. Polls the events table without a thread."""
+        async with self._call(context, "WatchEvents"):
+            queries, notifier = self._services.queries, self._services.notifier
+            if request.experiment_id:
+                await self._run(queries.require_experiment, request.experiment_id)
+            last = request.after_id
+            while True:
+                batch = await self._run(queries.events, last, request.experiment_id)
+                for record in batch:
+                    last = record.event_id
+                    await context.write(event_to_proto(record))
+                if len(batch) == queries.EVENT_PAGE:
+                    continue
+                if not request.follow or notifier.closed:
+                    return
+                await asyncio.sleep(WATCH_POLL_SECONDS)
 
-            def keep_going() -> bool:
-                return bool(context.is_active()) and not stopping.closed
-
-            for record in self._services.queries.watch(
-                request.after_id, request.experiment_id, request.follow, keep_going
-            ):
-                yield event_to_proto(record)
-
-    def GetStatus(
-        self, request: admin_pb2.GetStatusRequest, context: grpc.ServicerContext
+    async def GetStatus(
+        self, request: admin_pb2.GetStatusRequest, context: Context
     ) -> admin_pb2.CoordinatorStatus:
-        with self._call(context, "GetStatus"):
-            status = self._services.queries.status()
+        async with self._call(context, "GetStatus"):
+            status = await self._run(self._services.queries.status)
             settings = self._services.settings
             url = self._services.engine.url.render_as_string(hide_password=True)
             return admin_pb2.CoordinatorStatus(

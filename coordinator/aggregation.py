@@ -63,7 +63,7 @@ class RoundAggregator:
         blobs: BlobStore,
         data_dir: Path,
         clock: Clock,
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[..., None] = lambda **_: None,
     ) -> None:
         self._uow_factory = uow_factory
         self._blobs = blobs
@@ -179,9 +179,14 @@ class RoundAggregator:
             self._ensure(round_id)
             with self._uow_factory() as uow:
                 rnd = _get_round(uow, round_id)
-                if rnd.state == "open":
-                    rnd.state = "collecting"
-                    uow.commit()
+                if rnd.state != "open":
+                    return
+                rnd.state = "collecting"
+                sites = list(
+                    uow.session.scalars(select(models.Task.site_id).where(models.Task.round_id == round_id))
+                )
+                uow.commit()
+        self._on_change(sites=sites)  # their tasks are leasable now
 
     def fold(self, round_id: str, update_id: str) -> None:
         """Fold a verified update (idempotent). TASK_CLOSED if the round closed without it."""

@@ -166,7 +166,7 @@ class ExperimentService:
                 uow, f"experiment.{event}", message, experiment_id, {"reason": reason} if reason else None
             )
             uow.commit()
-        self._notifier.notify()
+        self._notifier.notify(all_sites=True)  # tasks of a running or paused experiment are leasable
 
     def start(self, experiment_id: str) -> None:
         self._transition(experiment_id, ("submitted",), "running", "started", "")

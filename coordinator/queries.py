@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 from sqlalchemy import func, select
 
@@ -86,6 +85,8 @@ def _version_record(row: models.ModelVersion) -> ModelVersionRecord:
 
 
 class AdminQueries:
+    EVENT_PAGE = 500  # events per read
+
     def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock, offline_after: float) -> None:
         self._uow_factory = uow_factory
         self._clock = clock
@@ -212,27 +213,10 @@ class AdminQueries:
                 for e in rows
             ]
 
-    def watch(
-        self, after_id: int, experiment_id: str, follow: bool, keep_going: object, poll_seconds: float = 0.3
-    ) -> Iterator[EventRecord]:
-        """Past events after `after_id`; with `follow`, new ones while `keep_going()` is true."""
-        assert callable(keep_going)
-        if experiment_id:
-            with self._uow_factory() as uow:
-                _require_experiment(uow, experiment_id)
-        last = after_id
-        while True:
-            batch = self.events(last, experiment_id)
-            for record in batch:
-                last = record.event_id
-                yield record
-            if len(batch) == 500:
-                continue
-            if not follow or not keep_going():
-                return
-            time.sleep(poll_seconds)
-            if not keep_going():
-                return
+    def require_experiment(self, experiment_id: str) -> None:
+        """NOT_FOUND for a mistyped experiment id (WatchEvents checks its filter with this)."""
+        with self._uow_factory() as uow:
+            _require_experiment(uow, experiment_id)
 
     def status(self) -> dict[str, int | float]:
         now = self._clock.now()

@@ -123,9 +123,10 @@ class Scheduler:
                     {"task_id": task.id, "worker_id": task.worker_id},
                 )
                 task.state, task.worker_id, task.lease_expires_at = "pending", None, None
+            sites = [task.site_id for task in expired]
             uow.commit()
         if expired:
-            self._notifier.notify()
+            self._notifier.notify(sites=sites)
 
     # ----------------------------------------------------------------- experiments
     def _advance(self, experiment_id: str) -> None:
@@ -211,7 +212,8 @@ class Scheduler:
                 {"task_id": task.id, "site": site.name, "kind": "init", "stage_index": stage_index},
             )
             uow.commit()
-        self._notifier.notify()
+            site_id = site.id
+        self._notifier.notify(sites=[site_id])
 
     def _open_round(self, experiment_id: str, spec: ExperimentSpec, stage_index: int, number: int) -> None:
         stage = spec.stages[stage_index]
@@ -276,6 +278,7 @@ class Scheduler:
             )
             uow.commit()
             round_id = rnd.id
+            site_ids = [site.id for site in sites]
         log.info(
             "round opened", extra={"experiment": experiment_id, "round": number, "sites": sorted(chosen)}
         )
@@ -283,7 +286,7 @@ class Scheduler:
             self._drive_personalize_round(round_id)
         else:
             self._drive_round(round_id)
-        self._notifier.notify()
+        self._notifier.notify(sites=site_ids)
 
     def _drive_personalize_round(self, round_id: str) -> None:
         """Close a personalize round when every task ended or at its deadline; no aggregation."""

@@ -36,6 +36,15 @@ class CoordinatorSettings(BaseModel):
     max_chunk_bytes: int = Field(MAX_CHUNK_BYTES, ge=1024)
     max_update_bytes: int = Field(8 << 30, ge=1)
     scheduler_tick_seconds: float = Field(0.5, gt=0)
+    # Capacity (docs/decisions.md 24): calls wait on the event loop, not on threads; these bound
+    # what one site may hold open and how long a stream may stay silent.
+    max_site_pulls: int = Field(4, ge=1)  # concurrent PullTask long-polls per site
+    max_site_uploads: int = Field(2, ge=1)  # concurrent PushUpdate streams per site
+    max_site_downloads: int = Field(4, ge=1)  # concurrent FetchTensors streams per site
+    max_open_uploads: int = Field(256, ge=1)  # PushUpdate streams in all (each holds an open file)
+    stream_idle_seconds: float = Field(60.0, gt=0)  # a stream that sends or reads nothing this long ends
+    rpc_threads: int = Field(8, ge=1, le=64)  # threads for database and disk work of Worker calls
+    admin_threads: int = Field(4, ge=1, le=64)  # threads for Admin calls (kept apart from the sites')
     log_level: str = "INFO"
     log_json: bool = False
     # TLS (design.md section 7): server TLS when cert and key are set; mutual TLS when client_ca is set.

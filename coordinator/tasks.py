@@ -103,7 +103,7 @@ class TaskService:
             )
             uow.commit()
         log.info("worker registered", extra={"site_id": site_id, "worker_id": worker_id})
-        self._notifier.notify()
+        self._notifier.notify(sites=[site_id])  # its earlier workers' tasks are pending again
         return worker_id
 
     def _own_worker(self, uow: SqlUnitOfWork, site_id: int, worker_id: str) -> models.Worker:
@@ -148,22 +148,29 @@ class TaskService:
         return cancel
 
     # ----------------------------------------------------------------- tasks
-    def pull(self, site_id: int, worker_id: str, wait_seconds: float) -> TaskRecord | None:
-        """Lease the site's oldest pending task to the worker, waiting up to `wait_seconds` for one."""
+    def begin_pull(self, site_id: int, worker_id: str) -> float:
+        """Mark the worker seen (NOT_FOUND / PERMISSION_DENIED for a stranger); the long-poll's cap."""
         with self._uow_factory() as uow:
             self._touch(uow, self._own_worker(uow, site_id, worker_id))
             uow.commit()
-        wait = min(max(0.0, wait_seconds), self._settings.max_pull_wait_seconds)
-        give_up = time.monotonic() + wait
+        return self._settings.max_pull_wait_seconds
+
+    def pull(self, site_id: int, worker_id: str, wait_seconds: float) -> TaskRecord | None:
+        """Lease the site's oldest pending task to the worker, waiting up to `wait_seconds` for one.
+
+        The blocking form (tests, scripts); the gRPC server long-polls without a thread instead
+        (``coordinator.worker_calls.pull_task``)."""
+        cap = self.begin_pull(site_id, worker_id)
+        give_up = time.monotonic() + min(max(0.0, wait_seconds), cap)
         while True:
             generation = self._notifier.generation
-            record = self._try_lease(site_id, worker_id)
+            record = self.try_lease(site_id, worker_id)
             remaining = give_up - time.monotonic()
             if record is not None or remaining <= 0 or self._notifier.closed:
                 return record
             self._notifier.wait(generation, min(remaining, 1.0))
 
-    def _try_lease(self, site_id: int, worker_id: str) -> TaskRecord | None:
+    def try_lease(self, site_id: int, worker_id: str) -> TaskRecord | None:
         now = self._clock.now()
         with self._uow_factory() as uow:
             candidates = uow.session.scalars(

@@ -8,6 +8,7 @@ A stream that breaks off keeps its partial (GetUploadStatus + a ``resume`` heade
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -169,24 +170,43 @@ class UploadService:
 
     # ----------------------------------------------------------------- push
     def push(self, site_id: int, items: Iterator[UploadItem]) -> tuple[str, int]:
-        """Receive one update stream; returns (update id or model version id, bytes received)."""
+        """Receive one whole update stream; returns (update id or model version id, bytes received).
+
+        The blocking form; the gRPC server drives an ``UploadSession`` message by message instead, so
+        that a stream waiting on its client holds no thread."""
         header = _next_item(items)
         if not isinstance(header, UpdateHeaderRecord):
             raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "the first PushUpdate message must be the header")
+        session = self.open(site_id, header)
+        try:
+            while (item := _next_item(items)) is not None:
+                session.add(item)
+            return session.finish()
+        finally:
+            session.close()
+
+    def open(self, site_id: int, header: UpdateHeaderRecord) -> UploadSession:
+        """Admit a stream's header (or refuse it, changing nothing) and open its spool file."""
         with self._guard:
             self._wait_for_handover(header.task_id)
             self._uploading.add(header.task_id)
         try:
             admission = self._admit(site_id, header)
-            try:
-                return self._receive(site_id, admission, header, items)
-            except FedtuneError as err:
-                self._record_rejection(admission, err)
-                raise
-        finally:
-            with self._guard:
-                self._uploading.discard(header.task_id)
-                self._guard.notify_all()
+            admission.spool_path.parent.mkdir(parents=True, exist_ok=True)
+            options = {"max_chunk_bytes": self._settings.max_chunk_bytes, "check_finite": True}
+            if header.resume:
+                decoder = StreamDecoder.resume(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
+            else:
+                decoder = StreamDecoder(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
+        except BaseException:
+            self._release(header.task_id)
+            raise
+        return UploadSession(self, site_id, admission, header, decoder)
+
+    def _release(self, task_id: str) -> None:
+        with self._guard:
+            self._uploading.discard(task_id)
+            self._guard.notify_all()
 
     def _wait_for_handover(self, task_id: str) -> None:
         """Wait (bounded) until no stream of `task_id` is being received; call holding the guard.
@@ -205,41 +225,23 @@ class UploadService:
                 )
             self._guard.wait(remaining)
 
-    def _receive(
-        self, site_id: int, admission: _Admission, header: UpdateHeaderRecord, items: Iterator[UploadItem]
-    ) -> tuple[str, int]:
-        admission.spool_path.parent.mkdir(parents=True, exist_ok=True)
-        options = {"max_chunk_bytes": self._settings.max_chunk_bytes, "check_finite": True}
-        if header.resume:
-            decoder = StreamDecoder.resume(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
-        else:
-            decoder = StreamDecoder(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
-        try:
-            first_chunk = True
-            while (item := _next_item(items)) is not None:
-                if not isinstance(item, Chunk):
-                    raise FedtuneError(ErrorCode.BAD_CHUNK, "a second header inside one PushUpdate stream")
-                if first_chunk and header.resume:
-                    # the client may resume from a status read before its old stream was closed here
-                    decoder.rewind_to(item.tensor_index, item.offset)
-                first_chunk = False
-                decoder.add(item)
-        except BaseException:
-            decoder.close()  # keep the verified prefix: the upload can resume
-            raise
-        if not decoder.complete:
-            tensor, offset = decoder.next_position
-            decoder.close()
-            raise FedtuneError(
-                ErrorCode.INCOMPLETE_STREAM,
-                f"the stream ended at tensor {tensor} offset {offset} before the update was complete; "
-                "resume it (GetUploadStatus, then a header with resume=true)",
-            )
-        received = decoder.received_bytes
-        digest = decoder.finish()  # CHECKSUM_MISMATCH removes the partial
-        if admission.kind == "init":
-            return self._accept_initial(site_id, admission, header), received
-        return self._accept_update(site_id, admission, header, digest, received), received
+    def _round_closed(self, admission: _Admission) -> FedtuneError | None:
+        """TASK_CLOSED if the admitted task or its round ended while the update was in flight."""
+        with self._uow_factory() as uow:
+            task = uow.session.get(models.Task, admission.task_id)
+            rnd = uow.session.get(models.Round, admission.round_id) if admission.round_id else None
+            if admission.round_id is not None and (rnd is None or rnd.state != "collecting"):
+                state = rnd.state if rnd is not None else "gone"
+                return FedtuneError(
+                    ErrorCode.TASK_CLOSED,
+                    f"round closed ({state}) while this update was in flight; it is not needed any more",
+                )
+            if task is None or task.state != "leased":
+                state = task.state if task is not None else "gone"
+                return FedtuneError(
+                    ErrorCode.TASK_CLOSED, f"task {admission.task_id} is {state}; the update is not needed"
+                )
+        return None
 
     def _accept_initial(self, site_id: int, admission: _Admission, header: UpdateHeaderRecord) -> str:
         """Store an INIT task's tensors: version 0 (stage 0), or the first version of the stage after
@@ -369,6 +371,90 @@ class UploadService:
         if progress is None:
             return UploadStatus(in_progress=False)
         return UploadStatus(in_progress=True, next_tensor=progress[0], next_offset=progress[1])
+
+
+class UploadSession:
+    """One admitted PushUpdate stream: ``add`` its chunks, then ``finish``; ``close`` always.
+
+    A stream that breaks off (``close`` before ``finish``) keeps its verified prefix so that the
+    upload can resume. A round that closes under the stream (its spool is removed) is TASK_CLOSED
+    ("round closed"), never INTERNAL: the worker moves on.
+    """
+
+    def __init__(
+        self,
+        service: UploadService,
+        site_id: int,
+        admission: _Admission,
+        header: UpdateHeaderRecord,
+        decoder: StreamDecoder,
+    ) -> None:
+        self._service = service
+        self._site_id = site_id
+        self._admission = admission
+        self._header = header
+        self._decoder = decoder
+        self._first_chunk = True
+        self._closed = False
+
+    @property
+    def task_id(self) -> str:
+        return self._admission.task_id
+
+    def add(self, item: UploadItem) -> None:
+        with self._rejections():
+            if not isinstance(item, Chunk):
+                raise FedtuneError(ErrorCode.BAD_CHUNK, "a second header inside one PushUpdate stream")
+            if self._first_chunk and self._header.resume:
+                # the client may resume from a status read before its old stream was closed here
+                self._decoder.rewind_to(item.tensor_index, item.offset)
+            self._first_chunk = False
+            self._decoder.add(item)
+
+    def finish(self) -> tuple[str, int]:
+        """Verify the whole update and accept it: (update id or model version id, bytes received)."""
+        with self._rejections():
+            decoder = self._decoder
+            if not decoder.complete:
+                tensor, offset = decoder.next_position
+                raise FedtuneError(
+                    ErrorCode.INCOMPLETE_STREAM,
+                    f"the stream ended at tensor {tensor} offset {offset} before the update was complete; "
+                    "resume it (GetUploadStatus, then a header with resume=true)",
+                )
+            received = decoder.received_bytes
+            self._closed = True  # finish() consumes the partial either way
+            digest = decoder.finish()  # CHECKSUM_MISMATCH removes the partial
+            service, admission = self._service, self._admission
+            if admission.kind == "init":
+                return service._accept_initial(self._site_id, admission, self._header), received
+            return service._accept_update(self._site_id, admission, self._header, digest, received), received
+
+    def close(self) -> None:
+        """End the stream: keep a broken stream's verified prefix; let a resume of the task in."""
+        try:
+            if not self._closed:
+                self._closed = True
+                with contextlib.suppress(OSError):  # the round's spool may be gone already
+                    self._decoder.close()
+        finally:
+            self._service._release(self._admission.task_id)
+
+    @contextlib.contextmanager
+    def _rejections(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as err:
+            closed = self._service._round_closed(self._admission)
+            if closed is None:
+                raise
+            log.info("upload of task %s ended: %s (%s)", self.task_id, closed.message, err)
+            self._service._record_rejection(self._admission, closed)
+            raise closed from None
+        except FedtuneError as err:
+            self._service._record_rejection(self._admission, err)
+            raise
+
 
 
 def _finish_task(uow: SqlUnitOfWork, task: models.Task, header: UpdateHeaderRecord, now: float) -> None:

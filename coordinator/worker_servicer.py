@@ -1,62 +1,79 @@
-"""Worker service: thin. Each method authenticates, then calls a plain service inside rpc_errors."""
+"""Worker service (asyncio): thin. Each method authenticates, then awaits a plain service inside
+``aio_rpc_errors``; blocking work runs on the Worker calls' thread pool (``coordinator.blocking``).
+
+What an open call costs: a long-poll waits on its site's wake-up event and a stream waits for its next
+message on the event loop, neither holding a thread. Each site has limits on open long-polls, uploads
+and downloads (``coordinator.site_limits``), and a stream silent for ``stream_idle_seconds`` ends.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
 
 import grpc
+import grpc.aio
 
 from coordinator.auth import bearer, check_certificate_site
+from coordinator.blocking import BlockingPool
 from coordinator.bootstrap import Services
+from coordinator.site_limits import DOWNLOAD, PULL, UPLOAD, SiteCallLimits
 from coordinator.uploads import UploadItem
-from fedtune.errors import rpc_errors
-from fedtune.serde import task_to_proto, update_header_from_proto
+from fedtune.errors import ErrorCode, FedtuneError, aio_rpc_errors
+from fedtune.serde import UpdateHeaderRecord, task_to_proto, update_header_from_proto
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.tensorstream.serde import chunk_from_proto, chunk_to_proto, manifest_to_proto
 from fedtune.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("fedtune.coordinator.worker_api")
 
-
-def _authenticate(services: Services, context: grpc.ServicerContext, site: str, token: str) -> int:
-    """The site's id. Under mutual TLS the client certificate must be the site's (checked first, so a
-    wrong certificate learns nothing about tokens); the token is required either way."""
-    if services.settings.tls_client_ca is not None:
-        check_certificate_site(context.auth_context(), site)
-    return services.auth.authenticate_site(site, token)
-
-
-def _site_id(services: Services, context: grpc.ServicerContext) -> int:
-    site, token = bearer(context.invocation_metadata())
-    return _authenticate(services, context, site, token)
-
-
-def _push_items(requests: Iterator[worker_pb2.PushUpdateRequest]) -> Iterator[UploadItem]:
-    for request in requests:
-        which = request.WhichOneof("item")
-        if which == "header":
-            yield update_header_from_proto(request.header)
-        elif which == "chunk":
-            yield chunk_from_proto(request.chunk)
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, pool: BlockingPool) -> None:
         self._services = services
+        self._pool = pool
+        settings = services.settings
+        self._idle = settings.stream_idle_seconds
+        self.limits = SiteCallLimits(
+            {
+                PULL: settings.max_site_pulls,
+                UPLOAD: settings.max_site_uploads,
+                DOWNLOAD: settings.max_site_downloads,
+            },
+            totals={UPLOAD: settings.max_open_uploads},
+        )
 
-    def Register(
-        self, request: worker_pb2.RegisterRequest, context: grpc.ServicerContext
+    # -- identity -------------------------------------------------------------------------------------
+    def _authenticate_blocking(self, context: Context, site: str, token: str) -> int:
+        """The site's id. Under mutual TLS the client certificate must be the site's (checked first, so
+        a wrong certificate learns nothing about tokens); the token is required either way."""
+        if self._services.settings.tls_client_ca is not None:
+            check_certificate_site(context.auth_context(), site)
+        return self._services.auth.authenticate_site(site, token)
+
+    async def _site(self, context: Context) -> tuple[int, str]:
+        site, token = bearer(context.invocation_metadata() or ())
+        return await self._pool.run(self._authenticate_blocking, context, site, token), site
+
+    # -- unary calls ----------------------------------------------------------------------------------
+    async def Register(
+        self, request: worker_pb2.RegisterRequest, context: Context
     ) -> worker_pb2.RegisterResponse:
-        with rpc_errors(context, "Register"):
-            site_id = _authenticate(self._services, context, request.site, request.token)
+        async with aio_rpc_errors(context, "Register"):
+            site_id = await self._pool.run(self._authenticate_blocking, context, request.site, request.token)
             device = {
                 "kind": request.device.kind,
                 "name": request.device.name,
                 "memory_bytes": request.device.memory_bytes,
                 "bf16": request.device.bf16,
             }
-            worker_id = self._services.tasks.register(
+            worker_id = await self._pool.run(
+                self._services.tasks.register,
                 site_id,
                 worker_version=request.worker_version,
                 device=device,
@@ -67,57 +84,49 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
         raise AssertionError("unreachable")
 
-    def Heartbeat(
-        self, request: worker_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    async def Heartbeat(
+        self, request: worker_pb2.HeartbeatRequest, context: Context
     ) -> worker_pb2.HeartbeatResponse:
-        with rpc_errors(context, "Heartbeat"):
-            site_id = _site_id(self._services, context)
-            cancel = self._services.tasks.heartbeat(
-                site_id, request.worker_id, request.task_id, request.progress
+        async with aio_rpc_errors(context, "Heartbeat"):
+            site_id, _ = await self._site(context)
+            cancel = await self._pool.run(
+                self._services.tasks.heartbeat, site_id, request.worker_id, request.task_id, request.progress
             )
             return worker_pb2.HeartbeatResponse(cancel_task=cancel)
         raise AssertionError("unreachable")
 
-    def PullTask(
-        self, request: worker_pb2.PullTaskRequest, context: grpc.ServicerContext
+    async def PullTask(
+        self, request: worker_pb2.PullTaskRequest, context: Context
     ) -> worker_pb2.PullTaskResponse:
-        with rpc_errors(context, "PullTask"):
-            site_id = _site_id(self._services, context)
-            record = self._services.tasks.pull(site_id, request.worker_id, request.wait_seconds)
+        """Long-poll: lease a task now, or wait (no thread) for the site's wake-up, up to the wait asked.
+        A client that goes away cancels the wait at once."""
+        async with aio_rpc_errors(context, "PullTask"):
+            site_id, site = await self._site(context)
+            tasks, notifier = self._services.tasks, self._services.notifier
+            with self.limits.hold(site_id, site, PULL):
+                cap = await self._pool.run(tasks.begin_pull, site_id, request.worker_id)
+                loop = asyncio.get_running_loop()
+                give_up = loop.time() + min(max(0.0, request.wait_seconds), cap)
+                with notifier.site_wakeup(site_id) as woken:
+                    while True:
+                        woken.clear()  # set again by any news that arrives while we look
+                        record = await self._pool.run(tasks.try_lease, site_id, request.worker_id)
+                        remaining = give_up - loop.time()
+                        if record is not None or remaining <= 0 or notifier.closed:
+                            break
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(woken.wait(), remaining)
             if record is None:
                 return worker_pb2.PullTaskResponse(has_task=False)
             return worker_pb2.PullTaskResponse(has_task=True, task=task_to_proto(record))
         raise AssertionError("unreachable")
 
-    def FetchTensors(
-        self, request: worker_pb2.FetchTensorsRequest, context: grpc.ServicerContext
-    ) -> Iterator[worker_pb2.FetchTensorsResponse]:
-        with rpc_errors(context, "FetchTensors"):
-            _site_id(self._services, context)
-            items = self._services.downloads.fetch(
-                request.version_id, request.start_tensor, request.start_offset, request.chunk_size
-            )
-            for item in items:
-                if isinstance(item, Manifest):
-                    yield worker_pb2.FetchTensorsResponse(manifest=manifest_to_proto(item))
-                else:
-                    yield worker_pb2.FetchTensorsResponse(chunk=chunk_to_proto(item))
-
-    def PushUpdate(
-        self, request_iterator: Iterator[worker_pb2.PushUpdateRequest], context: grpc.ServicerContext
-    ) -> worker_pb2.PushUpdateResponse:
-        with rpc_errors(context, "PushUpdate"):
-            site_id = _site_id(self._services, context)
-            update_id, received = self._services.uploads.push(site_id, _push_items(request_iterator))
-            return worker_pb2.PushUpdateResponse(update_id=update_id, received_bytes=received)
-        raise AssertionError("unreachable")
-
-    def GetUploadStatus(
-        self, request: worker_pb2.GetUploadStatusRequest, context: grpc.ServicerContext
+    async def GetUploadStatus(
+        self, request: worker_pb2.GetUploadStatusRequest, context: Context
     ) -> worker_pb2.GetUploadStatusResponse:
-        with rpc_errors(context, "GetUploadStatus"):
-            site_id = _site_id(self._services, context)
-            status = self._services.uploads.status(site_id, request.task_id)
+        async with aio_rpc_errors(context, "GetUploadStatus"):
+            site_id, _ = await self._site(context)
+            status = await self._pool.run(self._services.uploads.status, site_id, request.task_id)
             return worker_pb2.GetUploadStatusResponse(
                 in_progress=status.in_progress,
                 next_tensor=status.next_tensor,
@@ -126,12 +135,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
         raise AssertionError("unreachable")
 
-    def ReportResult(
-        self, request: worker_pb2.ReportResultRequest, context: grpc.ServicerContext
+    async def ReportResult(
+        self, request: worker_pb2.ReportResultRequest, context: Context
     ) -> worker_pb2.ReportResultResponse:
-        with rpc_errors(context, "ReportResult"):
-            site_id = _site_id(self._services, context)
-            self._services.tasks.report_result(
+        async with aio_rpc_errors(context, "ReportResult"):
+            site_id, _ = await self._site(context)
+            await self._pool.run(
+                self._services.tasks.report_result,
                 site_id,
                 request.task_id,
                 ok=request.ok,
@@ -141,3 +151,82 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
             return worker_pb2.ReportResultResponse()
         raise AssertionError("unreachable")
+
+    # -- streams --------------------------------------------------------------------------------------
+    async def FetchTensors(self, request: worker_pb2.FetchTensorsRequest, context: Context) -> None:
+        async with aio_rpc_errors(context, "FetchTensors"):
+            site_id, site = await self._site(context)
+            with self.limits.hold(site_id, site, DOWNLOAD):
+                items = await self._pool.run(
+                    self._services.downloads.fetch,
+                    request.version_id,
+                    request.start_tensor,
+                    request.start_offset,
+                    request.chunk_size,
+                )
+                async for item in self._pool.iterate(items):
+                    if isinstance(item, Manifest):
+                        message = worker_pb2.FetchTensorsResponse(manifest=manifest_to_proto(item))
+                    else:
+                        message = worker_pb2.FetchTensorsResponse(chunk=chunk_to_proto(item))
+                    await self._write(context, message)
+
+    async def PushUpdate(
+        self, request_iterator: AsyncIterator[worker_pb2.PushUpdateRequest], context: Context
+    ) -> worker_pb2.PushUpdateResponse:
+        async with aio_rpc_errors(context, "PushUpdate"):
+            site_id, site = await self._site(context)
+            uploads = self._services.uploads
+            with self.limits.hold(site_id, site, UPLOAD):
+                messages = aiter(request_iterator)
+                header = await self._next_item(messages)
+                if not isinstance(header, UpdateHeaderRecord):
+                    raise FedtuneError(
+                        ErrorCode.INVALID_ARGUMENT, "the first PushUpdate message must be the header"
+                    )
+                session = await self._pool.run(uploads.open, site_id, header)
+                try:
+                    while (item := await self._next_item(messages)) is not None:
+                        await self._pool.run(session.add, item)
+                    update_id, received = await self._pool.run(session.finish)
+                finally:
+                    await asyncio.shield(self._pool.run(session.close))
+            return worker_pb2.PushUpdateResponse(update_id=update_id, received_bytes=received)
+        raise AssertionError("unreachable")
+
+    async def _next_item(self, messages: AsyncIterator[worker_pb2.PushUpdateRequest]) -> UploadItem | None:
+        """The next header or chunk; None at the end of the stream. A stream silent for
+        `stream_idle_seconds` ends with IDLE_TIMEOUT (the verified prefix is kept for a resume)."""
+        while True:
+            try:
+                request = await asyncio.wait_for(anext(messages), self._idle)
+            except StopAsyncIteration:
+                return None
+            except (FedtuneError, asyncio.CancelledError):
+                raise
+            except TimeoutError:
+                raise FedtuneError(
+                    ErrorCode.IDLE_TIMEOUT,
+                    f"the PushUpdate stream sent nothing for {self._idle:g} s (stream_idle_seconds) and was "
+                    "closed; what was verified is kept: resume with GetUploadStatus and a resume header",
+                ) from None
+            except Exception as err:  # the client stream broke off
+                raise FedtuneError(
+                    ErrorCode.INCOMPLETE_STREAM, f"the client stream broke off: {type(err).__name__}"
+                ) from None
+            which = request.WhichOneof("item")
+            if which == "header":
+                return update_header_from_proto(request.header)
+            if which == "chunk":
+                return chunk_from_proto(request.chunk)
+
+    async def _write(self, context: Context, message: worker_pb2.FetchTensorsResponse) -> None:
+        """Send one message; a client that reads nothing for `stream_idle_seconds` loses the stream."""
+        try:
+            await asyncio.wait_for(context.write(message), self._idle)
+        except TimeoutError:
+            raise FedtuneError(
+                ErrorCode.IDLE_TIMEOUT,
+                f"the client read nothing for {self._idle:g} s (stream_idle_seconds); fetch again from "
+                "where it stopped (start_tensor, start_offset)",
+            ) from None

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, NoReturn
 
 import grpc
+import grpc.aio
 
 log = logging.getLogger("fedtune.errors")
 
@@ -36,6 +37,8 @@ class ErrorCode(enum.Enum):
     INCOMPLETE_STREAM = "incomplete_stream"
     STORAGE = "storage"
     UNAVAILABLE = "unavailable"
+    BUSY = "busy"  # a limit on concurrent calls: retry with backoff (not TOO_LARGE, which is final)
+    IDLE_TIMEOUT = "idle_timeout"  # a stream sent or read nothing for too long; resume it
 
 
 # code -> (gRPC status, public prefix)
@@ -56,6 +59,8 @@ _STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.INCOMPLETE_STREAM: grpc.StatusCode.DATA_LOSS,
     ErrorCode.STORAGE: grpc.StatusCode.INTERNAL,
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.IDLE_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -75,6 +80,16 @@ def grpc_status_for(code: ErrorCode) -> grpc.StatusCode:
     return _STATUS_BY_CODE[code]
 
 
+def public_status(err: FedtuneError) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and the message a caller sees: ``<code>: <message>``, the code first so that a
+    client tells "busy" (retry) from "too_large" (give up) although both are RESOURCE_EXHAUSTED."""
+    return grpc_status_for(err.code), f"{err.code.value}: {err.message}"
+
+
+def internal_message(method: str) -> str:
+    return f"internal error in {method}; see the coordinator log"
+
+
 @contextlib.contextmanager
 def rpc_errors(context: grpc.ServicerContext, method: str) -> Iterator[None]:
     """Turn domain errors into a gRPC status with a public message; hide everything else."""
@@ -82,10 +97,25 @@ def rpc_errors(context: grpc.ServicerContext, method: str) -> Iterator[None]:
         yield
     except FedtuneError as err:
         log.info("%s rejected: %s", method, err)
-        context.abort(grpc_status_for(err.code), f"{err.code.value}: {err.message}")
+        context.abort(*public_status(err))
     except Exception:
         log.exception("%s failed", method)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the coordinator log")
+        context.abort(grpc.StatusCode.INTERNAL, internal_message(method))
+
+
+@contextlib.asynccontextmanager
+async def aio_rpc_errors(context: grpc.aio.ServicerContext[Any, Any], method: str) -> AsyncIterator[None]:
+    """``rpc_errors`` for asyncio servicers (``grpc.aio``): the same table, the same messages."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise  # already aborted with its status
+    except FedtuneError as err:
+        log.info("%s rejected: %s", method, err)
+        await context.abort(*public_status(err))
+    except Exception:
+        log.exception("%s failed", method)
+        await context.abort(grpc.StatusCode.INTERNAL, internal_message(method))
 
 
 def raise_for(code: ErrorCode, message: str) -> NoReturn:

@@ -21,11 +21,11 @@ from fedtune.tls import make_channel
 from fedtune.v1 import worker_pb2, worker_pb2_grpc
 from worker import downloads, uploads
 from worker.retry import (
-    RETRYABLE,
     UNARY_TIMEOUT_S,
     Backoff,
     RpcFailure,
     is_stopping,
+    is_transient,
     rpc_status,
     sleep_unless_stopped,
 )
@@ -102,7 +102,7 @@ class Connection:
                 return attempt()
             except grpc.RpcError as err:
                 code, details = rpc_status(err)
-                if code not in RETRYABLE:
+                if not is_transient(code, details):
                     raise RpcFailure(method, code, details) from None
                 if max_attempts is not None and backoff.attempt + 1 >= max_attempts:
                     raise RpcFailure(method, code, details) from None

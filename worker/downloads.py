@@ -17,7 +17,7 @@ import grpc
 
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.v1 import worker_pb2
-from worker.retry import RETRYABLE, UNARY_TIMEOUT_S, RpcFailure, Stopped, rpc_status
+from worker.retry import UNARY_TIMEOUT_S, RpcFailure, Stopped, is_transient, rpc_status
 
 if TYPE_CHECKING:
     from worker.connection import Connection
@@ -98,7 +98,7 @@ def _download(
             code, details = grpc.StatusCode.UNAVAILABLE, "stream ended before the last chunk"
         except grpc.RpcError as err:
             code, details = rpc_status(err)
-            if code not in RETRYABLE:
+            if not is_transient(code, details):
                 raise RpcFailure("FetchTensors", code, details) from None
         stalled = 0 if decoder.received_bytes > before else stalled + 1
         if stalled >= MAX_STALLED_ATTEMPTS:

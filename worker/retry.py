@@ -1,8 +1,8 @@
 """The worker's call policy: which gRPC statuses are transient, backoff delays, and the errors raised.
 
-Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED) are retried with exponential backoff and full
-jitter; everything else becomes an ``RpcFailure`` carrying the server's status and message. ``Stopped``
-ends a wait when the worker stops or the task is cancelled.
+Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED "busy") are retried with
+exponential backoff and full jitter; everything else becomes an ``RpcFailure`` carrying the server's
+status and message. ``Stopped`` ends a wait when the worker stops or the task is cancelled.
 """
 
 from __future__ import annotations
@@ -16,6 +16,16 @@ from dataclasses import dataclass
 import grpc
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# RESOURCE_EXHAUSTED means "busy, retry" (the coordinator's message starts "busy:", or grpc's own
+# concurrency limit) or "too large" ("too_large:", final). Only the first is worth a retry.
+FINAL_EXHAUSTED_PREFIX = "too_large:"
+
+
+def is_transient(code: grpc.StatusCode, details: str) -> bool:
+    """Whether a failed call is worth retrying with backoff."""
+    if code in RETRYABLE:
+        return True
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and not details.startswith(FINAL_EXHAUSTED_PREFIX)
 UNARY_TIMEOUT_S = 30.0  # deadline of one unary call (streams run without one)
 
 
@@ -73,6 +83,7 @@ def sleep_unless_stopped(seconds: float, stop_event: threading.Event, cancel: th
 
 __all__ = [
     "RETRYABLE",
+    "is_transient",
     "UNARY_TIMEOUT_S",
     "Backoff",
     "RpcFailure",

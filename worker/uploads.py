@@ -16,7 +16,7 @@ import grpc
 
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.v1 import worker_pb2
-from worker.retry import RETRYABLE, RpcFailure, Stopped, rpc_status
+from worker.retry import RpcFailure, Stopped, is_transient, rpc_status
 
 if TYPE_CHECKING:
     from worker.connection import Connection
@@ -52,7 +52,7 @@ def push_update(
             code, details = rpc_status(err)
             if connection.stopping(cancel):
                 raise Stopped("stopping") from None
-            if code not in RETRYABLE:
+            if not is_transient(code, details):
                 raise RpcFailure("PushUpdate", code, details) from None
             delay = backoff.next_delay()
             log.warning(

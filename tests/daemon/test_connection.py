@@ -13,7 +13,7 @@ from fedtune.tensorstream.decoder import StreamDecoder
 from fedtune.tensorstream.safetensors_file import partial_path, read_arrays
 from tests.daemon.fake_coordinator import FakeCoordinator
 from worker.connection import Connection
-from worker.retry import Backoff, RpcFailure
+from worker.retry import Backoff, RpcFailure, is_transient
 
 
 @dataclass
@@ -178,3 +178,18 @@ def test_backoff_grows_exponentially_and_stays_under_the_cap() -> None:
     assert [backoff.next_delay() for _ in range(6)] == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
     jittered = Backoff(base_seconds=1.0, cap_seconds=5.0)
     assert all(0 < jittered.next_delay() <= 5.0 for _ in range(50))
+
+
+def test_a_busy_coordinator_is_retried_with_backoff(fake: FakeCoordinator, connection: Connection) -> None:
+    # RESOURCE_EXHAUSTED "busy" (a per-site or server limit) is transient: the worker backs off and retries
+    fake.servicer.fail["PullTask"] = [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    connection.register({"kind": "cpu"}, {}, "0.1.0")
+    assert connection.pull_task(0.1) is None
+    assert fake.servicer.calls["PullTask"] == 3
+
+
+def test_too_large_is_final_but_busy_is_transient() -> None:
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert is_transient(exhausted, "busy: site 'a' already has 4 open PullTask calls")
+    assert not is_transient(exhausted, "too_large: update of 9 bytes exceeds max_update_bytes (8)")
+    assert not is_transient(grpc.StatusCode.INVALID_ARGUMENT, "busy: not a status that retries")

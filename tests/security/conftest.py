@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from coordinator.server import CoordinatorServer, start_server
 from coordinator.settings import CoordinatorSettings
 from fedtune.certs import certs_group
+from tests.coordinator.conftest import cluster, cluster_factory  # noqa: F401  (shared fixtures)
 
 ADMIN_TOKEN = "admin-secret"
 SITE_TOKENS = {"site-a": "token-a", "site-b": "token-b"}
