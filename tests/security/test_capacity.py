@@ -73,7 +73,8 @@ def test_silent_upload_streams_are_limited_per_site_and_end_when_idle(cluster: C
     release = threading.Event()
     # Execute
     streams = [
-        hog.stub.PushUpdate.future(_silent_stream(release), metadata=hog.metadata, timeout=30) for _ in range(8)
+        hog.stub.PushUpdate.future(_silent_stream(release), metadata=hog.metadata, timeout=30)
+        for _ in range(8)
     ]
     time.sleep(0.3)
     heartbeat_s = _timed(lambda: other.heartbeat())
@@ -110,7 +111,9 @@ def test_idle_long_polling_sites_hold_no_thread_and_do_not_delay_a_heartbeat(
     # Prepare: 150 sites (more than the old server's 64 threads), each long-polling on one shared channel
     cluster = cluster_factory()
     admin = cluster.admin()
-    tokens = {f"idle-{i}": admin.AddSite(admin_pb2.AddSiteRequest(name=f"idle-{i}")).token for i in range(150)}
+    tokens = {
+        f"idle-{i}": admin.AddSite(admin_pb2.AddSiteRequest(name=f"idle-{i}")).token for i in range(150)
+    }
     channel = grpc.insecure_channel(cluster.target)
     stub = worker_pb2_grpc.WorkerStub(channel)
     workers = {
