@@ -7,6 +7,8 @@ import importlib
 
 import click
 
+from fedtune.lifetime import end_with_parent_from_env
+
 # command name -> "module:attribute" of a click command or group
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "coordinator": ("coordinator.cli:coordinator_group", "run the coordinator server"),
@@ -52,6 +54,7 @@ def main() -> None:
       fedtune admin experiment submit spec.yaml --start
       fedtune admin watch
     """
+    end_with_parent_from_env()  # a no-op unless a parent process (demo, benchmark) asked for it
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedtune.lifetime import child_env
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -19,7 +21,8 @@ def free_port() -> int:
 
 
 class ProcessGroup:
-    """Child processes with their logs in one folder; stopped (SIGTERM, then SIGKILL) on exit."""
+    """Child processes with their logs in one folder; stopped (SIGTERM, then SIGKILL) on exit, and
+    ending by themselves if this process dies without stopping them (``fedtune.lifetime``)."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
@@ -30,7 +33,7 @@ class ProcessGroup:
         self, name: str, args: Sequence[str], env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = child_env({**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})  # ends with us
         process = subprocess.Popen(
             [sys.executable, "-m", "fedtune", *args], stdout=log, stderr=subprocess.STDOUT, env=full_env
         )

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fedtune.lifetime import child_env
+
 FEDTUNE = [sys.executable, "-m", "fedtune"]
 # The source tree first: an editable install made before coordinator/ and worker/ had an __init__.py
 # maps them as namespace packages, which skips their __init__ when run from another directory.
@@ -59,7 +61,7 @@ class Cluster:
         self.logs[name] = log_path
         handle = open(log_path, "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            FEDTUNE + args, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=self.root
+            FEDTUNE + args, stdout=handle, stderr=subprocess.STDOUT, env=child_env(env), cwd=self.root
         )
         handle.close()
         self.processes[name] = proc

@@ -1,0 +1,54 @@
+"""A child process that ends with its parent: `fedtune` commands started by the demo, the benchmarks
+or the tests must not outlive them, even when the parent is killed with SIGKILL.
+
+The parent sets ``FEDTUNE_PARENT_PID`` in the child's environment (``fedtune.demo.processes``). The
+child, at start, asks Linux to send it SIGTERM when its parent dies (``PR_SET_PDEATHSIG``: set in the
+child itself, after exec, so no ``preexec_fn`` runs in a multi-threaded parent) and, where that is not
+available, watches its parent id from a daemon thread. SIGTERM then takes the command's own graceful
+path (a coordinator stops serving, a worker abandons its task). The variable is removed from the
+environment so that grandchildren do not inherit a parent id that is not theirs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+PARENT_PID_ENV = "FEDTUNE_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+log = logging.getLogger("fedtune.lifetime")
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (or a copy of this process's) telling a `fedtune` child to end with this process."""
+    return {**(os.environ if env is None else env), PARENT_PID_ENV: str(os.getpid())}
+
+
+def end_with_parent_from_env(poll_seconds: float = 1.0) -> bool:
+    """If started by a parent that asked for it, end (SIGTERM to self) when that parent dies."""
+    value = os.environ.pop(PARENT_PID_ENV, "")
+    if not value.isdigit():
+        return False
+    parent = int(value)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover  (no prctl: the watcher below still works)
+            log.debug("prctl(PR_SET_PDEATHSIG) unavailable; watching the parent id instead")
+    if os.getppid() != parent:  # the parent died before we could ask
+        os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="fedtune-parent-watch", daemon=True).start()
+    return True

@@ -1,0 +1,56 @@
+"""Every process the project starts ends with its parent, even when the parent is SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PARENT = """
+import sys, time
+from pathlib import Path
+from fedtune.demo.processes import ProcessGroup
+group = ProcessGroup(Path(sys.argv[1]) / "logs")
+args = ["coordinator", "serve", "--port", "0", "--data-dir", sys.argv[1] + "/data"]
+child = group.start("coordinator", args)
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is as good as gone
+        return stat.read().split()[2] != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_coordinator_started_by_a_killed_parent_stops(tmp_path: Path) -> None:
+    # Prepare: a parent (like the demo or a benchmark) that started a coordinator
+    command = [sys.executable, "-c", PARENT, str(tmp_path)]
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child_pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    log = tmp_path / "logs" / "coordinator.log"
+    while "coordinator listening" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the coordinator did not start"
+        time.sleep(0.1)
+    # Execute: the parent dies without cleaning up
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    # Assert: the coordinator takes its graceful SIGTERM path and exits within seconds
+    deadline = time.monotonic() + 15
+    while _alive(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child_pid), "the coordinator outlived its parent"
+    assert "coordinator stopped" in log.read_text()
