@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -103,10 +104,13 @@ def serve(
         click.echo(f"error: {err.message}", err=True)
         sys.exit(1)
 
+    stopping = threading.Event()
+
     def _shutdown(signum: int, _frame: FrameType | None) -> None:
+        # Only flag it: stopping inside the handler could re-enter stop() when a second signal comes.
         click.echo(f"received {signal.Signals(signum).name}; shutting down", err=True)
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C kills at once
-        server.stop(grace=10.0)
+        stopping.set()
 
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
@@ -114,5 +118,6 @@ def serve(
         f"fedtune coordinator listening on {settings.host}:{server.port} "
         f"({_TRANSPORT[settings.tls_mode]}; data dir {settings.data_dir})"
     )
-    while not server.wait(timeout=1.0):
+    while not stopping.wait(timeout=1.0) and not server.wait(timeout=0):
         pass
+    server.stop(grace=10.0)

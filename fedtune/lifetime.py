@@ -3,10 +3,10 @@ or the tests must not outlive them, even when the parent is killed with SIGKILL.
 
 The parent sets ``FEDTUNE_PARENT_PID`` in the child's environment (``fedtune.demo.processes``). The
 child, at start, asks Linux to send it SIGTERM when its parent dies (``PR_SET_PDEATHSIG``: set in the
-child itself, after exec, so no ``preexec_fn`` runs in a multi-threaded parent) and, where that is not
-available, watches its parent id from a daemon thread. SIGTERM then takes the command's own graceful
-path (a coordinator stops serving, a worker abandons its task). The variable is removed from the
-environment so that grandchildren do not inherit a parent id that is not theirs.
+child itself, after exec, so no ``preexec_fn`` runs in a multi-threaded parent) or, where that is not
+available, watches its parent id from a daemon thread. One SIGTERM, either way, which takes the
+command's own graceful path (a coordinator stops serving, a worker abandons its task). The variable
+is removed from the environment so that grandchildren do not inherit a parent id that is not theirs.
 """
 
 from __future__ import annotations
@@ -29,20 +29,28 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {**(os.environ if env is None else env), PARENT_PID_ENV: str(os.getpid())}
 
 
+def _ask_kernel_for_sigterm_on_parent_death() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)) == 0
+    except (OSError, AttributeError):  # pragma: no cover  (no prctl: watch the parent id instead)
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable; watching the parent id instead")
+        return False
+
+
 def end_with_parent_from_env(poll_seconds: float = 1.0) -> bool:
     """If started by a parent that asked for it, end (SIGTERM to self) when that parent dies."""
     value = os.environ.pop(PARENT_PID_ENV, "")
     if not value.isdigit():
         return False
     parent = int(value)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover  (no prctl: the watcher below still works)
-            log.debug("prctl(PR_SET_PDEATHSIG) unavailable; watching the parent id instead")
+    armed = _ask_kernel_for_sigterm_on_parent_death()
     if os.getppid() != parent:  # the parent died before we could ask
         os.kill(os.getpid(), signal.SIGTERM)
+        return True
+    if armed:
         return True
 
     def watch() -> None:
