@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from coordinator.clock import Clock
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.serde import (
     EventRecord,
     ExperimentRecord,
@@ -60,7 +61,7 @@ def _experiment_record(uow: SqlUnitOfWork, row: models.Experiment) -> Experiment
         current_round=row.current_round,
         created_unix=row.created_at,
         updated_unix=row.updated_at,
-        error=row.error,
+        error=public_text(row.error or "", ERROR_TEXT_LIMIT),
         latest_model_version_id=latest.id if latest is not None else "",
     )
 

@@ -26,6 +26,7 @@ from coordinator.selection import select_sites
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import commit_personalize_round, stage_needs_init
 from fedtune.errors import FedtuneError
+from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.spec import ExperimentSpec, load_spec_json
 from storage import models
 from storage.registry import latest_model_version, record_event
@@ -381,6 +382,7 @@ class Scheduler:
         assert experiment is not None
         if experiment.state in ("completed", "failed", "aborted"):
             return
+        reason = public_text(reason, ERROR_TEXT_LIMIT)  # may quote a site's task error
         experiment.state, experiment.error, experiment.updated_at = "failed", reason, self._clock.now()
         uow.session.execute(
             update(models.Task)

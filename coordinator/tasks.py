@@ -15,6 +15,7 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.stages import base_version_for_stage
 from coordinator.strategies.registry import build_strategy
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.serde import TaskRecord
 from fedtune.spec import load_spec_json
 from fedtune.tensorstream.manifest import Manifest
@@ -267,7 +268,8 @@ class TaskService:
                     f"a {task.kind} task ends with PushUpdate, or ReportResult(ok=false)",
                 )
             task.state = "done" if ok else "failed"
-            task.error, task.metrics, task.num_examples = error[:4000], dict(metrics), num_examples
+            error = public_text(error, ERROR_TEXT_LIMIT)  # a site's text: one bounded, printable line
+            task.error, task.metrics, task.num_examples = error, dict(metrics), num_examples
             task.lease_expires_at, task.updated_at = None, self._clock.now()
             if task.worker_id:
                 worker = uow.session.get(models.Worker, task.worker_id)

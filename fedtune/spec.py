@@ -6,10 +6,11 @@ e.g. ``stages.0.rounds: Input should be greater than or equal to 1``.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedtune.errors import ErrorCode, FedtuneError
 
@@ -18,11 +19,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_SITE_PATH_CHARS = 1024  # a data file or model folder name, relative to the site's root
+
+
+def site_path_problem(name: str) -> str | None:
+    """Why `name` cannot name a file inside a site's root folder, or None if it can (decision 24).
+
+    Allowed: a relative path such as ``train.jsonl`` or ``2024/train.jsonl``. Refused: absolute paths
+    (``/etc/passwd``, ``C:\\x``, ``\\\\host\\share``), any ``..`` component, NUL and other control
+    characters, and more than MAX_SITE_PATH_CHARS characters. Workers check again when they open the
+    file, and also refuse a symlink that leads out of the data root.
+    """
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_SITE_PATH_CHARS:
+        return f"is longer than {MAX_SITE_PATH_CHARS} characters; use a shorter relative path"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return "contains a NUL or control character"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor:
+        return "must be a path relative to the site's root folder, not an absolute path"
+    if ".." in PureWindowsPath(name).parts:  # splits on both / and \\
+        return "must not contain '..': it has to stay inside the site's root folder"
+    return None
+
+
+def _site_path(name: str | None) -> str | None:
+    if name is not None and (problem := site_path_problem(name)) is not None:
+        raise ValueError(problem)
+    return name
+
+
 class BaseModelSpec(_Strict):
     """The foundation model. Each site loads it from ``<model_root>/<name>`` (no hub access)."""
 
     name: str = Field(min_length=1)
     sha256: str | None = None  # optional digest of the weights file, checked by workers
+
+    _name_inside_model_root = field_validator("name")(_site_path)
 
 
 class DataSpec(_Strict):
@@ -34,6 +67,8 @@ class DataSpec(_Strict):
     label_field: str = "label"
     # Unlabelled text for a `global` stage (masked/causal LM); defaults to the train file's text.
     unlabelled: str | None = None
+
+    _inside_data_root = field_validator("train", "eval", "unlabelled")(_site_path)
 
 
 class LoraSpec(_Strict):
@@ -212,4 +247,7 @@ def load_spec_yaml(text: str) -> ExperimentSpec:
 
 
 def load_spec_json(text: str) -> ExperimentSpec:
-    return ExperimentSpec.model_validate_json(text)
+    try:
+        return ExperimentSpec.model_validate_json(text)
+    except ValidationError as err:
+        raise FedtuneError(ErrorCode.INVALID_SPEC, _format_validation_error(err)) from None

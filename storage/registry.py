@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.sanitize import ERROR_TEXT_LIMIT, EVENT_MESSAGE_LIMIT, public_data, public_text
 from storage.blobs import BlobStore
 from storage.models import Event, Experiment, ModelVersion, StrategyState, Update, new_id
 from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
@@ -131,8 +132,17 @@ def record_event(
     experiment_id: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> Event:
-    """Add an audit event to the open unit of work (committed with it; its id is set on flush)."""
-    event = Event(kind=kind, message=message, experiment_id=experiment_id, data=dict(data or {}))
+    """Add an audit event to the open unit of work (committed with it; its id is set on flush).
+
+    Messages and data often carry what a site sent (a task's error, an upload's rejection): every
+    string is made one printable line and bounded here, once for all callers (fedtune/sanitize.py).
+    """
+    event = Event(
+        kind=kind,
+        message=public_text(message, EVENT_MESSAGE_LIMIT),
+        experiment_id=experiment_id,
+        data=public_data(dict(data or {}), ERROR_TEXT_LIMIT),
+    )
     uow.session.add(event)
     return event
 

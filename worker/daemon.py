@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.spec import ExperimentSpec, load_spec_json
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.v1 import worker_pb2
@@ -39,6 +40,23 @@ FATAL_REGISTER = frozenset(
 )
 TASK_CLOSED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
 KIND_NAMES = {v: k.removeprefix("TASK_KIND_").lower() for k, v in worker_pb2.TaskKind.items()}
+
+
+def failure_report(err: BaseException) -> str:
+    """What the coordinator is told about a failed task: never a value from the site's data.
+
+    Our own errors are written not to quote data (worker/data.py names file, line and field), and an
+    RPC refusal is the coordinator's own words, so their messages are sent. Anything else (a KeyError
+    of a label, a ValueError quoting a record from a library) is sent as its type name only; the full
+    message and traceback are in this site's worker log (docs/decisions.md 24).
+    """
+    if isinstance(err, RpcFailure):
+        text = f"{err.method} rejected: {err.details}"
+    elif isinstance(err, FedtuneError):
+        text = str(err)
+    else:
+        text = f"{type(err).__name__} (its message may quote site data: see this site's worker log)"
+    return public_text(text, ERROR_TEXT_LIMIT)
 
 
 class TaskAbandoned(Exception):
@@ -227,13 +245,13 @@ class WorkerDaemon:
         except RpcFailure as err:
             log.error("task %s failed: %s", task.task_id, err)
             if err.code not in TASK_CLOSED:
-                self._report_failure(task.task_id, f"{err.method} rejected: {err.details}")
+                self._report_failure(task.task_id, failure_report(err))
         except FedtuneError as err:
             log.error("task %s failed: %s", task.task_id, err)
-            self._report_failure(task.task_id, str(err))
+            self._report_failure(task.task_id, failure_report(err))
         except Exception as err:  # training code failing must not kill the daemon
-            log.exception("task %s failed", task.task_id)
-            self._report_failure(task.task_id, f"{type(err).__name__}: {err}")
+            log.exception("task %s failed", task.task_id)  # the whole story stays in the site's log
+            self._report_failure(task.task_id, failure_report(err))
         finally:
             self.current = None
 

@@ -1,6 +1,8 @@
 """Site-local data: JSONL or CSV (chosen by extension) with the spec's text and label fields.
 
-Every problem names the file and line, so a site admin can fix the data without reading code.
+Every problem names the file, line and field, so a site admin can fix the data without reading code,
+and never quotes a value from the data: a task's error goes to the coordinator (docs/decisions.md 24).
+A spec names its files relative to the data root; `data_file` refuses any that lead out of it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.spec import site_path_problem
 
 DATA_SUFFIXES = (".jsonl", ".csv")
 
@@ -21,6 +24,27 @@ DATA_SUFFIXES = (".jsonl", ".csv")
 class Example:
     text: str
     label: int | None  # class id (sequence classification), None for unlabelled text
+
+
+def data_file(data_root: Path, name: str) -> Path:
+    """The spec's data file `name` inside `data_root`, symlinks resolved; refused if it leads outside.
+
+    The spec was checked on the coordinator (fedtune.spec.site_path_problem); the worker checks again
+    because the spec comes over the network, and resolves symlinks, which only the site can see: a link
+    inside the data root that points elsewhere on this machine is refused, not followed.
+    """
+    problem = site_path_problem(name)
+    if problem is not None:
+        raise FedtuneError(ErrorCode.INVALID_SPEC, f"data file {name!r} {problem}")
+    root = Path(data_root).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise FedtuneError(
+            ErrorCode.PERMISSION_DENIED,
+            f"data file {name!r} resolves outside the data root {root} (through a symbolic link); "
+            "put the file itself under --data-root, or point --data-root at the folder that holds it",
+        )
+    return path
 
 
 def _bad(path: Path, line: int, what: str) -> FedtuneError:
@@ -37,42 +61,77 @@ def _check_path(path: Path) -> None:
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) for every non-blank record."""
-    if path.suffix.lower() == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
+    """(line number, record) for every non-blank record.
+
+    Parser errors are re-raised without their text: `csv.Error` and `UnicodeDecodeError` messages can
+    quote bytes of the file. `JSONDecodeError.msg` is the parser's fixed wording (the document is in
+    `.doc`, never used here).
+    """
+    line_no = 0
+    try:
+        if path.suffix.lower() == ".jsonl":
+            with path.open(encoding="utf-8") as fh:
+                for line_no, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise _bad(path, line_no, f"not valid JSON ({err.msg}, column {err.colno})") from None
+                    if not isinstance(record, dict):
+                        raise _bad(path, line_no, "each line must be a JSON object")
+                    yield line_no, record
+        else:
+            with path.open(encoding="utf-8", newline="") as fh:
+                reader = csv.DictReader(fh)
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise _bad(path, line_no, f"not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict):
-                    raise _bad(path, line_no, "each line must be a JSON object")
-                yield line_no, record
-    else:
-        with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            for record in reader:
-                if not any((v or "").strip() for v in record.values() if isinstance(v, str)):
-                    continue
-                yield reader.line_num, record
+                    for record in reader:
+                        line_no = reader.line_num
+                        if not any((v or "").strip() for v in record.values() if isinstance(v, str)):
+                            continue
+                        yield line_no, record
+                except csv.Error:
+                    # The failing record starts after the last good one and may span several lines.
+                    raise _bad(
+                        path,
+                        max(reader.line_num, line_no + 1),
+                        "not valid CSV from this line on (an unclosed quote, a NUL byte or a field over "
+                        f"{csv.field_size_limit()} characters)",
+                    ) from None
+    except UnicodeDecodeError:
+        raise _bad(
+            path, line_no + 1, "not valid UTF-8 text (at or after this line); save it as UTF-8"
+        ) from None
 
 
-def _label_id(raw: Any, labels: list[str], path: Path, line: int) -> int:
+def _label_id(raw: Any, labels: list[str], field: str, path: Path, line: int) -> int:
+    """The class id of a label value. Errors name the field and the spec's labels, never the value."""
     if isinstance(raw, str):
         if raw in labels:
             return labels.index(raw)
-        stripped = raw.strip()
-        if stripped.lstrip("-").isdigit():
-            raw = int(stripped)
-        else:
-            raise _bad(path, line, f"label {raw!r} is not one of the spec's labels {labels}")
+        try:
+            raw = int(raw.strip())
+        except ValueError:
+            raise _bad(
+                path, line, f"field {field!r} holds a label that is not one of the spec's labels {labels}"
+            ) from None
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise _bad(path, line, f"label {raw!r} must be a class name from {labels} or an integer id")
+        raise _bad(
+            path,
+            line,
+            f"field {field!r} must be a class name from {labels} or an integer id, "
+            f"not a JSON {_json_type(raw)}",
+        )
     if not 0 <= raw < len(labels):
-        raise _bad(path, line, f"label id {raw} is outside 0..{len(labels) - 1} (labels {labels})")
+        raise _bad(
+            path, line, f"field {field!r} holds a label id outside 0..{len(labels) - 1} (labels {labels})"
+        )
     return raw
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", float: "number", int: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def load_examples(
@@ -92,7 +151,7 @@ def load_examples(
         if label_field is not None and labels is not None:
             if record.get(label_field) in (None, ""):
                 raise _bad(path, line, f"missing label field {label_field!r}")
-            label = _label_id(record[label_field], labels, path, line)
+            label = _label_id(record[label_field], labels, label_field, path, line)
         examples.append(Example(text, label))
     if not examples:
         raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"data file {path} has no examples")

@@ -28,7 +28,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, LoraSpec, TrainingSpec
-from worker.data import Example, load_examples
+from worker.data import Example, data_file, load_examples
 from worker.device import DeviceChoice, resolve_device
 from worker.lm import LmKind, encode_lm_batch, lm_eval_loss
 from worker.methods import BuildContext, get_method
@@ -219,13 +219,14 @@ def _texts(path: Path, spec: ExperimentSpec) -> list[Example]:
 
 
 def unlabelled_examples(spec: ExperimentSpec, data_root: Path) -> list[Example]:
-    return _texts(Path(data_root) / (spec.data.unlabelled or spec.data.train), spec)
+    return _texts(data_file(data_root, spec.data.unlabelled or spec.data.train), spec)
 
 
 def eval_texts(spec: ExperimentSpec, data_root: Path) -> list[Example] | None:
-    if spec.data.eval is None or not (Path(data_root) / spec.data.eval).is_file():
+    if spec.data.eval is None:
         return None
-    return _texts(Path(data_root) / spec.data.eval, spec)
+    path = data_file(data_root, spec.data.eval)
+    return _texts(path, spec) if path.is_file() else None
 
 
 def eval_loss(

@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers.utils import logging as hf_logging
 
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.spec import ExperimentSpec
+from fedtune.spec import ExperimentSpec, site_path_problem
 from worker.device import DeviceChoice, select_device
 from worker.methods import BuildContext, get_method
 
@@ -70,6 +70,13 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def model_dir(spec: ExperimentSpec, model_root: Path) -> Path:
+    """`<model_root>/<base_model.name>`; a name that leads out of the model root is refused.
+
+    Symlinks are followed here (unlike data files): model folders often link to a shared cache.
+    """
+    problem = site_path_problem(spec.base_model.name)
+    if problem is not None:
+        raise FedtuneError(ErrorCode.INVALID_SPEC, f"base_model.name {spec.base_model.name!r} {problem}")
     path = Path(model_root) / spec.base_model.name
     if not (path / "config.json").is_file():
         raise FedtuneError(

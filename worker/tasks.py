@@ -18,7 +18,7 @@ from fedtune.spec import ExperimentSpec, TrainingSpec
 from worker import data as data_files
 from worker import global_stage
 from worker.class_statistics import class_feature_sums, statistics_update
-from worker.data import Example, load_examples
+from worker.data import Example, data_file, load_examples
 from worker.device import DeviceChoice, resolve_device
 from worker.evaluation import evaluate
 from worker.global_stage import build_lm_model
@@ -47,9 +47,10 @@ def _examples(spec: ExperimentSpec, path: Path) -> list[Example]:
 
 
 def _eval_examples(spec: ExperimentSpec, data_root: Path) -> list[Example] | None:
-    if spec.data.eval is None or not (Path(data_root) / spec.data.eval).is_file():
+    if spec.data.eval is None:
         return None
-    return _examples(spec, Path(data_root) / spec.data.eval)
+    path = data_file(data_root, spec.data.eval)
+    return _examples(spec, path) if path.is_file() else None
 
 
 def _training(spec: ExperimentSpec, stage_index: int, overrides: dict[str, Any] | None) -> TrainingSpec:
@@ -166,7 +167,7 @@ def run_train(
             progress=progress,
             device=device,
         )
-    train_examples = _examples(spec, Path(data_root) / spec.data.train)
+    train_examples = _examples(spec, data_file(data_root, spec.data.train))
     eval_examples = _eval_examples(spec, data_root)
     built, global_arrays = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
     if training.class_statistics:
@@ -239,7 +240,7 @@ def run_evaluate(
     if not examples:
         raise FedtuneError(
             ErrorCode.INVALID_ARGUMENT,
-            f"no eval split at this site: {Path(data_root) / str(spec.data.eval)} does not exist",
+            f"no eval split at this site: data file {spec.data.eval!r} is not under --data-root",
         )
     if _is_global(spec, stage_index):
         return global_stage.run_evaluate(spec, training, examples, global_path, model_root, device=device)
@@ -262,7 +263,7 @@ def run_personalize(
 ) -> TaskOutput:
     """Tune the global adapter on local data, keep it in `out_dir`, report global vs personal metrics."""
     training = _training(spec, stage_index, None)
-    train_examples = _examples(spec, Path(data_root) / spec.data.train)
+    train_examples = _examples(spec, data_file(data_root, spec.data.train))
     eval_examples = _eval_examples(spec, data_root)
     built, _ = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
     metrics: dict[str, float] = {}
