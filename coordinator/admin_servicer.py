@@ -102,8 +102,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListRoundsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListRoundsResponse:
         with self._call(context, "ListRounds"):
-            records = self._services.queries.rounds(request.experiment_id)
-            return admin_pb2.ListRoundsResponse(rounds=[round_to_proto(r) for r in records])
+            records, next_token = self._services.queries.rounds_page(
+                request.experiment_id, request.page_size, request.page_token
+            )
+            return admin_pb2.ListRoundsResponse(
+                rounds=[round_to_proto(r) for r in records], next_page_token=next_token
+            )
         raise AssertionError("unreachable")
 
     def AddSite(

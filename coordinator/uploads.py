@@ -23,6 +23,7 @@ from coordinator.notify import Notifier
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import BASE_VERSION_FILE, base_version_for_stage, base_version_json, stage_row
 from coordinator.tasks import get_own_task
+from fedtune import limits
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.serde import UpdateHeaderRecord
 from fedtune.tensorstream.decoder import StreamDecoder
@@ -173,6 +174,7 @@ class UploadService:
         header = _next_item(items)
         if not isinstance(header, UpdateHeaderRecord):
             raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "the first PushUpdate message must be the header")
+        check_update_header(header, self._settings.max_update_examples)
         with self._guard:
             self._wait_for_handover(header.task_id)
             self._uploading.add(header.task_id)
@@ -209,7 +211,11 @@ class UploadService:
         self, site_id: int, admission: _Admission, header: UpdateHeaderRecord, items: Iterator[UploadItem]
     ) -> tuple[str, int]:
         admission.spool_path.parent.mkdir(parents=True, exist_ok=True)
-        options = {"max_chunk_bytes": self._settings.max_chunk_bytes, "check_finite": True}
+        options = {
+            "max_chunk_bytes": self._settings.max_chunk_bytes,
+            "check_finite": True,
+            "max_abs_value": self._settings.max_update_abs_value,
+        }
         if header.resume:
             decoder = StreamDecoder.resume(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
         else:
@@ -224,8 +230,14 @@ class UploadService:
                     decoder.rewind_to(item.tensor_index, item.offset)
                 first_chunk = False
                 decoder.add(item)
+        except FedtuneError as err:
+            if err.code is ErrorCode.INCOMPLETE_STREAM:
+                decoder.close()  # the client went away: keep the verified prefix, the upload can resume
+            else:
+                decoder.abort()  # refused content: nothing of this stream stays in the spool
+            raise
         except BaseException:
-            decoder.close()  # keep the verified prefix: the upload can resume
+            decoder.close()  # server-side interruption (shutdown, cancel): keep the prefix
             raise
         if not decoder.complete:
             tensor, offset = decoder.next_position
@@ -310,6 +322,7 @@ class UploadService:
                 task = get_own_task(uow, site_id, admission.task_id)
                 rnd = uow.session.get(models.Round, admission.round_id)
                 if task.state != "leased" or rnd is None or rnd.state != "collecting":
+                    admission.spool_path.unlink(missing_ok=True)  # verified, but no Update row will name it
                     raise FedtuneError(
                         ErrorCode.TASK_CLOSED, f"task {task.id} closed while its update arrived"
                     )
@@ -369,6 +382,15 @@ class UploadService:
         if progress is None:
             return UploadStatus(in_progress=False)
         return UploadStatus(in_progress=True, next_tensor=progress[0], next_offset=progress[1])
+
+
+def check_update_header(header: UpdateHeaderRecord, max_examples: int) -> None:
+    """INVALID_ARGUMENT unless every field of the header fits the door limits (fedtune.limits)."""
+    limits.check_id("task_id", header.task_id)
+    limits.check_num_examples("num_examples", header.num_examples, max_examples)
+    limits.check_metrics("metrics", header.metrics)
+    limits.check_tensor_names("manifest", header.manifest.names)
+    limits.check_side_files("files", header.files)
 
 
 def _finish_task(uow: SqlUnitOfWork, task: models.Task, header: UpdateHeaderRecord, now: float) -> None:
