@@ -195,3 +195,18 @@ def test_a_refused_push_leaves_no_spool_file_but_a_broken_one_keeps_its_prefix(
     )
     assert any(p.name.endswith(".partial") for p in spool_files(cluster))
     assert a.upload_status(task.task_id).in_progress
+
+
+def test_the_worker_clips_what_the_door_would_refuse() -> None:
+    # Prepare: what a site's training could produce
+    metrics = {f"m{i}": float(i) for i in range(200)} | {"nan": float("nan"), "k\x00": 1.0, "k" * 99: 1.0}
+    error = "Traceback\x00 " + "e" * 10_000
+
+    # Execute: the worker's own clipping (worker/connection.py, worker/uploads.py)
+    sent_metrics = limits.clip_metrics(metrics)
+    sent_error = limits.clip_text(error, 2000)
+
+    # Assert: the door accepts both
+    limits.check_metrics("metrics", sent_metrics)
+    limits.check_text("error", sent_error, limits.MAX_ERROR_CHARS)
+    assert len(sent_metrics) == limits.MAX_METRICS and sent_error.endswith(limits.TRUNCATED_MARK)
