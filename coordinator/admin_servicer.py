@@ -141,8 +141,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListRoundsRequest, context: Context
     ) -> admin_pb2.ListRoundsResponse:
         async with self._call(context, "ListRounds"):
-            records = await self._run(self._services.queries.rounds, request.experiment_id)
-            return admin_pb2.ListRoundsResponse(rounds=[round_to_proto(r) for r in records])
+            records, next_token = await self._run(
+                self._services.queries.rounds_page,
+                request.experiment_id,
+                request.page_size,
+                request.page_token,
+            )
+            return admin_pb2.ListRoundsResponse(
+                rounds=[round_to_proto(r) for r in records], next_page_token=next_token
+            )
         raise AssertionError("unreachable")
 
     async def AddSite(self, request: admin_pb2.AddSiteRequest, context: Context) -> admin_pb2.AddSiteResponse:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from sqlalchemy import select
 
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.limits import MAX_SITE_NAME_CHARS, control_character
 from storage import models
 from storage.registry import record_event
 from storage.uow import UnitOfWorkFactory
@@ -79,6 +80,9 @@ class SiteAuth:
                 ErrorCode.UNAUTHENTICATED,
                 f"send the metadata `{SITE_HEADER}: <site>` and `{AUTH_HEADER}: Bearer <token>`",
             )
+        if len(site) > MAX_SITE_NAME_CHARS or control_character(site) is not None:
+            # no site has such a name, and PostgreSQL could not even compare it (NUL)
+            raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site[:80]!r} or wrong token")
         with self._uow_factory() as uow:
             row = uow.session.scalars(select(models.Site).where(models.Site.name == site)).first()
             if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)):
@@ -88,9 +92,16 @@ class SiteAuth:
     def add_site(self, name: str) -> str:
         """Create a site and return its token (shown once; only the hash is kept)."""
         name = name.strip()
-        if not name or len(name) > 200 or any(c.isspace() or c in ":," for c in name):
+        if (
+            not name
+            or len(name) > MAX_SITE_NAME_CHARS
+            or control_character(name) is not None
+            or any(c.isspace() or c in ":," for c in name)
+        ):
             raise FedtuneError(
-                ErrorCode.INVALID_ARGUMENT, "a site name must be 1-200 characters, no spaces, ':' or ','"
+                ErrorCode.INVALID_ARGUMENT,
+                f"a site name must be 1-{MAX_SITE_NAME_CHARS} characters, no spaces, control characters, "
+                "':' or ','",
             )
         token = secrets.token_urlsafe(32)
         with self._uow_factory() as uow:

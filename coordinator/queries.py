@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from sqlalchemy import func, select
 
 from coordinator.clock import Clock
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.limits import (
+    MAX_DATASET_ENTRIES,
+    MAX_EVENT_DATA_BYTES,
+    MAX_EVENT_MESSAGE_CHARS,
+    bounded_metrics,
+    clip_text,
+)
 from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.serde import (
     EventRecord,
@@ -16,11 +25,18 @@ from fedtune.serde import (
     RoundRecord,
     SiteUpdateRecord,
     WorkerRecord,
+    round_to_proto,
 )
 from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.registry import events_after, get_model_version, latest_model_version
 from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+
+DEFAULT_ROUNDS_PAGE = 100
+MAX_ROUNDS_PAGE = 1000
+ROUNDS_PAGE_BYTES = 4 << 20  # a ListRounds page ends after the round that passes this
+# a round lists at most this many accepted updates (1,000 sites is the design's scale)
+MAX_LISTED_SITE_UPDATES = 2000
 
 
 def _accepted_updates(uow: SqlUnitOfWork, round_id: str) -> tuple[SiteUpdateRecord, ...]:
@@ -30,13 +46,14 @@ def _accepted_updates(uow: SqlUnitOfWork, round_id: str) -> tuple[SiteUpdateReco
         .join(models.Site, models.Site.id == models.Update.site_id)
         .where(models.Update.round_id == round_id, models.Update.state.in_(("verified", "folded")))
         .order_by(models.Site.name)
+        .limit(MAX_LISTED_SITE_UPDATES)
     ).all()
     return tuple(
         SiteUpdateRecord(
             site=site,
             num_examples=update.num_examples,
             weight=update.weight,
-            metrics={k: float(v) for k, v in update.metrics.items() if isinstance(v, (int, float))},
+            metrics=bounded_metrics(update.metrics),
             received_bytes=update.received_bytes,
             state=update.state,
         )
@@ -77,7 +94,7 @@ def _version_record(row: models.ModelVersion) -> ModelVersionRecord:
         kind=row.kind,
         blob_digest=row.blob_digest,
         manifest=Manifest.from_json(row.manifest),
-        metrics={k: float(v) for k, v in row.metrics.items()},
+        metrics=bounded_metrics(row.metrics),
         sites=tuple(row.sites),
         num_examples=row.num_examples,
         created_unix=row.created_at,
@@ -107,6 +124,28 @@ class AdminQueries:
             return [_experiment_record(uow, row) for row in rows]
 
     def rounds(self, experiment_id: str) -> list[RoundRecord]:
+        """Every round (tests and small experiments; the Admin API pages with `rounds_page`)."""
+        records, token = self.rounds_page(experiment_id, MAX_ROUNDS_PAGE)
+        while token:
+            page, token = self.rounds_page(experiment_id, MAX_ROUNDS_PAGE, token)
+            records.extend(page)
+        return records
+
+    def rounds_page(
+        self, experiment_id: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[RoundRecord], str]:
+        """One page of rounds in (stage, round) order and the token of the next page ("" at the end).
+
+        A page holds at most `page_size` rounds (default DEFAULT_ROUNDS_PAGE) and ends early once it
+        passes ROUNDS_PAGE_BYTES on the wire; a round lists at most MAX_LISTED_SITE_UPDATES site
+        updates with bounded metrics, so a page stays small whatever the sites sent."""
+        if page_size < 0 or (page_token and not page_token.isdigit()) or len(page_token) > 12:
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT,
+                "page_size must be >= 0 and page_token one returned by ListRounds (or empty)",
+            )
+        limit = min(page_size or DEFAULT_ROUNDS_PAGE, MAX_ROUNDS_PAGE)
+        offset = int(page_token or 0)
         with self._uow_factory() as uow:
             _require_experiment(uow, experiment_id)
             stage_rows = uow.session.execute(
@@ -120,8 +159,13 @@ class AdminQueries:
                 select(models.Round)
                 .where(models.Round.experiment_id == experiment_id)
                 .order_by(models.Round.stage_index, models.Round.round)
+                .offset(offset)
+                .limit(limit + 1)
             ).all()
-            records = []
+            more = len(rows) > limit
+            rows = rows[:limit]
+            records: list[RoundRecord] = []
+            page_bytes = 0
             for rnd in rows:
                 tasks = uow.session.scalar(
                     select(func.count(models.Task.id)).where(models.Task.round_id == rnd.id)
@@ -150,12 +194,16 @@ class AdminQueries:
                         deadline_unix=rnd.deadline_at,
                         closed_unix=rnd.closed_at or 0.0,
                         reason=rnd.reason,
-                        metrics={k: float(v) for k, v in rnd.metrics.items()},
+                        metrics=bounded_metrics(rnd.metrics),
                         model_version_id=rnd.model_version_id or "",
                         site_updates=site_updates,
                     )
                 )
-            return records
+                page_bytes += round_to_proto(records[-1]).ByteSize()
+                if page_bytes >= ROUNDS_PAGE_BYTES and len(records) < len(rows):
+                    more = True
+                    break
+            return records, str(offset + len(records)) if more else ""
 
     def workers(self) -> list[WorkerRecord]:
         now = self._clock.now()
@@ -179,7 +227,10 @@ class AdminQueries:
                         last_seen_unix=worker.last_seen_at,
                         device=label,
                         current_task_id=worker.current_task_id or "",
-                        dataset_sizes={k: int(v) for k, v in (worker.dataset_sizes or {}).items()},
+                        dataset_sizes={
+                            k: int(v)
+                            for k, v in list((worker.dataset_sizes or {}).items())[:MAX_DATASET_ENTRIES]
+                        },
                     )
                 )
             return records
@@ -208,8 +259,8 @@ class AdminQueries:
                     created_unix=e.created_at,
                     experiment_id=e.experiment_id or "",
                     kind=e.kind,
-                    message=e.message,
-                    data=dict(e.data or {}),
+                    message=clip_text(e.message, MAX_EVENT_MESSAGE_CHARS),
+                    data=_bounded_data(dict(e.data or {})),
                 )
                 for e in rows
             ]
@@ -237,6 +288,12 @@ class AdminQueries:
             "experiments_running": int(running or 0),
             "workers_online": int(online or 0),
         }
+
+
+def _bounded_data(data: dict[str, Any]) -> dict[str, Any]:
+    """An event's data as WatchEvents sends it: itself when small, else a note of its size."""
+    size = len(json.dumps(data, sort_keys=True, default=str))
+    return data if size <= MAX_EVENT_DATA_BYTES else {"truncated": True, "data_bytes": size}
 
 
 def _require_experiment(uow: SqlUnitOfWork, experiment_id: str) -> None:

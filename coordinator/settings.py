@@ -35,6 +35,13 @@ class CoordinatorSettings(BaseModel):
     chunk_bytes: int = Field(DEFAULT_CHUNK_BYTES, ge=1024, le=MAX_CHUNK_BYTES)
     max_chunk_bytes: int = Field(MAX_CHUNK_BYTES, ge=1024)
     max_update_bytes: int = Field(8 << 30, ge=1)
+    # The most examples one update or result may claim (its FedAvg weight); the registry keeps counts in
+    # 64-bit columns, so even a round of many sites at the limit cannot overflow.
+    max_update_examples: int = Field(10**9, ge=1, le=10**12)
+    # The largest magnitude a tensor value of an update may have, checked chunk by chunk. Weights and
+    # deltas sit far below 1e6; the default leaves room for fedncm's per-class feature sums, and keeps
+    # value x weight x sites (1e9 x 1e9 x 1e3) far from float32's 3.4e38, so no accumulator overflows.
+    max_update_abs_value: float = Field(1e9, gt=0, allow_inf_nan=False)
     scheduler_tick_seconds: float = Field(0.5, gt=0)
     # Capacity (docs/decisions.md 24): calls wait on the event loop, not on threads; these bound
     # what one site may hold open and how long a stream may stay silent.

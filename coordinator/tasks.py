@@ -14,6 +14,7 @@ from coordinator.notify import Notifier
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import base_version_for_stage
 from coordinator.strategies.registry import build_strategy
+from fedtune import limits
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.serde import TaskRecord
@@ -30,6 +31,7 @@ LEASABLE_EXPERIMENT_STATES = ("running", "paused")
 
 def get_own_task(uow: SqlUnitOfWork, site_id: int, task_id: str) -> models.Task:
     """The task if it belongs to the calling site: NOT_FOUND / PERMISSION_DENIED otherwise."""
+    limits.check_id("task_id", task_id)
     task = uow.session.get(models.Task, task_id) if task_id else None
     if task is None:
         raise FedtuneError(ErrorCode.NOT_FOUND, f"no task {task_id!r}")
@@ -51,6 +53,16 @@ def spec_json_for_stage(spec_json: str, stage_index: int) -> str:
     return json.dumps(doc)
 
 
+def check_registration(worker_version: str, device: dict[str, Any], dataset_sizes: dict[str, int]) -> None:
+    """INVALID_ARGUMENT unless what a worker says about itself fits the door limits."""
+    limits.check_text("worker_version", worker_version, limits.MAX_WORKER_VERSION_CHARS, multiline=False)
+    for key in ("kind", "name"):
+        limits.check_text(
+            f"device.{key}", str(device.get(key, "")), limits.MAX_DEVICE_TEXT_CHARS, multiline=False
+        )
+    limits.check_dataset_sizes("dataset_sizes", dataset_sizes)
+
+
 class TaskService:
     def __init__(
         self, uow_factory: UnitOfWorkFactory, clock: Clock, settings: CoordinatorSettings, notifier: Notifier
@@ -65,6 +77,7 @@ class TaskService:
         self, site_id: int, *, worker_version: str, device: dict[str, Any], dataset_sizes: dict[str, int]
     ) -> str:
         """A new worker id; tasks leased to the site's earlier workers go back to pending."""
+        check_registration(worker_version, device, dataset_sizes)
         now = self._clock.now()
         worker_id = models.new_id("wk")
         with self._uow_factory() as uow:
@@ -108,6 +121,7 @@ class TaskService:
         return worker_id
 
     def _own_worker(self, uow: SqlUnitOfWork, site_id: int, worker_id: str) -> models.Worker:
+        limits.check_id("worker_id", worker_id)
         worker = uow.session.get(models.Worker, worker_id) if worker_id else None
         if worker is None:
             raise FedtuneError(ErrorCode.NOT_FOUND, f"unknown worker {worker_id!r}; call Register first")
@@ -125,6 +139,8 @@ class TaskService:
 
     def heartbeat(self, site_id: int, worker_id: str, task_id: str = "", progress: str = "") -> bool:
         """Refresh the worker (and the lease of its task); True = stop working on that task."""
+        limits.check_id("task_id", task_id)
+        limits.check_text("progress", progress, limits.MAX_PROGRESS_CHARS)
         with self._uow_factory() as uow:
             worker = self._own_worker(uow, site_id, worker_id)
             was_offline = worker.state != "online"
@@ -256,6 +272,9 @@ class TaskService:
         num_examples: int,
     ) -> None:
         """End a task without an update: a failure (any kind), or metrics of a task that has no update."""
+        limits.check_text("error", error, limits.MAX_ERROR_CHARS)
+        limits.check_metrics("metrics", metrics)
+        limits.check_num_examples("num_examples", num_examples, self._settings.max_update_examples)
         with self._uow_factory() as uow:
             task = get_own_task(uow, site_id, task_id)
             if task.state != "leased":

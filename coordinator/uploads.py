@@ -24,6 +24,7 @@ from coordinator.notify import Notifier
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import BASE_VERSION_FILE, base_version_for_stage, base_version_json, stage_row
 from coordinator.tasks import get_own_task
+from fedtune import limits
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.serde import UpdateHeaderRecord
 from fedtune.tensorstream.decoder import StreamDecoder
@@ -187,13 +188,18 @@ class UploadService:
 
     def open(self, site_id: int, header: UpdateHeaderRecord) -> UploadSession:
         """Admit a stream's header (or refuse it, changing nothing) and open its spool file."""
+        check_update_header(header, self._settings.max_update_examples)
         with self._guard:
             self._wait_for_handover(header.task_id)
             self._uploading.add(header.task_id)
         try:
             admission = self._admit(site_id, header)
             admission.spool_path.parent.mkdir(parents=True, exist_ok=True)
-            options = {"max_chunk_bytes": self._settings.max_chunk_bytes, "check_finite": True}
+            options = {
+                "max_chunk_bytes": self._settings.max_chunk_bytes,
+                "check_finite": True,
+                "max_abs_value": self._settings.max_update_abs_value,
+            }
             if header.resume:
                 decoder = StreamDecoder.resume(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
             else:
@@ -312,6 +318,7 @@ class UploadService:
                 task = get_own_task(uow, site_id, admission.task_id)
                 rnd = uow.session.get(models.Round, admission.round_id)
                 if task.state != "leased" or rnd is None or rnd.state != "collecting":
+                    admission.spool_path.unlink(missing_ok=True)  # verified, but no Update row will name it
                     raise FedtuneError(
                         ErrorCode.TASK_CLOSED, f"task {task.id} closed while its update arrived"
                     )
@@ -377,8 +384,9 @@ class UploadSession:
     """One admitted PushUpdate stream: ``add`` its chunks, then ``finish``; ``close`` always.
 
     A stream that breaks off (``close`` before ``finish``) keeps its verified prefix so that the
-    upload can resume. A round that closes under the stream (its spool is removed) is TASK_CLOSED
-    ("round closed"), never INTERNAL: the worker moves on.
+    upload can resume; a stream refused for its content leaves nothing in the spool. A round that
+    closes under the stream (its spool is removed) is TASK_CLOSED ("round closed"), never INTERNAL:
+    the worker moves on.
     """
 
     def __init__(
@@ -452,9 +460,21 @@ class UploadSession:
             self._service._record_rejection(self._admission, closed)
             raise closed from None
         except FedtuneError as err:
+            if err.code is not ErrorCode.INCOMPLETE_STREAM and not self._closed:
+                self._closed = True
+                self._decoder.abort()  # refused content: nothing of this stream stays in the spool
             self._service._record_rejection(self._admission, err)
             raise
 
+
+
+def check_update_header(header: UpdateHeaderRecord, max_examples: int) -> None:
+    """INVALID_ARGUMENT unless every field of the header fits the door limits (fedtune.limits)."""
+    limits.check_id("task_id", header.task_id)
+    limits.check_num_examples("num_examples", header.num_examples, max_examples)
+    limits.check_metrics("metrics", header.metrics)
+    limits.check_tensor_names("manifest", header.manifest.names)
+    limits.check_side_files("files", header.files)
 
 
 def _finish_task(uow: SqlUnitOfWork, task: models.Task, header: UpdateHeaderRecord, now: float) -> None:

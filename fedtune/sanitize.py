@@ -13,9 +13,11 @@ import re
 import unicodedata
 from typing import Any
 
-ERROR_TEXT_LIMIT = 4000  # characters of a task's or experiment's error that the coordinator keeps
-EVENT_MESSAGE_LIMIT = 2000  # characters of an event's message (`fedtune admin watch` shows it)
-TRUNCATION_MARKER = " …[truncated]"
+from fedtune.limits import MAX_ERROR_CHARS, MAX_EVENT_MESSAGE_CHARS, TRUNCATED_MARK
+
+ERROR_TEXT_LIMIT = MAX_ERROR_CHARS  # characters of a task's or experiment's error that the coordinator keeps
+EVENT_MESSAGE_LIMIT = MAX_EVENT_MESSAGE_CHARS  # characters of an event's message (`fedtune admin watch`)
+TRUNCATION_MARKER = TRUNCATED_MARK
 
 _WHITESPACE = re.compile(r"\s+")
 # Cc: control characters (NUL, ESC, DEL, C1); Cf: format characters (bidi overrides, zero-width);

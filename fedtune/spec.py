@@ -6,6 +6,7 @@ e.g. ``stages.0.rounds: Input should be greater than or equal to 1``.
 
 from __future__ import annotations
 
+import math
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
@@ -14,9 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedtune.errors import ErrorCode, FedtuneError
 
+# Sane ranges: a value outside them is a typo or an attack, never a setting (docs/decisions.md 25).
+MAX_SEED = 2**32 - 1  # numpy and torch seeds
+MAX_DEADLINE_SECONDS = 30 * 24 * 3600.0  # one round may last at most 30 days
+MAX_NAME_CHARS = 200  # experiment, model and label names (experiments.name is String(200))
+MAX_STAGE_NAME_CHARS = 100  # stages.name and model_versions.stage_name are String(100)
+MAX_OPTION_ABS = 1e12  # a number in strategy options
+MAX_NESTING = 8  # dicts / lists in strategy options
+MAX_ITEMS = 10_000  # entries of one list or dict anywhere in the spec
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf / nan in any float field is refused: an infinite deadline never closes a round, and the
+    # stored JSON (inf -> null) would no longer load
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 MAX_SITE_PATH_CHARS = 1024  # a data file or model folder name, relative to the site's root
@@ -52,7 +64,7 @@ def _site_path(name: str | None) -> str | None:
 class BaseModelSpec(_Strict):
     """The foundation model. Each site loads it from ``<model_root>/<name>`` (no hub access)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     sha256: str | None = None  # optional digest of the weights file, checked by workers
 
     _name_inside_model_root = field_validator("name")(_site_path)
@@ -74,7 +86,7 @@ class DataSpec(_Strict):
 class LoraSpec(_Strict):
     method: Literal["lora"] = "lora"
     r: int = Field(default=8, ge=1, le=1024)
-    alpha: float = Field(default=16.0, gt=0)
+    alpha: float = Field(default=16.0, gt=0, le=10_000)
     dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[str] | None = None  # None = peft's default for the architecture
     # FFA-LoRA: freeze A at the shared init seed and train only B; averaging is then exact.
@@ -108,19 +120,19 @@ PeftSpec = Annotated[LoraSpec | PromptTuningSpec | PrefixTuningSpec | Ia3Spec, F
 class TrainingSpec(_Strict):
     """Local training settings, applied at every site."""
 
-    epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1)  # overrides epochs when set
-    batch_size: int = Field(default=16, ge=1)
-    learning_rate: float = Field(default=5e-4, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    epochs: float = Field(default=1.0, gt=0, le=10_000)
+    max_steps: int | None = Field(default=None, ge=1, le=10**8)  # overrides epochs when set
+    batch_size: int = Field(default=16, ge=1, le=65_536)
+    learning_rate: float = Field(default=5e-4, gt=0, le=100)
+    weight_decay: float = Field(default=0.0, ge=0, le=100)
     max_length: int = Field(default=128, ge=8, le=8192)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     # FedProx proximal term (0 = off); set by the fedprox strategy or here.
-    proximal_mu: float = Field(default=0.0, ge=0)
+    proximal_mu: float = Field(default=0.0, ge=0, le=10_000)
     # Logit adjustment tau for label-skewed sites (0 = off, 1.0 the standard value; classification only):
     # local training minimises CE(logits + tau * log(site label prior)), evaluation uses raw logits.
     # Removes each site's class prior from what the shared model learns (Menon et al. 2021; FedLC).
-    logit_adjustment: float = Field(default=0.0, ge=0)
+    logit_adjustment: float = Field(default=0.0, ge=0, le=100)
     # Set by the fedncm strategy (docs/decisions.md 19), not by hand: the site does not train but sends
     # per-class sums of the input features of this classifier layer, and the class counts, in that
     # layer's weight and bias tensors (classification only).
@@ -132,7 +144,7 @@ class SelectionSpec(_Strict):
 
     mode: Literal["all", "fraction"] = "all"
     fraction: float = Field(default=1.0, gt=0, le=1)
-    min_sites: int = Field(default=1, ge=1)
+    min_sites: int = Field(default=1, ge=1, le=100_000)
     # Restrict to these site names (default: every registered site that is online).
     sites: list[str] | None = None
 
@@ -147,8 +159,8 @@ class StrategySpec(_Strict):
 class PrivacySpec(_Strict):
     """Client-side DP (clip + Gaussian noise) for updates; off by default."""
 
-    clip_norm: float | None = Field(default=None, gt=0)
-    noise_multiplier: float = Field(default=0.0, ge=0)
+    clip_norm: float | None = Field(default=None, gt=0, le=1e6)
+    noise_multiplier: float = Field(default=0.0, ge=0, le=1000)
     # Reserved for pairwise-masked secure aggregation (design.md section 7), which is not built yet:
     # `true` is refused rather than accepted and ignored, so nobody believes their updates are masked.
     secure_aggregation: bool = False
@@ -164,13 +176,13 @@ class PrivacySpec(_Strict):
 
 
 class StageSpec(_Strict):
-    name: str | None = None  # defaults to the kind
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_STAGE_NAME_CHARS)  # default: kind
     kind: Literal["global", "finetune", "personalize"]
     rounds: int = Field(default=1, ge=1, le=10_000)
     selection: SelectionSpec = Field(default_factory=SelectionSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     training: TrainingSpec | None = None  # overrides the experiment's training settings
-    deadline_seconds: float = Field(default=3600.0, gt=0)
+    deadline_seconds: float = Field(default=3600.0, gt=0, le=MAX_DEADLINE_SECONDS)
 
     @property
     def stage_name(self) -> str:
@@ -178,7 +190,7 @@ class StageSpec(_Strict):
 
 
 class ExperimentSpec(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     base_model: BaseModelSpec
     task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
     labels: list[str] | None = None  # class names, in label-id order (sequence classification)
@@ -187,7 +199,15 @@ class ExperimentSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     stages: list[StageSpec] = Field(min_length=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_plain_values(cls, data: Any) -> Any:
+        """No NUL / control characters in any string (the registry cannot store NUL), no inf / nan or
+        huge numbers, bounded nesting and sizes, also inside free-form `strategy.options`."""
+        _check_plain(data, "")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentSpec:
@@ -219,6 +239,31 @@ class ExperimentSpec(_Strict):
         return self.model_dump_json()
 
 
+def _check_plain(value: Any, where: str, depth: int = 0) -> None:
+    here = where or "(spec)"
+    if depth > MAX_NESTING + 4:  # the spec's own nesting plus MAX_NESTING inside options
+        raise ValueError(f"{here}: nested deeper than {MAX_NESTING} levels")
+    if isinstance(value, str):
+        bad = next((c for c in value if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)
+        if bad is not None:
+            raise ValueError(f"{here}: holds the control character {bad!r}; remove it")
+    elif isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > MAX_OPTION_ABS:
+            raise ValueError(
+                f"{here}: {value} is not a finite number of magnitude at most {MAX_OPTION_ABS:g}"
+            )
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 2**63 - 1:
+            raise ValueError(f"{here}: {value} does not fit in 64 bits")
+    elif isinstance(value, (dict, list, tuple)):
+        if len(value) > MAX_ITEMS:
+            raise ValueError(f"{here}: has {len(value)} entries; the limit is {MAX_ITEMS}")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            _check_plain(key, here, depth + 1)
+            _check_plain(item, f"{where}.{key}" if where else str(key), depth + 1)
+
+
 def _format_validation_error(err: ValidationError) -> str:
     parts = []
     for item in err.errors():
@@ -247,6 +292,7 @@ def load_spec_yaml(text: str) -> ExperimentSpec:
 
 
 def load_spec_json(text: str) -> ExperimentSpec:
+    """The spec stored at submit time (``ExperimentSpec.to_json``); every accepted spec reloads."""
     try:
         return ExperimentSpec.model_validate_json(text)
     except ValidationError as err:

@@ -130,7 +130,7 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    num_examples: Mapped[int] = mapped_column(Integer, default=0)
+    num_examples: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
 
@@ -145,7 +145,7 @@ class Update(Base):
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
     # receiving, verified, folded, rejected
     state: Mapped[str] = mapped_column(String(32), default="receiving")
-    num_examples: Mapped[int] = mapped_column(Integer, default=0)
+    num_examples: Mapped[int] = mapped_column(BigInteger, default=0)
     weight: Mapped[float] = mapped_column(Float, default=0.0)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -174,7 +174,7 @@ class ModelVersion(Base):
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)  # side file name -> blob digest
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     sites: Mapped[list[Any]] = mapped_column(default=list)  # contributing site names
-    num_examples: Mapped[int] = mapped_column(Integer, default=0)
+    num_examples: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from fedtune import limits
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.tls import make_channel
 from fedtune.v1 import worker_pb2, worker_pb2_grpc
@@ -133,14 +134,14 @@ class Connection:
         request = worker_pb2.RegisterRequest(
             site=self.settings.site,
             token=self.settings.token,
-            worker_version=worker_version,
+            worker_version=limits.clip_text(worker_version, limits.MAX_WORKER_VERSION_CHARS),
             device=worker_pb2.DeviceInfo(
-                kind=str(device.get("kind", "")),
-                name=str(device.get("name", "") or ""),
+                kind=limits.clip_text(str(device.get("kind", "")), limits.MAX_DEVICE_TEXT_CHARS),
+                name=limits.clip_text(str(device.get("name", "") or ""), limits.MAX_DEVICE_TEXT_CHARS),
                 memory_bytes=int(device.get("memory_bytes", 0) or 0),
                 bf16=bool(device.get("bf16", False)),
             ),
-            dataset_sizes={k: int(v) for k, v in dataset_sizes.items()},
+            dataset_sizes=_door_dataset_sizes(dataset_sizes),
         )
         answer = self._unary("Register", request)
         self.worker_id = answer.worker_id
@@ -150,7 +151,7 @@ class Connection:
 
     def heartbeat(self, task_id: str = "", progress: str = "") -> worker_pb2.HeartbeatResponse:
         request = worker_pb2.HeartbeatRequest(
-            worker_id=self.worker_id, task_id=task_id, progress=progress[:500]
+            worker_id=self.worker_id, task_id=task_id, progress=limits.clip_text(progress, 500)
         )
         answer: worker_pb2.HeartbeatResponse = self._unary(
             "Heartbeat", request, timeout=max(5.0, self.heartbeat_seconds), max_attempts=1
@@ -174,9 +175,9 @@ class Connection:
         request = worker_pb2.ReportResultRequest(
             task_id=task_id,
             ok=ok,
-            error=error[:2000],
+            error=limits.clip_text(error, 2000),
             num_examples=int(num_examples),
-            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            metrics=limits.clip_metrics(metrics or {}),
         )
         self._unary("ReportResult", request, max_attempts=8)
 
@@ -215,6 +216,16 @@ class Connection:
     ) -> worker_pb2.PushUpdateResponse:
         """Stream header + chunks; after a break, resume where the coordinator stopped."""
         return uploads.push_update(self, task_id, output, cancel=cancel, progress=progress)
+
+
+def _door_dataset_sizes(sizes: dict[str, int]) -> dict[str, int]:
+    """The file sizes the coordinator's door accepts: valid names, the first MAX_DATASET_ENTRIES by name."""
+    kept = {
+        name: min(max(int(size), 0), limits.MAX_DATASET_SIZE)
+        for name, size in sorted(sizes.items())
+        if name and len(name) <= limits.MAX_DATASET_NAME_CHARS and limits.control_character(name) is None
+    }
+    return dict(list(kept.items())[: limits.MAX_DATASET_ENTRIES])
 
 
 __all__ = ["MAX_MESSAGE_BYTES", "Connection"]

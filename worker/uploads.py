@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from fedtune.limits import clip_metrics
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.v1 import worker_pb2
 from worker.retry import RpcFailure, Stopped, is_transient, rpc_status
@@ -82,7 +83,7 @@ def _upload_requests(
     header = worker_pb2.UpdateHeader(
         task_id=task_id,
         num_examples=int(output.num_examples),
-        metrics={k: float(v) for k, v in output.metrics.items()},
+        metrics=clip_metrics(output.metrics),  # what the coordinator's door accepts (fedtune.limits)
         manifest=manifest_to_proto(manifest),
         files=dict(output.files),
         resume=resume,

@@ -171,8 +171,16 @@ class AdminClient:
         return self._unary("AbortExperiment", request, admin_pb2.Experiment)
 
     def list_rounds(self, experiment_id: str) -> list[admin_pb2.RoundInfo]:
-        request = admin_pb2.ListRoundsRequest(experiment_id=experiment_id)
-        return list(self._unary("ListRounds", request, admin_pb2.ListRoundsResponse).rounds)
+        """Every round of the experiment, page by page."""
+        rounds: list[admin_pb2.RoundInfo] = []
+        token = ""
+        while True:
+            request = admin_pb2.ListRoundsRequest(experiment_id=experiment_id, page_token=token)
+            page = self._unary("ListRounds", request, admin_pb2.ListRoundsResponse)
+            rounds.extend(page.rounds)
+            token = page.next_page_token
+            if not token:
+                return rounds
 
     # ---- sites and workers ----------------------------------------------------------------------
 

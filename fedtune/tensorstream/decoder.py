@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.tensorstream.dtypes import is_finite_raw, wire_dtype
+from fedtune.tensorstream.dtypes import is_finite_raw, max_abs_raw, wire_dtype
 from fedtune.tensorstream.manifest import MAX_CHUNK_BYTES, Chunk, Manifest
 from fedtune.tensorstream.safetensors_file import SafetensorsFileWriter, partial_path
 
@@ -44,9 +44,12 @@ class StreamDecoder:
         max_chunk_bytes: int = MAX_CHUNK_BYTES,
         check_finite: bool = True,
         sync_every_bytes: int = DEFAULT_SYNC_EVERY_BYTES,
+        max_abs_value: float | None = None,
     ) -> None:
-        """Start a fresh stream into ``<out_path>.partial`` (replacing any earlier partial upload)."""
-        self._setup(manifest, out_path, max_chunk_bytes, check_finite, sync_every_bytes)
+        """Start a fresh stream into ``<out_path>.partial`` (replacing any earlier partial upload).
+
+        With `max_abs_value`, a chunk holding a value of larger magnitude is refused (NON_FINITE)."""
+        self._setup(manifest, out_path, max_chunk_bytes, check_finite, sync_every_bytes, max_abs_value)
         progress_path(self.out_path).unlink(missing_ok=True)  # never trust a stale sidecar
         writer = SafetensorsFileWriter(self.out_path, manifest)
         writer.sync()
@@ -60,6 +63,7 @@ class StreamDecoder:
         max_chunk_bytes: int,
         check_finite: bool,
         sync_every_bytes: int,
+        max_abs_value: float | None = None,
     ) -> None:
         manifest.validate()
         if not _DIGEST.fullmatch(manifest.digest):
@@ -74,6 +78,7 @@ class StreamDecoder:
         self.out_path = Path(out_path)
         self.max_chunk_bytes = max_chunk_bytes
         self.check_finite = check_finite
+        self.max_abs_value = max_abs_value
         self.sync_every_bytes = sync_every_bytes
         self._starts = [0]
         for t in manifest.tensors:
@@ -93,6 +98,7 @@ class StreamDecoder:
         max_chunk_bytes: int = MAX_CHUNK_BYTES,
         check_finite: bool = True,
         sync_every_bytes: int = DEFAULT_SYNC_EVERY_BYTES,
+        max_abs_value: float | None = None,
     ) -> StreamDecoder:
         """Reopen ``<out_path>.partial`` at the position its progress sidecar records (0 without one),
         re-hashing the bytes already received.
@@ -100,7 +106,7 @@ class StreamDecoder:
         NOT_FOUND when there is no partial file; BAD_MANIFEST when it was written for another manifest.
         """
         decoder = cls.__new__(cls)
-        decoder._setup(manifest, out_path, max_chunk_bytes, check_finite, sync_every_bytes)
+        decoder._setup(manifest, out_path, max_chunk_bytes, check_finite, sync_every_bytes, max_abs_value)
         writer = SafetensorsFileWriter.reopen(decoder.out_path, manifest)
         decoder._writer = writer
         try:
@@ -225,17 +231,29 @@ class StreamDecoder:
                 ErrorCode.CHECKSUM_MISMATCH,
                 f"crc32 mismatch in tensor {spec.name!r} at offset {chunk.offset}",
             )
-        if self.check_finite and not is_finite_raw(
-            np.frombuffer(chunk.data, wire_dtype(spec.dtype).storage), spec.dtype
-        ):
-            raise FedtuneError(
-                ErrorCode.NON_FINITE, f"tensor {spec.name!r} has NaN or Inf near byte offset {chunk.offset}"
-            )
+        if self.check_finite or self.max_abs_value is not None:
+            self._check_values(spec.name, spec.dtype, chunk)
         writer.write_bytes(chunk.tensor_index, chunk.offset, chunk.data)
         self._sha.update(chunk.data)
         self._received += size
         if self._received - self._synced >= self.sync_every_bytes:
             self.checkpoint()
+
+    def _check_values(self, name: str, dtype: str, chunk: Chunk) -> None:
+        """NaN / Inf, and values beyond `max_abs_value`, in one chunk (O(chunk) memory)."""
+        raw = np.frombuffer(chunk.data, wire_dtype(dtype).storage)
+        if not is_finite_raw(raw, dtype):  # max_abs_value implies finite
+            raise FedtuneError(
+                ErrorCode.NON_FINITE, f"tensor {name!r} has NaN or Inf near byte offset {chunk.offset}"
+            )
+        if self.max_abs_value is not None:
+            largest = max_abs_raw(raw, dtype)
+            if largest > self.max_abs_value:
+                raise FedtuneError(
+                    ErrorCode.NON_FINITE,
+                    f"tensor {name!r} has a value of magnitude {largest:g} near byte offset {chunk.offset}; "
+                    f"the limit is {self.max_abs_value:g} (the coordinator's max_update_abs_value)",
+                )
 
     def checkpoint(self) -> None:
         """fsync the partial file, then record its progress in the sidecar (what `resume` continues from)."""

@@ -102,3 +102,14 @@ def is_finite_raw(raw: np.ndarray, dtype_name: str) -> bool:
     if dtype_name == "bfloat16":
         return not bool(np.any((raw & 0x7F80) == 0x7F80))
     return bool(np.isfinite(raw).all())
+
+
+def max_abs_raw(raw: np.ndarray, dtype_name: str) -> float:
+    """The largest |value| in raw storage `raw` (0.0 when empty); call after `is_finite_raw`."""
+    if raw.size == 0 or dtype_name == "bool":
+        return 0.0
+    if dtype_name == "bfloat16":
+        return float(np.abs(to_float32(raw, dtype_name)).max())
+    if wire_dtype(dtype_name).floating:
+        return float(np.abs(raw).max())
+    return float(max(abs(int(raw.max())), abs(int(raw.min()))))  # integers: no overflow in abs()

@@ -60,10 +60,14 @@ class ListExperimentsResponse(_message.Message):
     def __init__(self, experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ...) -> None: ...
 
 class ListRoundsRequest(_message.Message):
-    __slots__ = ("experiment_id",)
+    __slots__ = ("experiment_id", "page_size", "page_token")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
-    def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, experiment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class RoundInfo(_message.Message):
     __slots__ = ("round_id", "experiment_id", "stage", "stage_index", "round", "state", "tasks_total", "updates_received", "opened_unix", "deadline_unix", "closed_unix", "reason", "metrics", "model_version_id", "site_updates")
@@ -130,10 +134,12 @@ class SiteUpdate(_message.Message):
     def __init__(self, site: _Optional[str] = ..., num_examples: _Optional[int] = ..., weight: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., received_bytes: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ListRoundsResponse(_message.Message):
-    __slots__ = ("rounds",)
+    __slots__ = ("rounds", "next_page_token")
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     rounds: _containers.RepeatedCompositeFieldContainer[RoundInfo]
-    def __init__(self, rounds: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, rounds: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AddSiteRequest(_message.Message):
     __slots__ = ("name",)

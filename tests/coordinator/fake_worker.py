@@ -62,22 +62,29 @@ class FakeWorker:
     def close(self) -> None:
         self.channel.close()
 
-    def register(self) -> str:
+    def register(
+        self,
+        *,
+        worker_version: str = "fake",
+        device_name: str = "",
+        dataset_sizes: Mapping[str, int] | None = None,
+    ) -> str:
         response = self.stub.Register(
             worker_pb2.RegisterRequest(
                 site=self.site,
                 token=self.token,
-                worker_version="fake",
-                device=worker_pb2.DeviceInfo(kind="cpu"),
+                worker_version=worker_version,
+                device=worker_pb2.DeviceInfo(kind="cpu", name=device_name),
+                dataset_sizes=dict(dataset_sizes or {}),
             ),
             timeout=10,
         )
         self.worker_id = response.worker_id
         return self.worker_id
 
-    def heartbeat(self, task_id: str = "") -> bool:
+    def heartbeat(self, task_id: str = "", progress: str = "") -> bool:
         response = self.stub.Heartbeat(
-            worker_pb2.HeartbeatRequest(worker_id=self.worker_id, task_id=task_id),
+            worker_pb2.HeartbeatRequest(worker_id=self.worker_id, task_id=task_id, progress=progress),
             metadata=self.metadata,
             timeout=10,
         )
@@ -151,9 +158,19 @@ class FakeWorker:
             worker_pb2.GetUploadStatusRequest(task_id=task_id), metadata=self.metadata, timeout=10
         )
 
-    def report(self, task_id: str, *, ok: bool, error: str = "") -> None:
+    def report(
+        self,
+        task_id: str,
+        *,
+        ok: bool,
+        error: str = "",
+        metrics: Mapping[str, float] | None = None,
+        num_examples: int = 0,
+    ) -> None:
         self.stub.ReportResult(
-            worker_pb2.ReportResultRequest(task_id=task_id, ok=ok, error=error),
+            worker_pb2.ReportResultRequest(
+                task_id=task_id, ok=ok, error=error, metrics=dict(metrics or {}), num_examples=num_examples
+            ),
             metadata=self.metadata,
             timeout=10,
         )

@@ -237,9 +237,12 @@ def test_coordinator_stores_and_shows_a_sites_error_bounded_and_printable(cluste
     a = cluster.worker("a")
     experiment_id = submit(admin, spec_yaml(min_sites=1, sites=["a"]))
     task = wait_for(lambda: a.pull(wait_seconds=1.0))
-    hostile = "\x1b]0;owned\x07" + "line\r\n\x00" * 2000 + "tail-that-must-be-cut"
+    escapes = "\x1b]0;owned\x07" + "line\r\n\x00" * 20
+    multiline = "line one\n\tline two " * 200 + "tail-that-may-be-cut"  # 3,620 characters
     # Execute
-    a.report(task.task_id, ok=False, error=hostile)
+    with pytest.raises(grpc.RpcError) as refused:
+        a.report(task.task_id, ok=False, error=escapes)
+    a.report(task.task_id, ok=False, error=multiline)
     experiment = wait_for(lambda: (e := admin.experiment(experiment_id)).state == "failed" and e)
     events = list(
         admin.stub.WatchEvents(
@@ -252,7 +255,9 @@ def test_coordinator_stores_and_shows_a_sites_error_bounded_and_printable(cluste
         stored = uow.session.get(models.Task, task.task_id)
         assert stored is not None
         task_error = stored.error
-    # Assert
+    # Assert: control characters are refused at the door; what passes is stored and shown as one
+    # bounded, printable line
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     failed = [e for e in events if e.kind == "task.failed"]
     assert len(failed) == 1
     event_error = json.loads(failed[0].data_json)["error"]
@@ -264,5 +269,5 @@ def test_coordinator_stores_and_shows_a_sites_error_bounded_and_printable(cluste
     }
     for where, (text, limit) in shown.items():
         assert 0 < len(text) <= limit, where
-        assert not _control_characters(text), where
-        assert "tail-that-must-be-cut" not in text and text.endswith(TRUNCATION_MARKER), where
+        assert not _control_characters(text) and "\n" not in text and "\t" not in text, where
+    assert failed[0].message.endswith(TRUNCATION_MARKER), "an event message is cut at its limit"
