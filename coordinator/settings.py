@@ -36,6 +36,10 @@ class CoordinatorSettings(BaseModel):
     max_chunk_bytes: int = Field(MAX_CHUNK_BYTES, ge=1024)
     max_update_bytes: int = Field(8 << 30, ge=1)
     scheduler_tick_seconds: float = Field(0.5, gt=0)
+    # A round whose commit fails on I/O (disk full ...) is retried after this wait, doubling up to the
+    # max (coordinator/commit_retry.py, docs/decisions.md 24).
+    commit_retry_initial_seconds: float = Field(1.0, gt=0)
+    commit_retry_max_seconds: float = Field(60.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = False
     # TLS (design.md section 7): server TLS when cert and key are set; mutual TLS when client_ca is set.
@@ -54,6 +58,15 @@ class CoordinatorSettings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: set both (server TLS) or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
+
+    @model_validator(mode="after")
+    def _check_commit_retry(self) -> CoordinatorSettings:
+        if self.commit_retry_max_seconds < self.commit_retry_initial_seconds:
+            raise ValueError(
+                "commit_retry_max_seconds must be >= commit_retry_initial_seconds "
+                f"({self.commit_retry_initial_seconds})"
+            )
         return self
 
     @property
