@@ -210,8 +210,18 @@ class UploadService:
     ) -> tuple[str, int]:
         admission.spool_path.parent.mkdir(parents=True, exist_ok=True)
         options = {"max_chunk_bytes": self._settings.max_chunk_bytes, "check_finite": True}
+        restarted = False
         if header.resume:
-            decoder = StreamDecoder.resume(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
+            # what a crash leaves (a sidecar without its partial, a partial cut short) cannot continue:
+            # start again from byte 0 rather than fail (GetUploadStatus already says "not in progress")
+            decoder, restarted = StreamDecoder.resume_or_restart(
+                header.manifest, admission.spool_path, max_chunk_bytes=self._settings.max_chunk_bytes
+            )
+            if restarted:
+                log.warning(
+                    "no resumable partial upload; restarted from the beginning",
+                    extra={"task": admission.task_id, "site": admission.site},
+                )
         else:
             decoder = StreamDecoder(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
         try:
@@ -219,6 +229,13 @@ class UploadService:
             while (item := _next_item(items)) is not None:
                 if not isinstance(item, Chunk):
                     raise FedtuneError(ErrorCode.BAD_CHUNK, "a second header inside one PushUpdate stream")
+                if first_chunk and restarted and (item.tensor_index, item.offset) != (0, 0):
+                    raise FedtuneError(
+                        ErrorCode.BAD_CHUNK,
+                        f"the coordinator holds no usable partial upload for task {admission.task_id} "
+                        f"(lost in a crash?), so it cannot continue at tensor {item.tensor_index} offset "
+                        f"{item.offset}; send the update again from tensor 0 offset 0",
+                    )
                 if first_chunk and header.resume:
                     # the client may resume from a status read before its old stream was closed here
                     decoder.rewind_to(item.tensor_index, item.offset)
