@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from sqlalchemy import func, select
 
 from coordinator.clock import Clock
+from coordinator.waiting import current_waiting_reason
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.serde import (
     EventRecord,
@@ -63,6 +64,7 @@ def _experiment_record(uow: SqlUnitOfWork, row: models.Experiment) -> Experiment
         updated_unix=row.updated_at,
         error=row.error,
         latest_model_version_id=latest.id if latest is not None else "",
+        waiting_reason=current_waiting_reason(uow, row.id) if row.state == "running" else "",
     )
 
 

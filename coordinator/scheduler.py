@@ -26,6 +26,7 @@ from coordinator.notify import Notifier
 from coordinator.selection import select_sites
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import commit_personalize_round, stage_needs_init
+from coordinator.waiting import announce_waiting, round_waiting_reason
 from fedtune.errors import FedtuneError
 from fedtune.spec import ExperimentSpec, load_spec_json
 from storage import models
@@ -192,8 +193,12 @@ class Scheduler:
                 site = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
                 if site is not None:
                     break
-            if site is None:
-                return  # no site available yet: wait
+            if site is None:  # no site available yet: wait, and say why (once)
+                one_site = selection.model_copy(update={"min_sites": 1})
+                what = f"the initial version of {spec.stages[stage_index].stage_name}"
+                if announce_waiting(uow, experiment_id, round_waiting_reason(uow, one_site, online, what)):
+                    uow.commit()
+                return
             task = models.Task(
                 id=models.new_id("task"),
                 experiment_id=experiment_id,
@@ -224,8 +229,13 @@ class Scheduler:
         with self._uow_factory() as uow:
             online = online_site_names(uow, now, self._settings.worker_offline_after_seconds)
             chosen = select_sites(online, stage.selection, spec.seed, number)
-            if chosen is None:
-                return  # fewer than min_sites online: wait
+            if chosen is None:  # fewer than min_sites online: wait, and say why (once)
+                what = f"{stage.stage_name} round {number}"
+                if announce_waiting(
+                    uow, experiment_id, round_waiting_reason(uow, stage.selection, online, what)
+                ):
+                    uow.commit()
+                return
             base = latest_model_version(uow, experiment_id)
             assert base is not None
             sites = uow.session.scalars(select(models.Site).where(models.Site.name.in_(chosen))).all()
