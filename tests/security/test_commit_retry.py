@@ -8,6 +8,7 @@ coordinator is the real one over gRPC, on SQLite and (with FEDTUNE_TEST_DATABASE
 from __future__ import annotations
 
 import errno
+import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from coordinator.commit_retry import CommitRetries, describe_error, is_transient_io_error
 from coordinator.settings import CoordinatorSettings
@@ -214,6 +216,9 @@ def test_only_io_and_database_failures_count_as_transient() -> None:
     # Execute / Assert
     assert is_transient_io_error(OSError(errno.ENOSPC, "No space left on device"))
     assert is_transient_io_error(wrapped(OSError(errno.EIO, "Input/output error")))
+    assert is_transient_io_error(
+        OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+    )
     assert not is_transient_io_error(FileNotFoundError(errno.ENOENT, "gone"))
     assert not is_transient_io_error(FedtuneError(ErrorCode.ALREADY_EXISTS, "version 2 taken"))
     assert not is_transient_io_error(ValueError("bug"))
