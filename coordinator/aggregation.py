@@ -214,39 +214,52 @@ class RoundAggregator:
                     raise FedtuneError(ErrorCode.WRONG_STATE, f"round {round_id} is {rnd.state}")
                 rnd.state = "aggregating"
                 uow.commit()
-            active = self._ensure(round_id)
-            result = active.strategy.finish_round()
-            state_digest = self._blobs.put_file(result.state_path) if result.state_path else None
-            with self._uow_factory() as uow:
-                plan = _commit_plan(uow, round_id, self._blobs)
-            metrics = dict(plan.client_metrics)
-            metrics.update({f"strategy.{k}": float(v) for k, v in result.metrics.items()})
-            now = self._clock.now()
-
-            def extra(uow: SqlUnitOfWork, version: models.ModelVersion) -> None:
-                _apply_commit(uow, round_id, version, metrics, state_digest, dict(result.state_scalars), now)
-
-            version = store_model_version(
-                self._uow_factory,
-                self._blobs,
-                tensors_path=result.new_tensors_path,
-                files=plan.files,
-                experiment_id=plan.experiment_id,
-                version=plan.next_version,
-                parent_id=plan.base_version_id,
-                stage_index=plan.stage_index,
-                stage_name=plan.stage_name,
-                round=plan.round,
-                kind="adapter",
-                manifest=manifest_for_file(result.new_tensors_path).to_json(),
-                metrics=metrics,
-                sites=plan.sites,
-                num_examples=plan.num_examples,
-                extra=extra,
-            )
+            try:
+                version_id = self._finish_and_store(round_id)
+            except BaseException:
+                # The round stays `aggregating` with its spool intact; a retry rebuilds the accumulator
+                # from the spool (the strategy may be half-finished), and the work files go now: on a
+                # full disk they hold the space the retry needs.
+                self._active.pop(round_id, None)
+                shutil.rmtree(self.work_dir(round_id), ignore_errors=True)
+                raise
             self.discard(round_id)
-        log.info("round committed", extra={"round": round_id, "version": version.id})
+        log.info("round committed", extra={"round": round_id, "version": version_id})
         self._on_change()
+        return version_id
+
+    def _finish_and_store(self, round_id: str) -> str:
+        """finish_round, then the new version + the committed round in one transaction (round lock held)."""
+        active = self._ensure(round_id)
+        result = active.strategy.finish_round()
+        state_digest = self._blobs.put_file(result.state_path) if result.state_path else None
+        with self._uow_factory() as uow:
+            plan = _commit_plan(uow, round_id, self._blobs)
+        metrics = dict(plan.client_metrics)
+        metrics.update({f"strategy.{k}": float(v) for k, v in result.metrics.items()})
+        now = self._clock.now()
+
+        def extra(uow: SqlUnitOfWork, version: models.ModelVersion) -> None:
+            _apply_commit(uow, round_id, version, metrics, state_digest, dict(result.state_scalars), now)
+
+        version = store_model_version(
+            self._uow_factory,
+            self._blobs,
+            tensors_path=result.new_tensors_path,
+            files=plan.files,
+            experiment_id=plan.experiment_id,
+            version=plan.next_version,
+            parent_id=plan.base_version_id,
+            stage_index=plan.stage_index,
+            stage_name=plan.stage_name,
+            round=plan.round,
+            kind="adapter",
+            manifest=manifest_for_file(result.new_tensors_path).to_json(),
+            metrics=metrics,
+            sites=plan.sites,
+            num_examples=plan.num_examples,
+            extra=extra,
+        )
         return version.id
 
     def discard(self, round_id: str) -> None:
@@ -346,6 +359,7 @@ def _apply_commit(
     session = uow.session
     rnd = _get_round(uow, round_id)
     rnd.state, rnd.closed_at, rnd.metrics, rnd.model_version_id = "committed", now, metrics, version.id
+    rnd.reason = ""  # a commit that waited on I/O said why in the reason; it is done now
     cancel_live_tasks(uow, round_id=round_id)
     session.add(
         models.StrategyState(

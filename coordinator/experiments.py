@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from coordinator.clock import Clock
 from coordinator.notify import Notifier
 from coordinator.strategies.registry import build_strategy
+from coordinator.waiting import check_selection_sites_known
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, load_spec_yaml
 from storage import models
@@ -117,6 +118,7 @@ class ExperimentService:
         experiment_id = models.new_id("exp")
         now = self._clock.now()
         with self._uow_factory() as uow:
+            check_selection_sites_known(uow, spec)  # a site no round can ever have: refuse now
             uow.session.add(
                 models.Experiment(
                     id=experiment_id,

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from coordinator.clock import Clock
+from coordinator.waiting import current_waiting_reason
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.limits import (
     MAX_DATASET_ENTRIES,
@@ -80,6 +81,7 @@ def _experiment_record(uow: SqlUnitOfWork, row: models.Experiment) -> Experiment
         updated_unix=row.updated_at,
         error=public_text(row.error or "", ERROR_TEXT_LIMIT),
         latest_model_version_id=latest.id if latest is not None else "",
+        waiting_reason=current_waiting_reason(uow, row.id) if row.state == "running" else "",
     )
 
 

@@ -20,11 +20,13 @@ from sqlalchemy import func, select, update
 
 from coordinator.aggregation import FOLDABLE, RoundAggregator
 from coordinator.clock import Clock
+from coordinator.commit_retry import CommitRetries, describe_error, is_transient_io_error
 from coordinator.experiments import LIVE_TASK_STATES, OPEN_ROUND_STATES, cancel_live_tasks
 from coordinator.notify import Notifier
 from coordinator.selection import select_sites
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import commit_personalize_round, stage_needs_init
+from coordinator.waiting import announce_waiting, round_waiting_reason
 from fedtune.errors import FedtuneError
 from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.spec import ExperimentSpec, load_spec_json
@@ -62,6 +64,9 @@ class Scheduler:
         self._aggregator = aggregator
         self._notifier = notifier
         self._tick_lock = threading.Lock()
+        self._commit_retries = CommitRetries(
+            settings.commit_retry_initial_seconds, settings.commit_retry_max_seconds
+        )
 
     # ----------------------------------------------------------------- loop
     def run(self, stop: threading.Event) -> None:
@@ -190,8 +195,12 @@ class Scheduler:
                 site = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
                 if site is not None:
                     break
-            if site is None:
-                return  # no site available yet: wait
+            if site is None:  # no site available yet: wait, and say why (once)
+                one_site = selection.model_copy(update={"min_sites": 1})
+                what = f"the initial version of {spec.stages[stage_index].stage_name}"
+                if announce_waiting(uow, experiment_id, round_waiting_reason(uow, one_site, online, what)):
+                    uow.commit()
+                return
             task = models.Task(
                 id=models.new_id("task"),
                 experiment_id=experiment_id,
@@ -223,8 +232,13 @@ class Scheduler:
         with self._uow_factory() as uow:
             online = online_site_names(uow, now, self._settings.worker_offline_after_seconds)
             chosen = select_sites(online, stage.selection, spec.seed, number)
-            if chosen is None:
-                return  # fewer than min_sites online: wait
+            if chosen is None:  # fewer than min_sites online: wait, and say why (once)
+                what = f"{stage.stage_name} round {number}"
+                if announce_waiting(
+                    uow, experiment_id, round_waiting_reason(uow, stage.selection, online, what)
+                ):
+                    uow.commit()
+                return
             base = latest_model_version(uow, experiment_id)
             assert base is not None
             sites = uow.session.scalars(select(models.Site).where(models.Site.name.in_(chosen))).all()
@@ -318,10 +332,13 @@ class Scheduler:
         )
 
     def _drive_round(self, round_id: str) -> None:
+        if not self._commit_retries.due(round_id, self._clock.now()):
+            return  # waiting after an I/O failure (see _wait_after_io_failure)
         try:
             self._aggregator.begin(round_id)
-        except FedtuneError as err:
-            self.fail_round(round_id, f"could not start aggregation: {err.message}")
+        except Exception as err:
+            if not self._wait_after_io_failure(round_id, "start aggregation", err):
+                self.fail_round(round_id, f"could not start aggregation: {_message(err)}")
             return
         now = self._clock.now()
         with self._uow_factory() as uow:
@@ -352,8 +369,68 @@ class Scheduler:
             return
         try:
             self._aggregator.commit(round_id)
-        except FedtuneError as err:
-            self.fail_round(round_id, f"aggregation failed: {err.message}")
+        except Exception as err:
+            if not self._wait_after_io_failure(round_id, "commit", err):
+                self.fail_round(round_id, f"aggregation failed: {_message(err)}")
+            return
+        attempts = self._commit_retries.forget(round_id)
+        if attempts:
+            log.info("round committed after waiting on I/O", extra={"round": round_id, "failures": attempts})
+
+    # ----------------------------------------------------------------- commit retry
+    def _wait_after_io_failure(self, round_id: str, action: str, err: Exception) -> bool:
+        """A transient I/O failure keeps the round (and its spooled updates) for a later attempt.
+
+        Returns False when `err` is not transient (the caller fails the round). Otherwise the round
+        waits with exponential backoff, and says why: its reason (``fedtune admin rounds``), a
+        ``round.commit_retry`` event (first failure, a new error, then every few minutes) and a log line.
+        """
+        if not is_transient_io_error(err):
+            self._commit_retries.forget(round_id)
+            if not isinstance(err, FedtuneError):
+                log.error("round %s: %s failed", round_id, action, exc_info=err)
+            return False
+        now = self._clock.now()
+        error = describe_error(err)
+        decision = self._commit_retries.failed(round_id, now, error)
+        reason = (
+            f"waiting to {action}: {error}; attempt {decision.attempt} failed, "
+            f"next in {decision.delay_text} (free space or fix the storage; the updates are kept)"
+        )
+        log.warning(
+            "round %s: %s failed on I/O (%s); retrying in %.1f s (attempt %d)",
+            round_id,
+            action,
+            error,
+            decision.delay_seconds,
+            decision.attempt,
+        )
+        try:
+            with self._uow_factory() as uow:
+                rnd = uow.session.get(models.Round, round_id)
+                if rnd is None or rnd.state not in OPEN_ROUND_STATES:
+                    return True
+                rnd.reason = reason
+                if decision.announce:
+                    record_event(
+                        uow,
+                        "round.commit_retry",
+                        f"round {rnd.round} could not {action}: {error}; retrying in "
+                        f"{decision.delay_text} (attempt {decision.attempt})",
+                        rnd.experiment_id,
+                        {
+                            "round_id": round_id,
+                            "round": rnd.round,
+                            "action": action,
+                            "attempt": decision.attempt,
+                            "retry_in_seconds": decision.delay_seconds,
+                            "error": error,
+                        },
+                    )
+                uow.commit()
+        except Exception:  # the database may sit on the full disk too; the log line above says it
+            log.warning("could not record why round %s waits", round_id, exc_info=True)
+        return True
 
     def fail_round(self, round_id: str, reason: str) -> None:
         now = self._clock.now()
@@ -373,6 +450,7 @@ class Scheduler:
             )
             self._fail_experiment(uow, rnd.experiment_id, f"round {rnd.round} failed: {reason}")
             uow.commit()
+        self._commit_retries.forget(round_id)
         log.warning("round failed", extra={"round": round_id, "reason": reason})
         self._aggregator.discard(round_id)
         self._notifier.notify()
@@ -396,3 +474,10 @@ class Scheduler:
             experiment_id,
             {"reason": reason},
         )
+
+
+def _message(err: Exception) -> str:
+    """A FedtuneError's public message, or the type and text of an unexpected exception (bounded)."""
+    if isinstance(err, FedtuneError):
+        return err.message
+    return f"{type(err).__name__}: {describe_error(err)}"

@@ -30,7 +30,7 @@ START_TIMEOUT_SECONDS = 30.0
 class CoordinatorServer:
     """A running coordinator: the asyncio gRPC server on its own event-loop thread, and the scheduler.
 
-    Capacity is not a thread count (docs/decisions.md 24): every open call lives on the event loop;
+    Capacity is not a thread count (docs/decisions.md 28): every open call lives on the event loop;
     threads are taken only for database and disk work, from pools of fixed size.
     """
 

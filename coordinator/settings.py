@@ -43,7 +43,7 @@ class CoordinatorSettings(BaseModel):
     # value x weight x sites (1e9 x 1e9 x 1e3) far from float32's 3.4e38, so no accumulator overflows.
     max_update_abs_value: float = Field(1e9, gt=0, allow_inf_nan=False)
     scheduler_tick_seconds: float = Field(0.5, gt=0)
-    # Capacity (docs/decisions.md 24): calls wait on the event loop, not on threads; these bound
+    # Capacity (docs/decisions.md 28): calls wait on the event loop, not on threads; these bound
     # what one site may hold open and how long a stream may stay silent.
     max_site_pulls: int = Field(4, ge=1)  # concurrent PullTask long-polls per site
     max_site_uploads: int = Field(2, ge=1)  # concurrent PushUpdate streams per site
@@ -52,6 +52,10 @@ class CoordinatorSettings(BaseModel):
     stream_idle_seconds: float = Field(60.0, gt=0)  # a stream that sends or reads nothing this long ends
     rpc_threads: int = Field(8, ge=1, le=64)  # threads for database and disk work of Worker calls
     admin_threads: int = Field(4, ge=1, le=64)  # threads for Admin calls (kept apart from the sites')
+    # A round whose commit fails on I/O (disk full ...) is retried after this wait, doubling up to the
+    # max (coordinator/commit_retry.py, docs/decisions.md 26).
+    commit_retry_initial_seconds: float = Field(1.0, gt=0)
+    commit_retry_max_seconds: float = Field(60.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = False
     # TLS (design.md section 7): server TLS when cert and key are set; mutual TLS when client_ca is set.
@@ -70,6 +74,15 @@ class CoordinatorSettings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: set both (server TLS) or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
+
+    @model_validator(mode="after")
+    def _check_commit_retry(self) -> CoordinatorSettings:
+        if self.commit_retry_max_seconds < self.commit_retry_initial_seconds:
+            raise ValueError(
+                "commit_retry_max_seconds must be >= commit_retry_initial_seconds "
+                f"({self.commit_retry_initial_seconds})"
+            )
         return self
 
     @property

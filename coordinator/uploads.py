@@ -200,14 +200,24 @@ class UploadService:
                 "check_finite": True,
                 "max_abs_value": self._settings.max_update_abs_value,
             }
+            restarted = False
             if header.resume:
-                decoder = StreamDecoder.resume(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
+                # what a crash leaves (a sidecar without its partial, a partial cut short) cannot continue:
+                # start again from byte 0 rather than fail (GetUploadStatus already says "not in progress")
+                decoder, restarted = StreamDecoder.resume_or_restart(
+                    header.manifest, admission.spool_path, **options
+                )
+                if restarted:
+                    log.warning(
+                        "no resumable partial upload; restarted from the beginning",
+                        extra={"task": admission.task_id, "site": admission.site},
+                    )
             else:
                 decoder = StreamDecoder(header.manifest, admission.spool_path, **options)  # type: ignore[arg-type]
         except BaseException:
             self._release(header.task_id)
             raise
-        return UploadSession(self, site_id, admission, header, decoder)
+        return UploadSession(self, site_id, admission, header, decoder, restarted=restarted)
 
     def _release(self, task_id: str) -> None:
         with self._guard:
@@ -396,8 +406,11 @@ class UploadSession:
         admission: _Admission,
         header: UpdateHeaderRecord,
         decoder: StreamDecoder,
+        *,
+        restarted: bool = False,
     ) -> None:
         self._service = service
+        self._restarted = restarted  # a resume header found nothing to resume: the stream must start at 0
         self._site_id = site_id
         self._admission = admission
         self._header = header
@@ -413,6 +426,14 @@ class UploadSession:
         with self._rejections():
             if not isinstance(item, Chunk):
                 raise FedtuneError(ErrorCode.BAD_CHUNK, "a second header inside one PushUpdate stream")
+            position = (item.tensor_index, item.offset)
+            if self._first_chunk and self._restarted and position != (0, 0):
+                raise FedtuneError(
+                    ErrorCode.BAD_CHUNK,
+                    f"the coordinator holds no usable partial upload for task {self.task_id} (lost in a "
+                    f"crash?), so it cannot continue at tensor {position[0]} offset {position[1]}; send the "
+                    "update again from tensor 0 offset 0",
+                )
             if self._first_chunk and self._header.resume:
                 # the client may resume from a status read before its old stream was closed here
                 self._decoder.rewind_to(item.tensor_index, item.offset)

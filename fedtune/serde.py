@@ -29,6 +29,7 @@ class ExperimentRecord:
     updated_unix: float
     error: str = ""
     latest_model_version_id: str = ""
+    waiting_reason: str = ""  # why a running experiment cannot start its next round / task
 
 
 def experiment_to_proto(rec: ExperimentRecord) -> admin_pb2.Experiment:
@@ -44,6 +45,7 @@ def experiment_to_proto(rec: ExperimentRecord) -> admin_pb2.Experiment:
         updated_unix=rec.updated_unix,
         error=rec.error,
         latest_model_version_id=rec.latest_model_version_id,
+        waiting_reason=rec.waiting_reason,
     )
 
 
@@ -60,6 +62,7 @@ def experiment_from_proto(msg: admin_pb2.Experiment) -> ExperimentRecord:
         updated_unix=msg.updated_unix,
         error=msg.error,
         latest_model_version_id=msg.latest_model_version_id,
+        waiting_reason=msg.waiting_reason,
     )
 
 

@@ -2,7 +2,8 @@
 
 The update streams as a header (task, metrics, manifest, side files) and then chunks. After a break
 the worker asks GetUploadStatus and resumes where the coordinator stopped, restarts when it holds
-nothing, or is done when it already holds the whole update.
+nothing, or is done when it already holds the whole update. A resume the coordinator refuses (its
+partial was lost in a crash) starts again from byte 0 instead of dropping the task.
 """
 
 from __future__ import annotations
@@ -25,6 +26,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedtune.worker.connection")  # one logger for the whole gRPC side
 
+# Statuses with which a coordinator refuses to continue an upload at the position it reported (the
+# partial was lost in a crash, cut short, or did not match: BAD_CHUNK, NOT_FOUND, a sha256 mismatch
+# over the resumed prefix, an older coordinator's storage error). Sending from byte 0 fixes those.
+RESTART_AFTER_REFUSED_RESUME = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+# How often one upload starts again from byte 0 after a refused resume before the task gives up.
+MAX_UPLOAD_RESTARTS = 3
+
 
 def push_update(
     connection: Connection,
@@ -40,6 +55,7 @@ def push_update(
     manifest = manifest_for_arrays(output.arrays)
     start: tuple[int, int] | None = (0, 0)
     backoff = connection.new_backoff()
+    restarts = 0
     while True:
         if start is None:  # the coordinator already holds the whole update
             return worker_pb2.PushUpdateResponse(received_bytes=manifest.total_bytes)
@@ -54,6 +70,19 @@ def push_update(
             if connection.stopping(cancel):
                 raise Stopped("stopping") from None
             if not is_transient(code, details):
+                resumed = start != (0, 0)
+                if resumed and code in RESTART_AFTER_REFUSED_RESUME and restarts < MAX_UPLOAD_RESTARTS:
+                    restarts += 1
+                    log.warning(
+                        "the coordinator could not continue the upload for task %s at tensor %d offset %d "
+                        "(%s: %s); sending it again from the beginning",
+                        task_id,
+                        *start,
+                        code.name,
+                        details,
+                    )
+                    start = (0, 0)
+                    continue
                 raise RpcFailure("PushUpdate", code, details) from None
             delay = backoff.next_delay()
             log.warning(

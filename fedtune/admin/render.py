@@ -176,6 +176,7 @@ def experiment_details(e: admin_pb2.Experiment) -> Table:
             ("created", fmt_time(e.created_unix)),
             ("updated", fmt_time(e.updated_unix)),
             ("error", e.error),
+            ("waiting", e.waiting_reason),
         ],
     )
 

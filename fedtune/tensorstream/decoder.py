@@ -16,17 +16,20 @@ import os
 import re
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.tensorstream.dtypes import is_finite_raw, max_abs_raw, wire_dtype
 from fedtune.tensorstream.manifest import MAX_CHUNK_BYTES, Chunk, Manifest
-from fedtune.tensorstream.safetensors_file import SafetensorsFileWriter, partial_path
+from fedtune.tensorstream.safetensors_file import SafetensorsFileWriter, partial_path, read_header
 
 DEFAULT_SYNC_EVERY_BYTES = 8 << 20  # fsync + update the progress sidecar after this many new bytes
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _READ_BYTES = 1 << 20
+# What `resume` raises when the partial on disk cannot continue (missing, cut short, another layout).
+_CANNOT_RESUME = (ErrorCode.NOT_FOUND, ErrorCode.BAD_MANIFEST, ErrorCode.STORAGE)
 
 
 def progress_path(out_path: Path) -> Path:
@@ -117,14 +120,46 @@ class StreamDecoder:
             raise
         return decoder
 
+    @classmethod
+    def resume_or_restart(
+        cls, manifest: Manifest, out_path: Path, **options: Any
+    ) -> tuple[StreamDecoder, bool]:
+        """`resume` when the partial on disk can continue, else a fresh stream from byte 0; `options`
+        are those of the constructor.
+
+        Returns (decoder, restarted). A crash can leave a sidecar without its partial, a partial shorter
+        than its header says, or a partial of another manifest; all of those restart (replacing them).
+        """
+        try:
+            return cls.resume(manifest, out_path, **options), False
+        except FedtuneError as err:
+            if err.code not in _CANNOT_RESUME:
+                raise
+        return cls(manifest, out_path, **options), True
+
     @staticmethod
     def peek_progress(out_path: Path) -> tuple[int, int] | None:
-        """The (tensor index, byte offset) a resumed stream continues from, or None without a sidecar."""
+        """The (tensor index, byte offset) a resumed stream continues from, or None when nothing can be
+        resumed: no sidecar, or its partial file is missing, cut short or does not hold what the sidecar
+        claims (what a crash can leave). So a position returned here is one `resume` accepts."""
+        out_path = Path(out_path)
         try:
-            data = json.loads(progress_path(Path(out_path)).read_text())
-            return int(data["next_tensor"]), int(data["next_offset"])
-        except (OSError, ValueError, KeyError, TypeError):
+            data = json.loads(progress_path(out_path).read_text())
+            position = int(data["next_tensor"]), int(data["next_offset"])
+            received = int(data["received_bytes"])
+            layout, _ = read_header(partial_path(out_path))
+        except (OSError, ValueError, KeyError, TypeError, FedtuneError):
             return None
+        starts = [0]
+        for t in layout.tensors:
+            starts.append(starts[-1] + t.nbytes)
+        if not 0 <= received <= starts[-1]:
+            return None
+        index = bisect.bisect_right(starts, received) - 1
+        expected = (
+            (len(layout.tensors), 0) if index >= len(layout.tensors) else (index, received - starts[index])
+        )
+        return position if position == expected else None
 
     def _rehash(self) -> None:
         partial = partial_path(self.out_path)

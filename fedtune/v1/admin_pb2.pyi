@@ -24,7 +24,7 @@ class ExperimentRef(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Experiment(_message.Message):
-    __slots__ = ("experiment_id", "name", "state", "spec_yaml", "current_stage", "current_stage_index", "current_round", "created_unix", "updated_unix", "error", "latest_model_version_id")
+    __slots__ = ("experiment_id", "name", "state", "spec_yaml", "current_stage", "current_stage_index", "current_round", "created_unix", "updated_unix", "error", "latest_model_version_id", "waiting_reason")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class Experiment(_message.Message):
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LATEST_MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     name: str
     state: str
@@ -47,7 +48,8 @@ class Experiment(_message.Message):
     updated_unix: float
     error: str
     latest_model_version_id: str
-    def __init__(self, experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., spec_yaml: _Optional[str] = ..., current_stage: _Optional[str] = ..., current_stage_index: _Optional[int] = ..., current_round: _Optional[int] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., error: _Optional[str] = ..., latest_model_version_id: _Optional[str] = ...) -> None: ...
+    waiting_reason: str
+    def __init__(self, experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., spec_yaml: _Optional[str] = ..., current_stage: _Optional[str] = ..., current_stage_index: _Optional[int] = ..., current_round: _Optional[int] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., error: _Optional[str] = ..., latest_model_version_id: _Optional[str] = ..., waiting_reason: _Optional[str] = ...) -> None: ...
 
 class ListExperimentsRequest(_message.Message):
     __slots__ = ()
