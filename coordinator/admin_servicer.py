@@ -18,6 +18,7 @@ from fedtune.serde import (
     experiment_to_proto,
     model_version_to_proto,
     round_to_proto,
+    site_to_proto,
     worker_to_proto,
 )
 from fedtune.tensorstream.manifest import Manifest
@@ -35,7 +36,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def _call(self, context: grpc.ServicerContext, method: str) -> Iterator[None]:
         with rpc_errors(context, method):
             _, token = bearer(context.invocation_metadata())
-            self._services.auth.check_admin(token)
+            self._services.auth.check_admin(token, peer=context.peer(), auth_context=context.auth_context())
             log.debug("admin call", extra={"method": method})
             yield
 
@@ -112,6 +113,35 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         with self._call(context, "AddSite"):
             token = self._services.auth.add_site(request.name)
             return admin_pb2.AddSiteResponse(name=request.name.strip(), token=token)
+        raise AssertionError("unreachable")
+
+    def ListSites(
+        self, request: admin_pb2.ListSitesRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListSitesResponse:
+        with self._call(context, "ListSites"):
+            return admin_pb2.ListSitesResponse(
+                sites=[site_to_proto(r) for r in self._services.auth.list_sites()]
+            )
+        raise AssertionError("unreachable")
+
+    def RevokeSite(
+        self, request: admin_pb2.SiteRef, context: grpc.ServicerContext
+    ) -> admin_pb2.RevokeSiteResponse:
+        with self._call(context, "RevokeSite"):
+            done = self._services.auth.revoke_site(request.name, request.reason)
+            return admin_pb2.RevokeSiteResponse(
+                site=site_to_proto(done.site),
+                tasks_failed=done.tasks_failed,
+                tasks_cancelled=done.tasks_cancelled,
+            )
+        raise AssertionError("unreachable")
+
+    def RotateSiteToken(
+        self, request: admin_pb2.SiteRef, context: grpc.ServicerContext
+    ) -> admin_pb2.AddSiteResponse:
+        with self._call(context, "RotateSiteToken"):
+            token = self._services.auth.rotate_token(request.name)
+            return admin_pb2.AddSiteResponse(name=request.name, token=token)
         raise AssertionError("unreachable")
 
     def ListWorkers(

@@ -24,7 +24,7 @@ def _authenticate(services: Services, context: grpc.ServicerContext, site: str, 
     wrong certificate learns nothing about tokens); the token is required either way."""
     if services.settings.tls_client_ca is not None:
         check_certificate_site(context.auth_context(), site)
-    return services.auth.authenticate_site(site, token)
+    return services.auth.authenticate_site(site, token, context.peer())
 
 
 def _site_id(services: Services, context: grpc.ServicerContext) -> int:
@@ -93,9 +93,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self, request: worker_pb2.FetchTensorsRequest, context: grpc.ServicerContext
     ) -> Iterator[worker_pb2.FetchTensorsResponse]:
         with rpc_errors(context, "FetchTensors"):
-            _site_id(self._services, context)
+            site_id = _site_id(self._services, context)
             items = self._services.downloads.fetch(
-                request.version_id, request.start_tensor, request.start_offset, request.chunk_size
+                request.version_id,
+                request.start_tensor,
+                request.start_offset,
+                request.chunk_size,
+                site_id=site_id,
             )
             for item in items:
                 if isinstance(item, Manifest):
