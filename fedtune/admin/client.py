@@ -179,6 +179,16 @@ class AdminClient:
     def add_site(self, name: str) -> admin_pb2.AddSiteResponse:
         return self._unary("AddSite", admin_pb2.AddSiteRequest(name=name), admin_pb2.AddSiteResponse)
 
+    def list_sites(self) -> list[admin_pb2.SiteInfo]:
+        return list(self._unary("ListSites", admin_pb2.ListSitesRequest(), admin_pb2.ListSitesResponse).sites)
+
+    def revoke_site(self, name: str, reason: str = "") -> admin_pb2.RevokeSiteResponse:
+        request = admin_pb2.SiteRef(name=name, reason=reason)
+        return self._unary("RevokeSite", request, admin_pb2.RevokeSiteResponse)
+
+    def rotate_site_token(self, name: str) -> admin_pb2.AddSiteResponse:
+        return self._unary("RotateSiteToken", admin_pb2.SiteRef(name=name), admin_pb2.AddSiteResponse)
+
     def list_workers(self) -> list[admin_pb2.WorkerInfo]:
         request = admin_pb2.ListWorkersRequest()
         return list(self._unary("ListWorkers", request, admin_pb2.ListWorkersResponse).workers)
