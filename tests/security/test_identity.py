@@ -15,7 +15,7 @@ from coordinator.settings import CoordinatorSettings
 from fedtune.errors import FedtuneError
 from fedtune.v1 import admin_pb2
 from storage import models
-from tests.coordinator.conftest import SITES, Cluster, cluster, cluster_factory, spec_yaml  # noqa: F401
+from tests.coordinator.conftest import SITES, Cluster, spec_yaml
 from tests.coordinator.fake_worker import FakeWorker
 from tests.coordinator.flow import committed_version, initialize, pull_train, train_update
 from tests.coordinator.test_bad_updates import expect_error
