@@ -71,6 +71,8 @@ def error_from_rpc(err: grpc.RpcError, target: str, timeout: float | None) -> Ad
         message = f"permission denied: {details or 'this admin token may not do that'}"
     elif code == grpc.StatusCode.UNIMPLEMENTED:
         message = f"the coordinator at {target} does not implement this call (is it an older version?)"
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("rate_limited"):
+        message = f"the coordinator refused the call for now: {details}"
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         message = f"message too large or server busy: {details or 'resource exhausted'}"
     elif details:
