@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -110,11 +111,19 @@ class Revocation:
 class FailedAuthentications:
     """Failures per (peer address, claimed identity): the limit, and the bounded `auth.failed` events."""
 
-    def __init__(self, uow_factory: UnitOfWorkFactory, limit: int, window_seconds: float) -> None:
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        limit: int,
+        window_seconds: float,
+        *,
+        max_events_per_window: int = MAX_AUTH_FAILED_EVENTS_PER_WINDOW,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._uow_factory = uow_factory
-        self._failures = SlidingWindow(limit, window_seconds)
-        self._events_per_key = SlidingWindow(1, window_seconds)
-        self._events_total = SlidingWindow(MAX_AUTH_FAILED_EVENTS_PER_WINDOW, window_seconds)
+        self._failures = SlidingWindow(limit, window_seconds, now=now)
+        self._events_per_key = SlidingWindow(1, window_seconds, now=now)
+        self._events_total = SlidingWindow(max_events_per_window, window_seconds, now=now)
 
     def check(self, peer: str, claimed: str) -> None:
         """RATE_LIMITED when this peer failed too often as `claimed`; the token is then not checked."""

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from sqlalchemy import select
 
+from coordinator.auth import FailedAuthentications, peer_address
+from coordinator.ratelimit import SlidingWindow
 from coordinator.settings import CoordinatorSettings
 from fedtune.errors import FedtuneError
 from fedtune.v1 import admin_pb2
 from storage import models
+from storage.db import open_registry
 from tests.coordinator.conftest import SITES, Cluster, spec_yaml
 from tests.coordinator.fake_worker import FakeWorker
 from tests.coordinator.flow import committed_version, initialize, pull_train, train_update
@@ -204,3 +208,71 @@ def test_register_floods_are_rate_limited_and_keep_a_bounded_number_of_workers(
     found = [w for w in cluster.admin().ListWorkers(admin_pb2.ListWorkersRequest()).workers if w.site == "a"]
     assert sorted(w.worker_id for w in found) == sorted(ids[-3:])
     assert [w.worker_id for w in found if w.state == "online"] == [ids[-1]]
+
+
+# ---------------------------------------------------------------- the counters themselves
+
+
+class _Ticker:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sliding_window_refuses_past_the_limit_until_the_oldest_hit_leaves() -> None:
+    # Prepare
+    ticker = _Ticker()
+    window = SlidingWindow(2, 60.0, now=ticker)
+
+    # Execute
+    window.hit("k")
+    ticker.now = 10.0
+    window.hit("k")
+    blocked_for = window.retry_after("k")
+    ticker.now = 60.5
+    after_first_left = window.retry_after("k")
+
+    # Assert
+    assert blocked_for == pytest.approx(50.0)
+    assert after_first_left == 0.0 and window.retry_after("other") == 0.0
+
+
+def test_sliding_window_keeps_a_bounded_number_of_keys() -> None:
+    window = SlidingWindow(1, 60.0, max_keys=3, now=_Ticker())
+
+    for name in ("a", "b", "c", "d"):
+        window.hit(name)
+
+    assert window.retry_after("a") == 0.0  # forgotten, the oldest key
+    assert all(window.retry_after(name) > 0 for name in ("b", "c", "d"))
+
+
+def test_a_flood_of_claimed_names_writes_a_bounded_number_of_auth_failed_events(tmp_path: Path) -> None:
+    # Prepare
+    engine, uow_factory = open_registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    failures = FailedAuthentications(uow_factory, 10, 60.0, max_events_per_window=3, now=_Ticker())
+
+    # Execute: 20 names, 2 failures each, from one address
+    for index in range(20):
+        for _ in range(2):
+            failures.record("ipv4:10.0.0.9:4000", f"site-{index}", "unknown site or wrong token")
+
+    # Assert
+    with uow_factory() as uow:
+        kinds = list(uow.session.scalars(select(models.Event.kind)))
+    engine.dispose()
+    assert kinds == ["auth.failed"] * 3
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:10.0.0.5:53211", "ipv4:10.0.0.5"),
+        ("ipv6:[::1]:4000", "ipv6:[::1]"),
+        ("unix:/tmp/s", "unix:/tmp/s"),
+    ],
+)
+def test_failures_are_counted_per_address_not_per_connection(peer: str, address: str) -> None:
+    assert peer_address(peer) == address
