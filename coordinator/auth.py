@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -134,7 +135,7 @@ class FailedAuthentications:
             raise FedtuneError(
                 ErrorCode.RATE_LIMITED,
                 f"too many failed authentications as {who} from {key[0]} (limit {self._failures.limit} "
-                f"per {self._failures.window_seconds:g} s); retry after {wait:.0f} s",
+                f"per {self._failures.window_seconds:g} s); retry after {math.ceil(wait)} s",
             )
 
     def record(self, peer: str, claimed: str, reason: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -70,7 +71,7 @@ class TaskService:
                 ErrorCode.RATE_LIMITED,
                 f"too many Register calls for this site (limit {self._registrations.limit} per "
                 f"{self._registrations.window_seconds:g} s: a worker registers once at start); "
-                f"retry after {self._registrations.retry_after(site_id):.0f} s",
+                f"retry after {math.ceil(self._registrations.retry_after(site_id))} s",
             )
 
     def _prune_workers(self, uow: SqlUnitOfWork, site_id: int) -> None:
