@@ -22,6 +22,7 @@ from fedtune.serde import (
     experiment_to_proto,
     model_version_to_proto,
     round_to_proto,
+    site_to_proto,
     worker_to_proto,
 )
 from fedtune.tensorstream.manifest import Manifest
@@ -45,7 +46,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _call(self, context: Context, method: str) -> AsyncIterator[None]:
         async with aio_rpc_errors(context, method):
             _, token = bearer(context.invocation_metadata() or ())
-            self._services.auth.check_admin(token)
+            self._services.auth.check_admin(token, peer=context.peer(), auth_context=context.auth_context())
             log.debug("admin call", extra={"method": method})
             yield
 
@@ -156,6 +157,32 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         async with self._call(context, "AddSite"):
             token = await self._run(self._services.auth.add_site, request.name)
             return admin_pb2.AddSiteResponse(name=request.name.strip(), token=token)
+        raise AssertionError("unreachable")
+
+    async def ListSites(
+        self, request: admin_pb2.ListSitesRequest, context: Context
+    ) -> admin_pb2.ListSitesResponse:
+        async with self._call(context, "ListSites"):
+            records = await self._run(self._services.auth.list_sites)
+            return admin_pb2.ListSitesResponse(sites=[site_to_proto(r) for r in records])
+        raise AssertionError("unreachable")
+
+    async def RevokeSite(self, request: admin_pb2.SiteRef, context: Context) -> admin_pb2.RevokeSiteResponse:
+        async with self._call(context, "RevokeSite"):
+            done = await self._run(self._services.auth.revoke_site, request.name, request.reason)
+            return admin_pb2.RevokeSiteResponse(
+                site=site_to_proto(done.site),
+                tasks_failed=done.tasks_failed,
+                tasks_cancelled=done.tasks_cancelled,
+            )
+        raise AssertionError("unreachable")
+
+    async def RotateSiteToken(
+        self, request: admin_pb2.SiteRef, context: Context
+    ) -> admin_pb2.AddSiteResponse:
+        async with self._call(context, "RotateSiteToken"):
+            token = await self._run(self._services.auth.rotate_token, request.name)
+            return admin_pb2.AddSiteResponse(name=request.name, token=token)
         raise AssertionError("unreachable")
 
     async def ListWorkers(

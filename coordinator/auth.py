@@ -1,26 +1,47 @@
-"""Identity: site tokens (stored as sha256) and the admin token."""
+"""Identity: site tokens (stored as sha256), the admin credential, and the sites' lifecycle.
+
+Decision 27: the Admin API accepts the admin token, or under mutual TLS an admin certificate
+(fedtune.identity); a site certificate never. Failed authentications are counted per (peer address,
+claimed site) in memory; past the limit a call is refused without its token being checked, and at most
+one `auth.failed` event per key and window reaches the audit log.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import logging
+import math
 import secrets
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from sqlalchemy import case, func, select, update
 
+from coordinator.clock import Clock, SystemClock
+from coordinator.ratelimit import SlidingWindow
+from fedtune import identity
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.limits import MAX_SITE_NAME_CHARS, control_character
+from fedtune.serde import SiteRecord
 from storage import models
 from storage.registry import record_event
-from storage.uow import UnitOfWorkFactory
+from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("fedtune.coordinator.auth")
 
 SITE_HEADER = "x-fedtune-site"
 AUTH_HEADER = "authorization"
 CERT_CN_PROPERTY = "x509_common_name"  # gRPC auth-context property of the peer's certificate CN
+CERT_PEM_PROPERTY = "x509_pem_cert"  # ... and of the whole certificate (PEM)
+ADMIN_KEY = "<admin>"  # the claimed identity of an Admin API call in the failure counters
+MAX_AUTH_FAILED_EVENTS_PER_WINDOW = 100  # all keys together: a flood of names cannot flood the events table
+SHOWN_NAME_CHARS = 80  # of a claimed (attacker-chosen) site name, in events and counters
+
+AuthContext = Mapping[str, Iterable[bytes]]
 
 
 def hash_token(token: str) -> str:
@@ -38,12 +59,39 @@ def bearer(metadata: Iterable[tuple[str, str | bytes]]) -> tuple[str, str]:
     return values.get(SITE_HEADER, ""), token
 
 
-def certificate_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
+def peer_address(peer: str) -> str:
+    """`ipv4:10.0.0.5` from gRPC's `ipv4:10.0.0.5:53211`: a client's port changes with each connection."""
+    scheme, _, rest = peer.partition(":")
+    if scheme in ("ipv4", "ipv6") and ":" in rest:
+        return f"{scheme}:{rest.rpartition(':')[0]}"
+    return peer
+
+
+def certificate_names(auth_context: AuthContext) -> list[str]:
     """The client certificate's common names from a gRPC auth context (empty without a client cert)."""
     return [v.decode(errors="replace") for v in auth_context.get(CERT_CN_PROPERTY, ())]
 
 
-def check_certificate_site(auth_context: Mapping[str, Iterable[bytes]], site: str) -> None:
+def is_admin_certificate(auth_context: AuthContext) -> bool:
+    """True if the (handshake-verified) client certificate is an admin certificate: CN
+    `fedtune-admin:<name>` and OU `fedtune-admin` (`fedtune certs add-admin`)."""
+    for pem in auth_context.get(CERT_PEM_PROPERTY, ()):
+        try:
+            subject = x509.load_pem_x509_certificate(pem).subject
+        except ValueError:
+            return False
+        names = [a.value for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        units = [a.value for a in subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
+        return (
+            len(names) == 1
+            and isinstance(names[0], str)
+            and identity.is_admin_common_name(names[0])
+            and identity.ADMIN_OU in units
+        )
+    return False
+
+
+def check_certificate_site(auth_context: AuthContext, site: str) -> None:
     """Under mutual TLS: PERMISSION_DENIED unless the client certificate was issued to `site` (its CN)."""
     names = certificate_names(auth_context)
     if site not in names:
@@ -55,27 +103,133 @@ def check_certificate_site(auth_context: Mapping[str, Iterable[bytes]], site: st
         )
 
 
-class SiteAuth:
-    def __init__(self, uow_factory: UnitOfWorkFactory, admin_token: str | None) -> None:
+@dataclass(frozen=True)
+class Revocation:
+    site: SiteRecord
+    tasks_failed: int
+    tasks_cancelled: int
+
+
+class FailedAuthentications:
+    """Failures per (peer address, claimed identity): the limit, and the bounded `auth.failed` events."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        limit: int,
+        window_seconds: float,
+        *,
+        max_events_per_window: int = MAX_AUTH_FAILED_EVENTS_PER_WINDOW,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._uow_factory = uow_factory
-        self._admin_token = admin_token
+        self._failures = SlidingWindow(limit, window_seconds, now=now)
+        self._events_per_key = SlidingWindow(1, window_seconds, now=now)
+        self._events_total = SlidingWindow(max_events_per_window, window_seconds, now=now)
 
-    @property
-    def admin_open(self) -> bool:
-        return self._admin_token is None
-
-    def check_admin(self, token: str) -> None:
-        if self._admin_token is None:
-            return
-        if not token or not hmac.compare_digest(token, self._admin_token):
+    def check(self, peer: str, claimed: str) -> None:
+        """RATE_LIMITED when this peer failed too often as `claimed`; the token is then not checked."""
+        key = (peer_address(peer), claimed[:SHOWN_NAME_CHARS])
+        wait = self._failures.retry_after(key)
+        if wait > 0:
+            who = "the admin token" if claimed == ADMIN_KEY else f"site {key[1]!r}"
             raise FedtuneError(
-                ErrorCode.UNAUTHENTICATED,
-                "missing or wrong admin token (send `authorization: Bearer <token>`)",
+                ErrorCode.RATE_LIMITED,
+                f"too many failed authentications as {who} from {key[0]} (limit {self._failures.limit} "
+                f"per {self._failures.window_seconds:g} s); retry after {math.ceil(wait)} s",
             )
 
-    def authenticate_site(self, site: str, token: str) -> int:
-        """The site's id if `token` is its token; UNAUTHENTICATED otherwise (same message either way)."""
+    def record(self, peer: str, claimed: str, reason: str) -> None:
+        key = (peer_address(peer), claimed[:SHOWN_NAME_CHARS])
+        count = self._failures.hit(key)
+        log.warning("authentication failed", extra={"peer": key[0], "claimed": key[1], "reason": reason})
+        if not self._events_per_key.try_hit(key) or not self._events_total.try_hit(ADMIN_KEY):
+            return
+        who = "the admin API" if claimed == ADMIN_KEY else f"site {key[1]!r}"
+        with self._uow_factory() as uow:
+            record_event(
+                uow,
+                "auth.failed",
+                f"failed authentication as {who} from {key[0]}: {reason}",
+                data={"peer": key[0], "claimed": key[1], "reason": reason, "failures_in_window": count},
+            )
+            uow.commit()
+
+
+class SiteAuth:
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        admin_token: str | None,
+        *,
+        tls_mode: str = "plaintext",
+        failures_per_window: int = 10,
+        failure_window_seconds: float = 60.0,
+        clock: Clock | None = None,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._admin_token = admin_token
+        self._tls_mode = tls_mode
+        self._clock = clock or SystemClock()
+        self._on_change = on_change
+        self._failures = FailedAuthentications(uow_factory, failures_per_window, failure_window_seconds)
+
+    # ----------------------------------------------------------------- the admin credential
+    @property
+    def admin_open(self) -> bool:
+        """No credential needed: no admin token and plaintext (local trials only)."""
+        return self._admin_token is None and self._tls_mode == "plaintext"
+
+    def admin_credential(self) -> str:
+        """What the Admin API accepts, in words (logged at start)."""
+        if self.admin_open:
+            return "none: the Admin API is open to anyone who can reach this port (no admin token, no TLS)"
+        token = "the admin token" if self._admin_token is not None else ""
+        cert = "an admin certificate (fedtune certs add-admin)" if self._tls_mode == "mtls" else ""
+        if token or cert:
+            return " or ".join(filter(None, (token, cert)))
+        return "none accepted: TLS without an admin token or client certificates closes the Admin API"
+
+    def check_admin(self, token: str, *, peer: str = "", auth_context: AuthContext | None = None) -> None:
+        """Pass an Admin API call that holds an admin credential; UNAUTHENTICATED / PERMISSION_DENIED /
+        RATE_LIMITED otherwise."""
+        if self.admin_open:
+            return
+        if self._tls_mode == "mtls" and auth_context is not None and is_admin_certificate(auth_context):
+            return
+        self._failures.check(peer, ADMIN_KEY)
+        if self._admin_token is not None:
+            if token and hmac.compare_digest(token.encode(), self._admin_token.encode()):
+                return
+            self._failures.record(peer, ADMIN_KEY, "missing or wrong admin token")
+            alternative = " or present an admin certificate" if self._tls_mode == "mtls" else ""
+            raise FedtuneError(
+                ErrorCode.UNAUTHENTICATED,
+                f"missing or wrong admin token (send `authorization: Bearer <token>`{alternative})",
+            )
+        self._failures.record(peer, ADMIN_KEY, "no admin credential")
+        if self._tls_mode == "mtls":
+            shown = ", ".join(repr(n) for n in certificate_names(auth_context or {})) or "none"
+            raise FedtuneError(
+                ErrorCode.PERMISSION_DENIED,
+                f"the client certificate (CN {shown}) is not an admin certificate, and this coordinator has "
+                "no admin token: use a certificate made by `fedtune certs add-admin` (CN fedtune-admin:NAME)",
+            )
+        raise FedtuneError(
+            ErrorCode.PERMISSION_DENIED,
+            "this coordinator serves TLS without an admin token or client certificates, so its Admin API "
+            "is closed: set admin_token (FEDTUNE_ADMIN_TOKEN), or serve mutual TLS and use an admin "
+            "certificate",
+        )
+
+    # ----------------------------------------------------------------- sites
+    def authenticate_site(self, site: str, token: str, peer: str = "") -> int:
+        """The site's id if `token` is its token; UNAUTHENTICATED otherwise (same message either way),
+        PERMISSION_DENIED for a revoked site, RATE_LIMITED after too many failures."""
+        self._failures.check(peer, site)
         if not site or not token:
+            self._failures.record(peer, site, "no site name or token")
             raise FedtuneError(
                 ErrorCode.UNAUTHENTICATED,
                 f"send the metadata `{SITE_HEADER}: <site>` and `{AUTH_HEADER}: Bearer <token>`",
@@ -85,41 +239,145 @@ class SiteAuth:
             raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site[:80]!r} or wrong token")
         with self._uow_factory() as uow:
             row = uow.session.scalars(select(models.Site).where(models.Site.name == site)).first()
-            if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)):
-                raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site!r} or wrong token")
-            return row.id
+            matches = row is not None and hmac.compare_digest(row.token_hash, hash_token(token))
+            site_id, revoked = (row.id, row.revoked_at is not None) if row is not None else (0, False)
+        if not matches:  # recorded outside the read: SQLite allows one writer at a time
+            self._failures.record(peer, site, "unknown site or wrong token")
+            raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site!r} or wrong token")
+        if revoked:
+            raise FedtuneError(
+                ErrorCode.PERMISSION_DENIED,
+                f"site {site!r} was revoked by the coordinator's operator; ask them to add a new site",
+            )
+        return site_id
+
+    def _find(self, uow: SqlUnitOfWork, name: str) -> models.Site | None:
+        """The site named `name`, compared case-insensitively (older names may hold capitals)."""
+        return uow.session.scalars(
+            select(models.Site).where(func.lower(models.Site.name) == name.lower())
+        ).first()
+
+    def _get(self, uow: SqlUnitOfWork, name: str) -> models.Site:
+        row = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
+        if row is None:
+            raise FedtuneError(ErrorCode.NOT_FOUND, f"no site {name!r} (`fedtune admin sites list`)")
+        return row
 
     def add_site(self, name: str) -> str:
         """Create a site and return its token (shown once; only the hash is kept)."""
-        name = name.strip()
-        if (
-            not name
-            or len(name) > MAX_SITE_NAME_CHARS
-            or control_character(name) is not None
-            or any(c.isspace() or c in ":," for c in name)
-        ):
-            raise FedtuneError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"a site name must be 1-{MAX_SITE_NAME_CHARS} characters, no spaces, control characters, "
-                "':' or ','",
-            )
+        name = identity.check_site_name(name.strip())
         token = secrets.token_urlsafe(32)
         with self._uow_factory() as uow:
-            exists = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
+            exists = self._find(uow, name)
             if exists is not None:
-                raise FedtuneError(ErrorCode.ALREADY_EXISTS, f"site {name!r} already exists")
+                revoked = (
+                    " (revoked: a revoked name is not reused, choose another)" if exists.revoked_at else ""
+                )
+                raise FedtuneError(
+                    ErrorCode.ALREADY_EXISTS,
+                    f"site {exists.name!r} already exists{revoked}; names are compared case-insensitively",
+                )
             uow.session.add(models.Site(name=name, token_hash=hash_token(token)))
             record_event(uow, "site.added", f"site {name} added", data={"site": name})
             uow.commit()
         return token
 
+    def rotate_token(self, name: str) -> str:
+        """A new token for site `name`, returned once; the old token stops working at once."""
+        token = secrets.token_urlsafe(32)
+        with self._uow_factory() as uow:
+            row = self._get(uow, name)
+            if row.revoked_at is not None:
+                raise FedtuneError(
+                    ErrorCode.WRONG_STATE, f"site {name!r} is revoked; a revoked site gets no new token"
+                )
+            row.token_hash = hash_token(token)
+            record_event(uow, "site.token_rotated", f"token of site {name} rotated", data={"site": name})
+            uow.commit()
+        log.info("site token rotated", extra={"site": name})
+        return token
+
+    def revoke_site(self, name: str, reason: str = "") -> Revocation:
+        """Site `name` can no longer authenticate. Its live round tasks fail (so their rounds close with
+        the other sites), its pending init tasks are cancelled (the scheduler picks another site) and
+        its workers go offline. Updates it sent before stay in their rounds."""
+        now = self._clock.now()
+        with self._uow_factory() as uow:
+            row = self._get(uow, name)
+            if row.revoked_at is not None:
+                raise FedtuneError(ErrorCode.WRONG_STATE, f"site {name!r} is already revoked")
+            row.revoked_at = now
+            live = list(
+                uow.session.scalars(
+                    select(models.Task).where(
+                        models.Task.site_id == row.id, models.Task.state.in_(("pending", "leased"))
+                    )
+                )
+            )
+            failed = cancelled = 0
+            error = f"site {name} was revoked" + (f": {reason}" if reason else "")
+            for task in live:
+                if task.round_id is None:
+                    task.state, cancelled = "cancelled", cancelled + 1
+                else:
+                    task.state, task.error, failed = "failed", error, failed + 1
+                    record_event(
+                        uow,
+                        "task.failed",
+                        f"task {task.id} failed: {error}",
+                        task.experiment_id,
+                        {"task_id": task.id, "error": error},
+                    )
+                task.lease_expires_at, task.updated_at = None, now
+            uow.session.execute(
+                update(models.Worker)
+                .where(models.Worker.site_id == row.id)
+                .values(state="offline", current_task_id=None)
+            )
+            record_event(
+                uow,
+                "site.revoked",
+                f"site {name} revoked" + (f": {reason}" if reason else ""),
+                data={"site": name, "reason": reason, "tasks_failed": failed, "tasks_cancelled": cancelled},
+            )
+            uow.commit()
+            record = SiteRecord(name=row.name, created_unix=row.created_at, revoked_unix=now)
+        log.warning("site revoked", extra={"site": name, "failed": failed, "cancelled": cancelled})
+        self._on_change()
+        return Revocation(record, failed, cancelled)
+
+    def list_sites(self) -> list[SiteRecord]:
+        with self._uow_factory() as uow:
+            workers = {
+                site_id: (int(online or 0), float(last or 0.0))
+                for site_id, online, last in uow.session.execute(
+                    select(
+                        models.Worker.site_id,
+                        func.sum(case((models.Worker.state == "online", 1), else_=0)),
+                        func.max(models.Worker.last_seen_at),
+                    ).group_by(models.Worker.site_id)
+                )
+            }
+            return [
+                SiteRecord(
+                    name=row.name,
+                    created_unix=row.created_at,
+                    revoked_unix=row.revoked_at or 0.0,
+                    workers_online=workers.get(row.id, (0, 0.0))[0],
+                    last_seen_unix=workers.get(row.id, (0, 0.0))[1],
+                )
+                for row in uow.session.scalars(select(models.Site).order_by(models.Site.name))
+            ]
+
     def seed_sites(self, sites: Mapping[str, str]) -> None:
-        """Create or re-key the sites given in the settings (compose installs)."""
+        """Create or re-key the sites the settings name (compose installs); a revoked one stays revoked."""
         with self._uow_factory() as uow:
             for name, token in sites.items():
-                row = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
+                row = self._find(uow, identity.check_site_name(name))
                 if row is None:
                     uow.session.add(models.Site(name=name, token_hash=hash_token(token)))
+                elif row.revoked_at is not None:
+                    log.warning("seeded site is revoked; it stays revoked", extra={"site": row.name})
                 else:
                     row.token_hash = hash_token(token)
             uow.commit()

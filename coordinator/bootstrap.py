@@ -56,7 +56,15 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
     blobs = LocalBlobStore(data_dir / "blobs")
     blobs.cleanup_partial()
     notifier = Notifier()
-    auth = SiteAuth(uow_factory, settings.admin_token)
+    auth = SiteAuth(
+        uow_factory,
+        settings.admin_token,
+        tls_mode=settings.tls_mode,
+        failures_per_window=settings.auth_failures_per_window,
+        failure_window_seconds=settings.auth_failure_window_seconds,
+        clock=clock,
+        on_change=notifier.notify,
+    )
     auth.seed_sites(settings.seeded_sites())
     aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock, on_change=notifier.notify)
     aggregator.cleanup_closed_rounds()
@@ -76,6 +84,10 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         downloads=DownloadService(uow_factory, blobs, settings.chunk_bytes, settings.max_chunk_bytes),
         queries=AdminQueries(uow_factory, clock, settings.worker_offline_after_seconds),
     )
-    if settings.admin_token is None:
+    if auth.admin_open:
         log.warning("no admin token set: the Admin API is open to anyone who can reach this port")
+    elif settings.admin_token is None and settings.tls_mode == "tls":
+        log.error("admin credential: %s", auth.admin_credential())
+    else:
+        log.info("admin credential: %s", auth.admin_credential())
     return services

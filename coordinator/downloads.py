@@ -1,4 +1,9 @@
-"""Streaming stored model versions out: FetchTensors (workers) and ExportModel (operators)."""
+"""Streaming stored model versions out: FetchTensors (workers) and ExportModel (operators).
+
+A site may fetch only versions of experiments in which it has (or had) a task, and of personalized
+versions only its own. Any other version id answers NOT_FOUND with the same message as an id that
+does not exist, so a site cannot confirm which ids exist (decision 27).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, iter_chunks_from_file, manifest_for_arrays
 from fedtune.tensorstream.manifest import Chunk, Manifest
 from fedtune.tensorstream.safetensors_file import read_arrays, read_header
+from storage import models
 from storage.blobs import BlobStore
 from storage.registry import get_model_version
-from storage.uow import UnitOfWorkFactory
+from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
 
 # Side file of an FFA-LoRA version (worker.tasks.FROZEN_ADAPTER_FILE): the frozen lora_A tensors,
 # never exchanged in rounds, merged into the exported tensors so the export is a complete adapter.
 FROZEN_ADAPTER_FILE = "frozen_adapter.safetensors"
+
+
+def _site_may_fetch(uow: SqlUnitOfWork, version: models.ModelVersion, site_id: int) -> bool:
+    """A task of the site in the version's experiment; for a personalized version, the site's own."""
+    if version.site_id is not None and version.site_id != site_id:
+        return False
+    task = uow.session.scalars(
+        select(models.Task.id)
+        .where(models.Task.experiment_id == version.experiment_id, models.Task.site_id == site_id)
+        .limit(1)
+    ).first()
+    return task is not None
 
 
 @dataclass(frozen=True)
@@ -34,9 +54,11 @@ class DownloadService:
         self._default_chunk_bytes = default_chunk_bytes
         self._max_chunk_bytes = max_chunk_bytes
 
-    def _version(self, version_id: str) -> tuple[Manifest, str, dict[str, str]]:
+    def _version(self, version_id: str, site_id: int | None = None) -> tuple[Manifest, str, dict[str, str]]:
         with self._uow_factory() as uow:
             row = get_model_version(uow, version_id)
+            if site_id is not None and not _site_may_fetch(uow, row, site_id):
+                raise FedtuneError(ErrorCode.NOT_FOUND, f"model version {version_id!r} does not exist")
             return (
                 Manifest.from_json(row.manifest),
                 row.blob_digest,
@@ -44,10 +66,17 @@ class DownloadService:
             )
 
     def fetch(
-        self, version_id: str, start_tensor: int = 0, start_offset: int = 0, chunk_bytes: int = 0
+        self,
+        version_id: str,
+        start_tensor: int = 0,
+        start_offset: int = 0,
+        chunk_bytes: int = 0,
+        *,
+        site_id: int | None,
     ) -> Iterator[Manifest | Chunk]:
-        """The version's manifest, then its chunks from (start_tensor, start_offset)."""
-        manifest, digest, _ = self._version(version_id)
+        """The version's manifest, then its chunks from (start_tensor, start_offset). `site_id`: the
+        fetching site (NOT_FOUND unless it may see the version); None only for an operator's export."""
+        manifest, digest, _ = self._version(version_id, site_id)
         size = chunk_bytes or self._default_chunk_bytes
         if size < 0:
             raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"chunk_size must be >= 0, got {chunk_bytes}")
@@ -70,7 +99,7 @@ class DownloadService:
         _, digest, files = self._version(version_id)
         frozen_digest = files.pop(FROZEN_ADAPTER_FILE, None)
         if frozen_digest is None:
-            yield from self.fetch(version_id)
+            yield from self.fetch(version_id, site_id=None)
         else:
             arrays, dtypes = self._merged_arrays(digest, frozen_digest, version_id)
             manifest = manifest_for_arrays(arrays, dtypes)

@@ -42,7 +42,11 @@ def online_site_names(uow: SqlUnitOfWork, now: float, offline_after: float) -> l
     rows = uow.session.execute(
         select(models.Site.name, func.min(models.Worker.registered_at))
         .join(models.Worker, models.Worker.site_id == models.Site.id)
-        .where(models.Worker.state == "online", models.Worker.last_seen_at >= now - offline_after)
+        .where(
+            models.Worker.state == "online",
+            models.Worker.last_seen_at >= now - offline_after,
+            models.Site.revoked_at.is_(None),
+        )
         .group_by(models.Site.name)
         .order_by(func.min(models.Worker.registered_at), models.Site.name)
     ).all()
@@ -192,7 +196,9 @@ class Scheduler:
                 candidates = [name for name in online if name in selection.sites] or list(selection.sites)
             site = None
             for name in candidates:
-                site = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
+                site = uow.session.scalars(
+                    select(models.Site).where(models.Site.name == name, models.Site.revoked_at.is_(None))
+                ).first()
                 if site is not None:
                     break
             if site is None:  # no site available yet: wait, and say why (once)

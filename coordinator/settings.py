@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.identity import SITE_NAME_PATTERN, SITE_NAME_RULE
 from fedtune.tensorstream.manifest import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 
 ENV_PREFIX = "FEDTUNE_"
@@ -26,7 +27,9 @@ class CoordinatorSettings(BaseModel):
     port: int = Field(50051, ge=0, le=65535)  # 0 = pick a free port
     data_dir: Path = Path("./fedtune-data")
     database_url: str | None = None  # default: sqlite:///<data_dir>/fedtune.db
-    admin_token: str | None = None  # None = admin API open (logged as a warning)
+    # None = no admin token: the Admin API is open on plaintext (logged as a warning); under TLS only an
+    # admin certificate (mutual TLS) may call it (decision 27).
+    admin_token: str | None = None
     sites: str = ""  # pre-seeded "name:token,name2:token2" (compose installs)
     heartbeat_seconds: float = Field(5.0, gt=0)
     worker_offline_after_seconds: float = Field(30.0, gt=0)
@@ -56,6 +59,14 @@ class CoordinatorSettings(BaseModel):
     # max (coordinator/commit_retry.py, docs/decisions.md 26).
     commit_retry_initial_seconds: float = Field(1.0, gt=0)
     commit_retry_max_seconds: float = Field(60.0, gt=0)
+    # Failed authentications allowed per (peer address, claimed site) - or per peer for the admin token -
+    # in a sliding window; beyond it calls fail RESOURCE_EXHAUSTED without the token being checked.
+    auth_failures_per_window: int = Field(10, ge=1)
+    auth_failure_window_seconds: float = Field(60.0, gt=0)
+    # Register calls allowed per site in a sliding window, and the worker rows a site keeps.
+    registrations_per_window: int = Field(30, ge=1)
+    registration_window_seconds: float = Field(60.0, gt=0)
+    workers_kept_per_site: int = Field(20, ge=1)
     log_level: str = "INFO"
     log_json: bool = False
     # TLS (design.md section 7): server TLS when cert and key are set; mutual TLS when client_ca is set.
@@ -99,6 +110,8 @@ class CoordinatorSettings(BaseModel):
             name, sep, token = item.partition(":")
             if not sep or not name or not token:
                 raise ValueError(f"site entry {item!r} must look like name:token")
+            if not SITE_NAME_PATTERN.match(name):
+                raise ValueError(f"site entry {name!r}: a site name is {SITE_NAME_RULE}")
         return value
 
     @property

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from coordinator.clock import Clock
 from coordinator.notify import Notifier
+from coordinator.ratelimit import SlidingWindow
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import base_version_for_stage
 from coordinator.strategies.registry import build_strategy
@@ -71,13 +73,48 @@ class TaskService:
         self._clock = clock
         self._settings = settings
         self._notifier = notifier
+        self._registrations = SlidingWindow(
+            settings.registrations_per_window, settings.registration_window_seconds
+        )
 
     # ----------------------------------------------------------------- workers
+    def _limit_registrations(self, site_id: int) -> None:
+        if not self._registrations.try_hit(site_id):
+            raise FedtuneError(
+                ErrorCode.RATE_LIMITED,
+                f"too many Register calls for this site (limit {self._registrations.limit} per "
+                f"{self._registrations.window_seconds:g} s: a worker registers once at start); "
+                f"retry after {math.ceil(self._registrations.retry_after(site_id))} s",
+            )
+
+    def _prune_workers(self, uow: SqlUnitOfWork, site_id: int) -> None:
+        """Keep the site's newest `workers_kept_per_site` worker rows; older offline ones holding no
+        task go (a Register flood cannot grow the table)."""
+        kept = select(models.Worker.id).where(models.Worker.site_id == site_id)
+        kept = kept.order_by(models.Worker.registered_at.desc(), models.Worker.id.desc())
+        newest = list(uow.session.scalars(kept.limit(self._settings.workers_kept_per_site)))
+        holding = select(models.Task.worker_id).where(
+            models.Task.state == "leased", models.Task.worker_id.is_not(None)
+        )
+        uow.session.execute(
+            delete(models.Worker)
+            .where(
+                models.Worker.site_id == site_id,
+                models.Worker.id.not_in(newest),
+                models.Worker.state == "offline",
+                models.Worker.current_task_id.is_(None),
+                models.Worker.id.not_in(holding),
+            )
+            .execution_options(synchronize_session=False)
+        )
+
     def register(
         self, site_id: int, *, worker_version: str, device: dict[str, Any], dataset_sizes: dict[str, int]
     ) -> str:
-        """A new worker id; tasks leased to the site's earlier workers go back to pending."""
+        """A new worker id that replaces the site's earlier workers: they go offline and tasks leased to
+        them go back to pending. RATE_LIMITED past `registrations_per_window`."""
         check_registration(worker_version, device, dataset_sizes)
+        self._limit_registrations(site_id)
         now = self._clock.now()
         worker_id = models.new_id("wk")
         with self._uow_factory() as uow:
@@ -109,6 +146,8 @@ class TaskService:
                     last_seen_at=now,
                 )
             )
+            uow.flush()
+            self._prune_workers(uow, site_id)
             record_event(
                 uow,
                 "worker.registered",

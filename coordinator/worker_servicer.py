@@ -54,7 +54,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         a wrong certificate learns nothing about tokens); the token is required either way."""
         if self._services.settings.tls_client_ca is not None:
             check_certificate_site(context.auth_context(), site)
-        return self._services.auth.authenticate_site(site, token)
+        return self._services.auth.authenticate_site(site, token, context.peer())
 
     async def _site(self, context: Context) -> tuple[int, str]:
         site, token = bearer(context.invocation_metadata() or ())
@@ -163,6 +163,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     request.start_tensor,
                     request.start_offset,
                     request.chunk_size,
+                    site_id=site_id,
                 )
                 async for item in self._pool.iterate(items):
                     if isinstance(item, Manifest):

@@ -34,6 +34,7 @@ class ErrorCode(enum.Enum):
     CHECKSUM_MISMATCH = "checksum_mismatch"
     NON_FINITE = "non_finite"
     TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
     INCOMPLETE_STREAM = "incomplete_stream"
     STORAGE = "storage"
     UNAVAILABLE = "unavailable"
@@ -56,6 +57,7 @@ _STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.CHECKSUM_MISMATCH: grpc.StatusCode.DATA_LOSS,
     ErrorCode.NON_FINITE: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorCode.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.INCOMPLETE_STREAM: grpc.StatusCode.DATA_LOSS,
     ErrorCode.STORAGE: grpc.StatusCode.INTERNAL,
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,

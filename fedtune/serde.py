@@ -195,6 +195,35 @@ def worker_from_proto(msg: admin_pb2.WorkerInfo) -> WorkerRecord:
 
 
 @dataclass(frozen=True)
+class SiteRecord:
+    name: str
+    created_unix: float
+    revoked_unix: float = 0.0  # 0 = active
+    workers_online: int = 0
+    last_seen_unix: float = 0.0
+
+
+def site_to_proto(rec: SiteRecord) -> admin_pb2.SiteInfo:
+    return admin_pb2.SiteInfo(
+        name=rec.name,
+        created_unix=rec.created_unix,
+        revoked_unix=rec.revoked_unix,
+        workers_online=rec.workers_online,
+        last_seen_unix=rec.last_seen_unix,
+    )
+
+
+def site_from_proto(msg: admin_pb2.SiteInfo) -> SiteRecord:
+    return SiteRecord(
+        name=msg.name,
+        created_unix=msg.created_unix,
+        revoked_unix=msg.revoked_unix,
+        workers_online=msg.workers_online,
+        last_seen_unix=msg.last_seen_unix,
+    )
+
+
+@dataclass(frozen=True)
 class ModelVersionRecord:
     version_id: str
     experiment_id: str

@@ -46,6 +46,7 @@ class Site(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     token_hash: Mapped[str] = mapped_column(String(128))  # sha256 hex of the site's token
     created_at: Mapped[float] = mapped_column(Float, default=now)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # set: the site may not connect
 
 
 class Worker(Base):

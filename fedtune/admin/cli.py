@@ -43,6 +43,7 @@ def admin_group(
     Examples:
       fedtune admin status
       fedtune admin sites add hospital-a
+      fedtune admin sites revoke hospital-a --reason "token leaked"
       fedtune admin experiment submit spec.yaml --start
       fedtune admin watch
       fedtune admin --json experiment list | jq -r '.experiments[].state'

@@ -71,6 +71,8 @@ def error_from_rpc(err: grpc.RpcError, target: str, timeout: float | None) -> Ad
         message = f"permission denied: {details or 'this admin token may not do that'}"
     elif code == grpc.StatusCode.UNIMPLEMENTED:
         message = f"the coordinator at {target} does not implement this call (is it an older version?)"
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("rate_limited"):
+        message = f"the coordinator refused the call for now: {details}"
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         message = f"message too large or server busy: {details or 'resource exhausted'}"
     elif details:
@@ -186,6 +188,16 @@ class AdminClient:
 
     def add_site(self, name: str) -> admin_pb2.AddSiteResponse:
         return self._unary("AddSite", admin_pb2.AddSiteRequest(name=name), admin_pb2.AddSiteResponse)
+
+    def list_sites(self) -> list[admin_pb2.SiteInfo]:
+        return list(self._unary("ListSites", admin_pb2.ListSitesRequest(), admin_pb2.ListSitesResponse).sites)
+
+    def revoke_site(self, name: str, reason: str = "") -> admin_pb2.RevokeSiteResponse:
+        request = admin_pb2.SiteRef(name=name, reason=reason)
+        return self._unary("RevokeSite", request, admin_pb2.RevokeSiteResponse)
+
+    def rotate_site_token(self, name: str) -> admin_pb2.AddSiteResponse:
+        return self._unary("RotateSiteToken", admin_pb2.SiteRef(name=name), admin_pb2.AddSiteResponse)
 
     def list_workers(self) -> list[admin_pb2.WorkerInfo]:
         request = admin_pb2.ListWorkersRequest()

@@ -1,4 +1,4 @@
-"""`sites add`, `workers`, `watch`, `status`: the operating side of a federation."""
+"""`sites add|list|revoke|rotate-token`, `workers`, `watch`, `status`: the operating side of a federation."""
 
 from __future__ import annotations
 
@@ -11,11 +11,17 @@ from fedtune.admin.context import AdminContext, pass_admin
 
 @click.group("sites")
 def sites_group() -> None:
-    """Register sites (institutions) that may run a worker.
+    """Register, list, revoke sites (institutions) that may run a worker, and rotate their tokens.
+
+    A site name is 1-64 ASCII lowercase letters, digits, '.', '_' or '-', starting with a letter or
+    digit; names are unique ignoring case.
 
     \b
     Examples:
       fedtune admin sites add hospital-a
+      fedtune admin sites list
+      fedtune admin sites rotate-token hospital-a
+      fedtune admin sites revoke hospital-a --reason "token leaked"
     """
 
 
@@ -38,10 +44,81 @@ def sites_add(admin: AdminContext, name: str) -> None:
     click.echo(f"Site {site.name} added. Its token (shown only this once, keep it secret):\n")
     click.echo(f"  {site.token}\n")
     click.echo("Start the site's worker with it, e.g.:")
-    click.echo(
-        f"  fedtune worker run --coordinator {admin.target} --site {site.name} --token {site.token} \\"
-    )
+    _worker_hint(admin, site.name, site.token)
+
+
+def _worker_hint(admin: AdminContext, name: str, token: str) -> None:
+    click.echo(f"  fedtune worker run --coordinator {admin.target} --site {name} --token {token} \\")
     click.echo("      --data-root ./data --model-root ./models")
+
+
+@sites_group.command("list")
+@pass_admin
+def sites_list(admin: AdminContext) -> None:
+    """List the sites: active or revoked, workers online, last seen.
+
+    \b
+    Examples:
+      fedtune admin sites list
+      fedtune admin --json sites list | jq -r '.sites[] | select(.revoked_unix == 0) | .name'
+    """
+    found = admin.client().list_sites()
+    human: RenderableType = (
+        render.sites_table(found)
+        if found
+        else render.plain("No sites yet; add one with: fedtune admin sites add NAME")
+    )
+    admin.output({"sites": [render.to_jsonable(s) for s in found]}, human)
+
+
+@sites_group.command("rotate-token")
+@click.argument("name")
+@pass_admin
+def sites_rotate_token(admin: AdminContext, name: str) -> None:
+    """Give site NAME a new token and print it once; the old token stops working at once.
+
+    The site's worker must be restarted with the new token. A site seeded from the coordinator's
+    FEDTUNE_SITES gets its settings token back at the next start: change it there too.
+
+    \b
+    Examples:
+      fedtune admin sites rotate-token hospital-a
+      TOKEN=$(fedtune admin --json sites rotate-token hospital-a | jq -r .token)
+    """
+    site = admin.client().rotate_site_token(name)
+    if admin.json_output:
+        admin.output(render.to_jsonable(site))
+        return
+    click.echo(f"Site {site.name} has a new token (shown only this once; the old one no longer works):\n")
+    click.echo(f"  {site.token}\n")
+    click.echo("Restart the site's worker with it, e.g.:")
+    _worker_hint(admin, site.name, site.token)
+
+
+@sites_group.command("revoke")
+@click.argument("name")
+@click.option("--reason", default="", help="Why; kept in the audit log (site.revoked event).")
+@pass_admin
+def sites_revoke(admin: AdminContext, name: str, reason: str) -> None:
+    """Revoke site NAME: it can no longer authenticate, its workers go offline, its unfinished round
+    tasks fail (the rounds close with the other sites) and its pending init tasks go to another site.
+
+    Updates it sent before stay in their rounds. A revoked site cannot be reinstated or its name
+    reused: add the institution again under a new name.
+
+    \b
+    Examples:
+      fedtune admin sites revoke hospital-a --reason "token leaked"
+      fedtune admin --json sites revoke hospital-a | jq .tasks_failed
+    """
+    done = admin.client().revoke_site(name, reason)
+    admin.output(
+        render.to_jsonable(done),
+        render.plain(
+            f"Site {done.site.name} revoked: {done.tasks_failed} task(s) failed, "
+            f"{done.tasks_cancelled} init task(s) handed to another site."
+        ),
+    )
 
 
 @click.command("workers")

@@ -229,6 +229,24 @@ def _closed_or_due(r: admin_pb2.RoundInfo) -> str:
     return f"due {fmt_time_short(r.deadline_unix)}" if r.deadline_unix else "-"
 
 
+def sites_table(sites: Sequence[admin_pb2.SiteInfo]) -> Table:
+    return table(
+        None,
+        ["SITE", "STATE", "WORKERS ONLINE", "LAST SEEN", "CREATED", "REVOKED"],
+        (
+            [
+                s.name,
+                "revoked" if s.revoked_unix else "active",
+                s.workers_online,
+                fmt_time_short(s.last_seen_unix),
+                fmt_time_short(s.created_unix),
+                fmt_time_short(s.revoked_unix),
+            ]
+            for s in sites
+        ),
+    )
+
+
 def workers_table(workers: Sequence[admin_pb2.WorkerInfo]) -> Table:
     return table(
         None,

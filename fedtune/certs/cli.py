@@ -25,12 +25,26 @@ Writes (private keys 0600; give each party only its own folder, keep ca.key offl
   coordinator/{ca.pem,cert.pem,key.pem}  coordinator serve --tls-cert/--tls-key/--tls-client-ca
   sites/NAME/{ca.pem,cert.pem,key.pem}   worker run --tls-ca/--tls-cert/--tls-key (CN = NAME)
   admin/{ca.pem,cert.pem,key.pem}        fedtune admin --tls-ca/--tls-cert/--tls-key
+                                        (an admin certificate: CN fedtune-admin:admin)
 """
 
 ADD_SITE_EXAMPLES = """
 \b
 Example:
   fedtune certs add-site --ca-dir ./certs hospital-c    # writes ./certs/sites/hospital-c/
+"""
+
+
+ADD_ADMIN_EXAMPLES = """
+\b
+Example:
+  fedtune certs add-admin --ca-dir ./certs alice        # writes ./certs/admins/alice/
+  fedtune admin --tls-ca certs/admins/alice/ca.pem --tls-cert certs/admins/alice/cert.pem \\
+      --tls-key certs/admins/alice/key.pem status
+
+\b
+An admin certificate (CN fedtune-admin:NAME, OU fedtune-admin) is an admin credential on a mutual-TLS
+coordinator: it may call the Admin API without the admin token. A site certificate never is.
 """
 
 
@@ -88,7 +102,7 @@ def init_command(
         issue.write_file(out / "ca.pem", issue.cert_pem(ca_cert), secret=False)
         cert, key = issue.make_leaf(ca_cert, ca_key, hosts[0][:64], days, server_hosts=hosts, client=True)
         issue.write_bundle(bundles[0], ca_cert, cert, key)
-        cert, key = issue.make_leaf(ca_cert, ca_key, issue.ADMIN_CN, days)
+        cert, key = issue.make_admin_leaf(ca_cert, ca_key, issue.DEFAULT_ADMIN, days)
         issue.write_bundle(bundles[1], ca_cert, cert, key)
         for site, bundle in zip(dict.fromkeys(sites), bundles[2:], strict=True):
             cert, key = issue.make_leaf(ca_cert, ca_key, site, days)
@@ -127,3 +141,28 @@ def add_site_command(ca_dir: Path, name: str, days: int, force: bool) -> None:
     except FedtuneError as err:
         _fail(err)
     click.echo(f"site: {bundle.folder}/ (give this folder to {name})")
+
+
+@certs_group.command("add-admin", epilog=ADD_ADMIN_EXAMPLES)
+@click.option(
+    "--ca-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="The folder `fedtune certs init` wrote (with ca.pem and ca.key).",
+)
+@click.argument("name")
+@click.option(
+    "--days", type=click.IntRange(1, 3650), default=DEFAULT_DAYS, show_default=True, help="Validity."
+)
+@click.option("--force", is_flag=True, help="Replace the admin's existing files.")
+def add_admin_command(ca_dir: Path, name: str, days: int, force: bool) -> None:
+    """Make an admin client cert for operator NAME (CN fedtune-admin:NAME), signed by the existing CA."""
+    try:
+        bundle = issue.admin_bundle(ca_dir, name)
+        issue.refuse_existing(bundle.files(), force)
+        ca_cert, ca_key = issue.load_ca(ca_dir)
+        cert, key = issue.make_admin_leaf(ca_cert, ca_key, name, days)
+        issue.write_bundle(bundle, ca_cert, cert, key)
+    except FedtuneError as err:
+        _fail(err)
+    click.echo(f"admin: {bundle.folder}/ (give this folder to {name}; it is an admin credential)")

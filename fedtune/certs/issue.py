@@ -5,7 +5,8 @@ whoever runs `fedtune certs`):
 
     ca.pem ca.key                     the CA
     coordinator/ca.pem cert.pem key.pem   server cert (SANs: coordinator hosts, localhost, 127.0.0.1)
-    admin/ca.pem cert.pem key.pem         client cert, CN "fedtune-admin"
+    admin/ca.pem cert.pem key.pem         client cert, CN "fedtune-admin:admin", OU "fedtune-admin"
+    admins/<name>/ca.pem cert.pem key.pem  client cert, CN "fedtune-admin:<name>", OU "fedtune-admin"
     sites/<site>/ca.pem cert.pem key.pem  client cert, CN = the site's name
 
 Private keys are written 0600; no file is replaced unless `force`.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +26,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedtune import identity
 from fedtune.errors import ErrorCode, FedtuneError
 
-ADMIN_CN = "fedtune-admin"
+DEFAULT_ADMIN = "admin"  # the admin certificate `certs init` makes: CN "fedtune-admin:admin"
 CA_CN = "fedtune CA"
 ALWAYS_HOSTS = ("localhost", "127.0.0.1")
-SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # a CN holds at most 64 characters
 Key = ec.EllipticCurvePrivateKey
 
 
@@ -61,8 +61,10 @@ def coordinator_bundle(out: Path) -> Bundle:
     return Bundle(out / "coordinator")
 
 
-def admin_bundle(out: Path) -> Bundle:
-    return Bundle(out / "admin")
+def admin_bundle(out: Path, name: str = DEFAULT_ADMIN) -> Bundle:
+    """`admin/` for the admin `certs init` makes, `admins/<name>/` for one made by `certs add-admin`."""
+    identity.admin_common_name(name)
+    return Bundle(out / "admin") if name == DEFAULT_ADMIN else Bundle(out / "admins" / name)
 
 
 def site_bundle(out: Path, site: str) -> Bundle:
@@ -70,10 +72,10 @@ def site_bundle(out: Path, site: str) -> Bundle:
 
 
 def check_site_name(site: str) -> str:
-    if not SITE_NAME.match(site):
+    if not identity.SITE_NAME_PATTERN.match(site):
         raise FedtuneError(
             ErrorCode.INVALID_ARGUMENT,
-            f"site name {site!r} cannot be a certificate name: use 1-64 letters, digits, '.', '_' or '-'",
+            f"site name {site!r} cannot be a certificate name: a site name is {identity.SITE_NAME_RULE}",
         )
     return site
 
@@ -82,8 +84,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)  # tolerate small clock skew
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(common_name: str, unit: str | None = None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if unit is not None:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    return x509.Name(attributes)
 
 
 def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
@@ -125,8 +130,10 @@ def make_leaf(
     *,
     server_hosts: Sequence[str] = (),
     client: bool = True,
+    unit: str | None = None,
 ) -> tuple[x509.Certificate, Key]:
-    """A cert signed by the CA: a server cert when `server_hosts` is given, a client cert when `client`."""
+    """A cert signed by the CA: a server cert when `server_hosts` is given, a client cert when `client`;
+    `unit` adds an organizational unit to the subject (the admin mark, identity.ADMIN_OU)."""
     key = ec.generate_private_key(ec.SECP256R1())
     start = _now()
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else []) + (
@@ -134,7 +141,7 @@ def make_leaf(
     )
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(_name(common_name, unit))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -153,6 +160,13 @@ def make_leaf(
     if server_hosts:
         builder = builder.add_extension(_san(server_hosts), critical=False)
     return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def make_admin_leaf(
+    ca_cert: x509.Certificate, ca_key: Key, name: str, days: int
+) -> tuple[x509.Certificate, Key]:
+    """An admin client cert: CN "fedtune-admin:<name>" and OU "fedtune-admin" (fedtune.identity)."""
+    return make_leaf(ca_cert, ca_key, identity.admin_common_name(name), days, unit=identity.ADMIN_OU)
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:

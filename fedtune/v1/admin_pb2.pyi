@@ -157,6 +157,48 @@ class AddSiteResponse(_message.Message):
     token: str
     def __init__(self, name: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
+class SiteRef(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListSitesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SiteInfo(_message.Message):
+    __slots__ = ("name", "created_unix", "revoked_unix", "workers_online", "last_seen_unix")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_ONLINE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    created_unix: float
+    revoked_unix: float
+    workers_online: int
+    last_seen_unix: float
+    def __init__(self, name: _Optional[str] = ..., created_unix: _Optional[float] = ..., revoked_unix: _Optional[float] = ..., workers_online: _Optional[int] = ..., last_seen_unix: _Optional[float] = ...) -> None: ...
+
+class ListSitesResponse(_message.Message):
+    __slots__ = ("sites",)
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
+    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeSiteResponse(_message.Message):
+    __slots__ = ("site", "tasks_failed", "tasks_cancelled")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    TASKS_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    site: SiteInfo
+    tasks_failed: int
+    tasks_cancelled: int
+    def __init__(self, site: _Optional[_Union[SiteInfo, _Mapping]] = ..., tasks_failed: _Optional[int] = ..., tasks_cancelled: _Optional[int] = ...) -> None: ...
+
 class ListWorkersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

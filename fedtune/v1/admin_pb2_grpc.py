@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class AdminStub:
     """Operators' service, used by `fedtune admin`. Calls carry
-    `authorization: Bearer <admin token>` when the coordinator sets one.
+    `authorization: Bearer <admin token>` when the coordinator sets one; under mutual TLS an admin
+    certificate (`fedtune certs add-admin`) is an admin credential too, a site certificate never is.
     """
 
     def __init__(self, channel):
@@ -81,6 +82,21 @@ class AdminStub:
                 request_serializer=fedtune_dot_v1_dot_admin__pb2.AddSiteRequest.SerializeToString,
                 response_deserializer=fedtune_dot_v1_dot_admin__pb2.AddSiteResponse.FromString,
                 _registered_method=True)
+        self.ListSites = channel.unary_unary(
+                '/fedtune.v1.Admin/ListSites',
+                request_serializer=fedtune_dot_v1_dot_admin__pb2.ListSitesRequest.SerializeToString,
+                response_deserializer=fedtune_dot_v1_dot_admin__pb2.ListSitesResponse.FromString,
+                _registered_method=True)
+        self.RevokeSite = channel.unary_unary(
+                '/fedtune.v1.Admin/RevokeSite',
+                request_serializer=fedtune_dot_v1_dot_admin__pb2.SiteRef.SerializeToString,
+                response_deserializer=fedtune_dot_v1_dot_admin__pb2.RevokeSiteResponse.FromString,
+                _registered_method=True)
+        self.RotateSiteToken = channel.unary_unary(
+                '/fedtune.v1.Admin/RotateSiteToken',
+                request_serializer=fedtune_dot_v1_dot_admin__pb2.SiteRef.SerializeToString,
+                response_deserializer=fedtune_dot_v1_dot_admin__pb2.AddSiteResponse.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/fedtune.v1.Admin/ListWorkers',
                 request_serializer=fedtune_dot_v1_dot_admin__pb2.ListWorkersRequest.SerializeToString,
@@ -115,7 +131,8 @@ class AdminStub:
 
 class AdminServicer:
     """Operators' service, used by `fedtune admin`. Calls carry
-    `authorization: Bearer <admin token>` when the coordinator sets one.
+    `authorization: Bearer <admin token>` when the coordinator sets one; under mutual TLS an admin
+    certificate (`fedtune certs add-admin`) is an admin credential too, a site certificate never is.
     """
 
     def SubmitExperiment(self, request, context):
@@ -168,6 +185,26 @@ class AdminServicer:
 
     def AddSite(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSites(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSite(self, request, context):
+        """The site can no longer authenticate; its live tasks are failed (round tasks) or cancelled (init).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateSiteToken(self, request, context):
+        """A new token, returned once; the old one stops working.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -258,6 +295,21 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=fedtune_dot_v1_dot_admin__pb2.AddSiteRequest.FromString,
                     response_serializer=fedtune_dot_v1_dot_admin__pb2.AddSiteResponse.SerializeToString,
             ),
+            'ListSites': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSites,
+                    request_deserializer=fedtune_dot_v1_dot_admin__pb2.ListSitesRequest.FromString,
+                    response_serializer=fedtune_dot_v1_dot_admin__pb2.ListSitesResponse.SerializeToString,
+            ),
+            'RevokeSite': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSite,
+                    request_deserializer=fedtune_dot_v1_dot_admin__pb2.SiteRef.FromString,
+                    response_serializer=fedtune_dot_v1_dot_admin__pb2.RevokeSiteResponse.SerializeToString,
+            ),
+            'RotateSiteToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSiteToken,
+                    request_deserializer=fedtune_dot_v1_dot_admin__pb2.SiteRef.FromString,
+                    response_serializer=fedtune_dot_v1_dot_admin__pb2.AddSiteResponse.SerializeToString,
+            ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
                     request_deserializer=fedtune_dot_v1_dot_admin__pb2.ListWorkersRequest.FromString,
@@ -298,7 +350,8 @@ def add_AdminServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Admin:
     """Operators' service, used by `fedtune admin`. Calls carry
-    `authorization: Bearer <admin token>` when the coordinator sets one.
+    `authorization: Bearer <admin token>` when the coordinator sets one; under mutual TLS an admin
+    certificate (`fedtune certs add-admin`) is an admin credential too, a site certificate never is.
     """
 
     @staticmethod
@@ -533,6 +586,87 @@ class Admin:
             target,
             '/fedtune.v1.Admin/AddSite',
             fedtune_dot_v1_dot_admin__pb2.AddSiteRequest.SerializeToString,
+            fedtune_dot_v1_dot_admin__pb2.AddSiteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSites(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtune.v1.Admin/ListSites',
+            fedtune_dot_v1_dot_admin__pb2.ListSitesRequest.SerializeToString,
+            fedtune_dot_v1_dot_admin__pb2.ListSitesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtune.v1.Admin/RevokeSite',
+            fedtune_dot_v1_dot_admin__pb2.SiteRef.SerializeToString,
+            fedtune_dot_v1_dot_admin__pb2.RevokeSiteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSiteToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtune.v1.Admin/RotateSiteToken',
+            fedtune_dot_v1_dot_admin__pb2.SiteRef.SerializeToString,
             fedtune_dot_v1_dot_admin__pb2.AddSiteResponse.FromString,
             options,
             channel_credentials,

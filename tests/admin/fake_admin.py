@@ -130,6 +130,14 @@ class FakeAdmin(admin_pb2_grpc.AdminServicer):
                 site="hospital-b", worker_id="w-b1", state="offline", last_seen_unix=T0 - 3600, device="cpu"
             ),
         ]
+        self.sites = {
+            "hospital-a": admin_pb2.SiteInfo(
+                name="hospital-a", created_unix=T0 - 86400, workers_online=1, last_seen_unix=T0 + 5
+            ),
+            "hospital-b": admin_pb2.SiteInfo(
+                name="hospital-b", created_unix=T0 - 86400, revoked_unix=T0 - 60, last_seen_unix=T0 - 3600
+            ),
+        }
         self.exports: dict[str, CannedExport] = {}
         self.models: dict[str, admin_pb2.ModelVersion] = {}
         self.events = [
@@ -247,6 +255,30 @@ class FakeAdmin(admin_pb2_grpc.AdminServicer):
     def AddSite(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("AddSite", request, context)
         return admin_pb2.AddSiteResponse(name=request.name, token=f"ftk_{request.name}_s3cr3t")
+
+    def _site(self, name: str, context: grpc.ServicerContext) -> admin_pb2.SiteInfo:
+        if name not in self.sites:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"not_found: no site {name!r}")
+        return self.sites[name]
+
+    def ListSites(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("ListSites", request, context)
+        return admin_pb2.ListSitesResponse(sites=list(self.sites.values()))
+
+    def RevokeSite(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("RevokeSite", request, context)
+        site = self._site(request.name, context)
+        if site.revoked_unix:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"wrong_state: site {request.name!r} is already revoked"
+            )
+        site.revoked_unix, site.workers_online = T0 + 100, 0
+        return admin_pb2.RevokeSiteResponse(site=site, tasks_failed=2, tasks_cancelled=1)
+
+    def RotateSiteToken(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("RotateSiteToken", request, context)
+        self._site(request.name, context)
+        return admin_pb2.AddSiteResponse(name=request.name, token=f"ftk_{request.name}_n3w")
 
     def ListWorkers(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("ListWorkers", request, context)

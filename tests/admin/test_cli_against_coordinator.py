@@ -281,7 +281,9 @@ def test_wrong_state_and_duplicate_site_exit_5(live: tuple[Cluster, Cli], tmp_pa
 
 
 def test_missing_or_wrong_admin_token_exits_6(tmp_path: Path, database_url: str) -> None:
-    cluster = Cluster(make_settings(tmp_path / "data", database_url, admin_token=ADMIN_TOKEN, sites=""))
+    settings = make_settings(tmp_path / "data", database_url, admin_token=ADMIN_TOKEN, sites="")
+    # more refused calls below than the default failed-authentication limit (10 per minute per address)
+    cluster = Cluster(settings.model_copy(update={"auth_failures_per_window": 20}))
     try:
         commands = [
             ("experiment", "list"),

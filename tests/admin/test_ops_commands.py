@@ -1,4 +1,4 @@
-"""`sites add`, `workers`, `status`, `watch`: human and --json output."""
+"""`sites add|list|revoke|rotate-token`, `workers`, `status`, `watch`: human and --json output."""
 
 from __future__ import annotations
 
@@ -31,6 +31,56 @@ def test_sites_add_json_returns_name_and_token(admin: Admin) -> None:
     result = admin("--json", "sites", "add", "hospital-b")
 
     assert result.json == {"name": "hospital-b", "token": "ftk_hospital-b_s3cr3t"}
+
+
+def test_sites_list_shows_active_and_revoked_sites(admin: Admin) -> None:
+    # Execute
+    human = admin("sites", "list")
+    machine = admin("--json", "sites", "list")
+
+    # Assert
+    assert human.exit_code == 0, human.stderr
+    lines = {line.split()[0]: line for line in human.stdout.splitlines() if line.startswith("hospital")}
+    assert "active" in lines["hospital-a"] and "revoked" in lines["hospital-b"]
+    assert [s["name"] for s in machine.json["sites"]] == ["hospital-a", "hospital-b"]
+    assert machine.json["sites"][1]["revoked_unix"] == T0 - 60
+
+
+def test_sites_revoke_sends_the_reason_and_reports_the_tasks_it_ended(admin: Admin, fake: FakeAdmin) -> None:
+    # Execute
+    human = admin("sites", "revoke", "hospital-a", "--reason", "token leaked")
+    again = admin("sites", "revoke", "hospital-a")
+    machine = admin("--json", "sites", "revoke", "nowhere")
+
+    # Assert
+    assert human.exit_code == 0, human.stderr
+    assert "hospital-a revoked" in human.stdout and "2 task(s) failed" in human.stdout
+    request = fake.requests("RevokeSite")[0]
+    assert (request.name, request.reason) == ("hospital-a", "token leaked")
+    assert again.exit_code == 5 and "already revoked" in again.stderr
+    assert machine.exit_code == 3 and "no site 'nowhere'" in machine.stderr
+
+
+def test_sites_rotate_token_prints_the_new_token_once_with_a_worker_hint(
+    admin: Admin, fake: FakeAdmin
+) -> None:
+    # Execute
+    human = admin("sites", "rotate-token", "hospital-a")
+    machine = admin("--json", "sites", "rotate-token", "hospital-a")
+
+    # Assert
+    assert human.exit_code == 0, human.stderr
+    assert human.stdout.count("ftk_hospital-a_n3w") == 2 and "no longer works" in human.stdout
+    assert machine.json == {"name": "hospital-a", "token": "ftk_hospital-a_n3w"}
+    assert [r.name for r in fake.requests("RotateSiteToken")] == ["hospital-a", "hospital-a"]
+
+
+@pytest.mark.parametrize("command", ["list", "revoke", "rotate-token"])
+def test_sites_subcommands_show_examples_in_their_help(admin: Admin, command: str) -> None:
+    result = admin("sites", command, "--help")
+
+    assert result.exit_code == 0, result.stderr
+    assert "Examples:" in result.stdout and f"fedtune admin sites {command}" in result.stdout
 
 
 def test_workers_lists_workers_with_their_datasets(admin: Admin) -> None:

@@ -54,6 +54,11 @@ MANIFEST = Manifest.of(
             serde.worker_from_proto,
         ),
         (
+            serde.SiteRecord("hospital-a", 1.0, 5.0, 2, 4.0),
+            serde.site_to_proto,
+            serde.site_from_proto,
+        ),
+        (
             serde.ModelVersionRecord(
                 "mv",
                 "e",

@@ -38,13 +38,15 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _serve(certs: Path, data_dir: Path, mutual: bool) -> Iterator[CoordinatorServer]:
+def serve(
+    certs: Path, data_dir: Path, mutual: bool, admin_token: str | None = ADMIN_TOKEN
+) -> Iterator[CoordinatorServer]:
     bundle = certs / "coordinator"
     settings = CoordinatorSettings(
         host="127.0.0.1",
         port=0,
         data_dir=data_dir,
-        admin_token=ADMIN_TOKEN,
+        admin_token=admin_token,
         sites=",".join(f"{name}:{token}" for name, token in SITE_TOKENS.items()),
         max_pull_wait_seconds=1.0,
         tls_cert=bundle / "cert.pem",
@@ -61,22 +63,26 @@ def _serve(certs: Path, data_dir: Path, mutual: bool) -> Iterator[CoordinatorSer
 @pytest.fixture
 def tls_server(certs: Path, data_dir: Path) -> Iterator[CoordinatorServer]:
     """Server TLS only: no client certificate asked for."""
-    yield from _serve(certs, data_dir, mutual=False)
+    yield from serve(certs, data_dir, mutual=False)
 
 
 @pytest.fixture
 def mtls_server(certs: Path, data_dir: Path) -> Iterator[CoordinatorServer]:
     """Mutual TLS: a client certificate signed by the CA is required."""
-    yield from _serve(certs, data_dir, mutual=True)
+    yield from serve(certs, data_dir, mutual=True)
 
 
-def secure_channel(server: CoordinatorServer, certs: Path, client: str | None = None) -> grpc.Channel:
-    """A TLS channel trusting the CA; `client` = "admin" or a site name presents that party's cert."""
+def secure_channel(server: CoordinatorServer, certs: Path, client: str | Path | None = None) -> grpc.Channel:
+    """A TLS channel trusting the CA; `client` = "admin", a site name or a bundle folder presents that
+    party's cert."""
     ca = (certs / "ca.pem").read_bytes()
     if client is None:
         credentials = grpc.ssl_channel_credentials(root_certificates=ca)
     else:
-        bundle = certs / "admin" if client == "admin" else certs / "sites" / client
+        if isinstance(client, Path):
+            bundle = client
+        else:
+            bundle = certs / "admin" if client == "admin" else certs / "sites" / client
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca,
             private_key=(bundle / "key.pem").read_bytes(),

@@ -78,7 +78,7 @@ def test_site_and_admin_certs_are_client_certs_named_after_their_holder(tmp_path
 
     # Assert
     assert _cn(site) == "hospital-a"
-    assert _cn(admin) == "fedtune-admin"
+    assert _cn(admin) == "fedtune-admin:admin"
     for cert in (site, admin):
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]

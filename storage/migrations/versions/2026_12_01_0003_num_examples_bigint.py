@@ -1,9 +1,9 @@
 """num_examples columns become 64-bit: one site may claim up to max_update_examples (10^9 by default)
 and a model version sums them over every site of its round, which passes INTEGER's 2^31 - 1.
 
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-12-02
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-01
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | Sequence[str] | None = "0001"
+revision: str = "0003"
+down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
