@@ -1,4 +1,4 @@
-# fedtune — `make demo` runs the federated demo, `make test` runs the tests.
+# fedtune — `make demo` runs the federated demo, `make test` runs the tests (`make test-fast` for daily work).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/fedtune/v1/*.proto)
 PYTEST_ARGS ?= -rfE
 
-.PHONY: install test demo proto check-protos lint bench clean help
+.PHONY: install test test-fast demo proto check-protos lint bench clean help
 
 help:
 	@echo "make install       create $(VENV) with the coordinator, worker, demo and dev dependencies"
 	@echo "make demo          run the 4-site federated demo on MiniLM + BBC News (about 10 minutes on 2 CPU cores)"
-	@echo "make test          check the generated protobuf code, then run the test suite"
+	@echo "make test          check the generated protobuf code, then run the whole test suite (what CI runs)"
+	@echo "make test-fast     a fast loop for daily work: the suite without the slow tests, on SQLite (about a minute)"
 	@echo "make proto         regenerate fedtune/v1/ from proto/fedtune/v1/*.proto"
 	@echo "make lint          ruff + mypy"
 	@echo "make bench         run the benchmarks in bench/ (figures land in bench/results/)"
@@ -36,7 +37,13 @@ check-protos: $(STAMP)
 	done; rm -rf $$tmp; echo "generated protobuf code is up to date"
 
 test: check-protos
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS) --durations=10
+
+# Tests marked `slow` (they train a model or start processes) are left out, and the database is SQLite
+# only unless TEST_FAST_DATABASE_URL names a PostgreSQL server; `make test` still runs everything.
+TEST_FAST_DATABASE_URL ?=
+test-fast: $(STAMP)
+	FEDTUNE_TEST_DATABASE_URL="$(TEST_FAST_DATABASE_URL)" $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) --durations=5
 
 demo: $(STAMP)
 	$(PY) -m fedtune.demo

@@ -2,26 +2,27 @@
 
 `database_url` runs a test against SQLite and, when FEDTUNE_TEST_DATABASE_URL is set (CI sets it
 to the local PostgreSQL), against a fresh PostgreSQL database made for that test and dropped after.
+`cluster_factory` / `cluster` start an in-process coordinator on that database (tests/support/cluster.py).
+Conftests hold fixtures only; helpers shared between test packages live in tests/support/.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support.ports import free_port
+
+if TYPE_CHECKING:  # imported in the fixture, so a run that needs no coordinator does not load one
+    from tests.support.cluster import Cluster
+
 POSTGRES_URL = os.environ.get("FEDTUNE_TEST_DATABASE_URL", "")
 DATABASE_BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -67,3 +68,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'registry.db'}"
     else:
         yield from _postgres_database()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Cluster]]:
+    """`cluster_factory(**settings_overrides)` starts a coordinator; all are stopped after the test."""
+    from tests.support.cluster import Cluster, make_settings
+
+    made: list[Cluster] = []
+
+    def make(**overrides: Any) -> Cluster:
+        cluster = Cluster(make_settings(tmp_path / "data", database_url, **overrides))
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(cluster_factory: Callable[..., Cluster]) -> Cluster:
+    return cluster_factory()

@@ -6,7 +6,7 @@ import pytest
 
 from tests.admin.fake_admin import FakeAdmin, FakeAdminServer
 from tests.admin.harness import AdminRun, run_admin
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import numpy as np
 from fedtune.serde import task_from_proto
 from fedtune.v1 import worker_pb2
 from tests.admin.harness import AdminRun, run_admin
-from tests.coordinator.conftest import wait_for
-from tests.coordinator.fake_worker import FakeWorker, initial_arrays
-from tests.coordinator.flow import pull_train, train_update, weighted_mean
+from tests.support.fake_worker import FakeWorker, initial_arrays
+from tests.support.flow import pull_train, train_update, weighted_mean
+from tests.support.waiting import wait_for
 
 Arrays = dict[str, np.ndarray]
 

@@ -18,10 +18,11 @@ from safetensors.numpy import load_file
 from fedtune.admin.client import ExitCode
 from tests.admin.harness import run_admin
 from tests.admin.live_coordinator import Cli, RoundPlan, do_init
-from tests.conftest import free_port
-from tests.coordinator.conftest import ADMIN_TOKEN, Cluster, make_settings, spec_yaml, wait_for
-from tests.coordinator.fake_worker import ADAPTER_CONFIG, FakeWorker
-from tests.coordinator.flow import assert_arrays_close
+from tests.support.cluster import ADMIN_TOKEN, Cluster, make_settings, spec_yaml
+from tests.support.fake_worker import ADAPTER_CONFIG, FakeWorker
+from tests.support.flow import assert_arrays_close
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 SITES = ("hospital-a", "hospital-b")
 

@@ -11,7 +11,7 @@ import pytest
 from fedtune.admin.client import AdminClient, AdminError, ExitCode
 from tests.admin.fake_admin import FakeAdmin, FakeAdminServer
 from tests.admin.harness import AdminRun, run_admin
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 Admin = Callable[..., AdminRun]
 

@@ -11,10 +11,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedtune.v1 import admin_pb2, worker_pb2
-from tests.coordinator.conftest import Cluster, spec_yaml, wait_for
-from tests.coordinator.fake_worker import ADAPTER_CONFIG, FakeWorker
-from tests.coordinator.flow import initialize, pull_train, submit
-from tests.coordinator.test_bad_updates import expect_error
+from tests.support.cluster import Cluster, spec_yaml
+from tests.support.fake_worker import ADAPTER_CONFIG, FakeWorker
+from tests.support.flow import initialize, pull_train, submit
+from tests.support.waiting import wait_for
+from tests.support.wire import expect_error
 
 
 def test_coordinator_imports_without_torch() -> None:

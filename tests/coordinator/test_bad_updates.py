@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 
 import grpc
 import numpy as np
-import pytest
 
-from fedtune.serde import UpdateHeaderRecord, update_header_to_proto
 from fedtune.tensorstream.encoder import manifest_for_arrays
 from fedtune.tensorstream.manifest import Manifest
-from fedtune.v1 import common_pb2, worker_pb2
-from tests.coordinator.conftest import Cluster, spec_yaml, wait_for
-from tests.coordinator.fake_worker import FakeWorker
-from tests.coordinator.flow import (
+from tests.support.cluster import Cluster, spec_yaml
+from tests.support.flow import (
     assert_arrays_close,
     committed_version,
     initialize,
@@ -24,32 +19,8 @@ from tests.coordinator.flow import (
     train_update,
     weighted_mean,
 )
-
-
-def expect_error(call: Callable[[], object], code: grpc.StatusCode, text: str) -> None:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    assert caught.value.code() == code, caught.value.details()
-    assert text in caught.value.details(), caught.value.details()
-
-
-def header_only(task_id: str, manifest: Manifest, num_examples: int = 5) -> worker_pb2.PushUpdateRequest:
-    header = UpdateHeaderRecord(task_id=task_id, num_examples=num_examples, manifest=manifest)
-    return worker_pb2.PushUpdateRequest(header=update_header_to_proto(header))
-
-
-def raw_chunk(index: int, offset: int, data: bytes, crc: int | None = None) -> worker_pb2.PushUpdateRequest:
-    crc = zlib.crc32(data) if crc is None else crc
-    return worker_pb2.PushUpdateRequest(
-        chunk=common_pb2.TensorChunk(tensor_index=index, offset=offset, data=data, crc32=crc)
-    )
-
-
-def push_raw(worker: FakeWorker, requests: list[worker_pb2.PushUpdateRequest]) -> Callable[[], object]:
-    def call() -> object:
-        return worker.stub.PushUpdate(iter(requests), metadata=worker.metadata, timeout=10)
-
-    return call
+from tests.support.waiting import wait_for
+from tests.support.wire import expect_error, header_only, push_raw, raw_chunk
 
 
 def test_bad_updates_are_rejected_and_the_round_is_unchanged(cluster_factory: Callable[..., Cluster]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.coordinator.conftest import Cluster, spec_yaml, wait_for
-from tests.coordinator.flow import (
+from tests.support.cluster import Cluster, spec_yaml
+from tests.support.flow import (
     assert_arrays_close,
     committed_version,
     initialize,
@@ -13,6 +13,7 @@ from tests.coordinator.flow import (
     train_update,
     weighted_mean,
 )
+from tests.support.waiting import wait_for
 
 
 def test_three_rounds_of_three_workers_commit_the_exact_weighted_mean(cluster: Cluster) -> None:

@@ -17,9 +17,9 @@ from coordinator.experiments import validate_spec
 from fedtune.errors import FedtuneError
 from fedtune.serde import TaskRecord
 from storage import models
-from tests.coordinator.conftest import make_settings
-from tests.coordinator.fake_worker import initial_arrays
 from tests.coordinator.test_scheduler import experiment, push, register, site_id
+from tests.support.cluster import make_settings
+from tests.support.fake_worker import initial_arrays
 
 SPEC = """
 name: global-then-finetune

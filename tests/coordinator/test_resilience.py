@@ -9,9 +9,9 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
-from tests.coordinator.conftest import Cluster, spec_yaml, wait_for
-from tests.coordinator.fake_worker import FakeWorker
-from tests.coordinator.flow import (
+from tests.support.cluster import Cluster, spec_yaml
+from tests.support.fake_worker import FakeWorker
+from tests.support.flow import (
     assert_arrays_close,
     committed_version,
     initialize,
@@ -19,6 +19,7 @@ from tests.coordinator.flow import (
     train_update,
     weighted_mean,
 )
+from tests.support.waiting import wait_for
 
 
 def push_then_hang(

@@ -17,8 +17,8 @@ from fedtune.serde import UpdateHeaderRecord
 from fedtune.spec import SelectionSpec
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_arrays
 from storage import models
-from tests.coordinator.conftest import SITES, make_settings, spec_yaml
-from tests.coordinator.fake_worker import initial_arrays
+from tests.support.cluster import SITES, make_settings, spec_yaml
+from tests.support.fake_worker import initial_arrays
 
 
 @pytest.fixture

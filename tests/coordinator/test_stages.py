@@ -14,9 +14,9 @@ from coordinator.stages import personalize_metrics
 from fedtune.errors import FedtuneError
 from fedtune.serde import TaskRecord
 from storage import models
-from tests.coordinator.conftest import make_settings, spec_yaml
-from tests.coordinator.fake_worker import initial_arrays
 from tests.coordinator.test_scheduler import experiment, initialized, push, site_id, task_state
+from tests.support.cluster import make_settings, spec_yaml
+from tests.support.fake_worker import initial_arrays
 
 PERSONALIZE = """  - kind: personalize
     deadline_seconds: 60

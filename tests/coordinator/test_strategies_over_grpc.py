@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from coordinator.strategies import STRATEGIES
-from tests.coordinator.conftest import Admin, Cluster, spec_yaml, wait_for
-from tests.coordinator.fake_worker import FakeWorker
-from tests.coordinator.flow import committed_version, initialize, pull_train, train_update
 from tests.strategies.reference import SERVER_OPTIMISERS, server_optimiser_rounds
+from tests.support.cluster import Admin, Cluster, spec_yaml
+from tests.support.fake_worker import FakeWorker
+from tests.support.flow import committed_version, initialize, pull_train, train_update
+from tests.support.waiting import wait_for
 
 Arrays = dict[str, np.ndarray]
 Pushed = list[tuple[Arrays, int]]

@@ -18,8 +18,8 @@ from fedtune.serde import UpdateHeaderRecord
 from fedtune.tensorstream.decoder import StreamDecoder
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_arrays
 from fedtune.tensorstream.manifest import Manifest
-from tests.coordinator.conftest import SITES, make_settings
 from tests.fixtures.tiny import make_tiny_model, tiny_spec
+from tests.support.cluster import SITES, make_settings
 from worker.model import build_model, clear_cache
 from worker.tasks import run_init
 

@@ -1,63 +1,21 @@
-"""A certs folder made by the real `fedtune certs init`, and coordinators serving TLS or mutual TLS."""
+"""Fixtures for the security tests: a certs folder made once per session, coordinators serving TLS or
+mutual TLS (helpers in tests/support/tls.py; `cluster` / `cluster_factory` come from tests/conftest.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from click.testing import CliRunner
 
-from coordinator.server import CoordinatorServer, start_server
-from coordinator.settings import CoordinatorSettings
-from fedtune.certs import certs_group
-from tests.coordinator.conftest import cluster, cluster_factory  # noqa: F401  (shared fixtures)
-
-ADMIN_TOKEN = "admin-secret"
-SITE_TOKENS = {"site-a": "token-a", "site-b": "token-b"}
+from coordinator.server import CoordinatorServer
+from tests.support.tls import make_certs, serve
 
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CA + coordinator (host `coord.test`) + admin + site-a + site-b, made once for the session."""
-    out = tmp_path_factory.mktemp("certs")
-    args = [
-        "init",
-        "--out",
-        str(out),
-        "--coordinator-host",
-        "coord.test",
-        "--site",
-        "site-a",
-        "--site",
-        "site-b",
-    ]
-    result = CliRunner().invoke(certs_group, args)
-    assert result.exit_code == 0, result.output
-    return out
-
-
-def serve(
-    certs: Path, data_dir: Path, mutual: bool, admin_token: str | None = ADMIN_TOKEN
-) -> Iterator[CoordinatorServer]:
-    bundle = certs / "coordinator"
-    settings = CoordinatorSettings(
-        host="127.0.0.1",
-        port=0,
-        data_dir=data_dir,
-        admin_token=admin_token,
-        sites=",".join(f"{name}:{token}" for name, token in SITE_TOKENS.items()),
-        max_pull_wait_seconds=1.0,
-        tls_cert=bundle / "cert.pem",
-        tls_key=bundle / "key.pem",
-        tls_client_ca=bundle / "ca.pem" if mutual else None,
-    )
-    server = start_server(settings)
-    try:
-        yield server
-    finally:
-        server.stop(0)
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture
@@ -70,22 +28,3 @@ def tls_server(certs: Path, data_dir: Path) -> Iterator[CoordinatorServer]:
 def mtls_server(certs: Path, data_dir: Path) -> Iterator[CoordinatorServer]:
     """Mutual TLS: a client certificate signed by the CA is required."""
     yield from serve(certs, data_dir, mutual=True)
-
-
-def secure_channel(server: CoordinatorServer, certs: Path, client: str | Path | None = None) -> grpc.Channel:
-    """A TLS channel trusting the CA; `client` = "admin", a site name or a bundle folder presents that
-    party's cert."""
-    ca = (certs / "ca.pem").read_bytes()
-    if client is None:
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
-    else:
-        if isinstance(client, Path):
-            bundle = client
-        else:
-            bundle = certs / "admin" if client == "admin" else certs / "sites" / client
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=ca,
-            private_key=(bundle / "key.pem").read_bytes(),
-            certificate_chain=(bundle / "cert.pem").read_bytes(),
-        )
-    return grpc.secure_channel(f"127.0.0.1:{server.port}", credentials)

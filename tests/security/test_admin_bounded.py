@@ -16,8 +16,8 @@ from fedtune import limits
 from fedtune.admin.client import AdminClient
 from fedtune.v1 import admin_pb2
 from storage import models
-from tests.coordinator.conftest import ADMIN_TOKEN, Cluster, cluster_factory, spec_yaml  # noqa: F401
-from tests.coordinator.flow import committed_version, initialize, pull_train, train_update
+from tests.support.cluster import ADMIN_TOKEN, Cluster, spec_yaml
+from tests.support.flow import committed_version, initialize, pull_train, train_update
 
 
 def one_round_done(cluster: Cluster) -> str:

@@ -17,8 +17,8 @@ from coordinator.server import CoordinatorServer
 from fedtune.certs import certs_group, issue
 from fedtune.v1 import admin_pb2, admin_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.admin.harness import run_admin
-from tests.coordinator.conftest import Cluster
-from tests.security.conftest import ADMIN_TOKEN, SITE_TOKENS, secure_channel, serve
+from tests.support.cluster import Cluster
+from tests.support.tls import ADMIN_TOKEN, SITE_TOKENS, secure_channel, serve
 
 
 @pytest.fixture(scope="module")

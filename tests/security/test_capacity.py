@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from fedtune.v1 import admin_pb2, worker_pb2, worker_pb2_grpc
-from tests.coordinator.conftest import Cluster, wait_for
+from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
 
 
 def _metadata(site: str, token: str) -> list[tuple[str, str]]:

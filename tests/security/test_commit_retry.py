@@ -26,9 +26,9 @@ from fedtune.admin.render import rounds_table
 from fedtune.errors import ErrorCode, FedtuneError
 from storage import models
 from storage.blobs import LocalBlobStore, _storage_error
-from tests.coordinator.conftest import Cluster, cluster_factory, spec_yaml, wait_for  # noqa: F401
-from tests.coordinator.fake_worker import FakeWorker
-from tests.coordinator.flow import (
+from tests.support.cluster import Cluster, spec_yaml
+from tests.support.fake_worker import FakeWorker
+from tests.support.flow import (
     assert_arrays_close,
     committed_version,
     initialize,
@@ -36,6 +36,7 @@ from tests.coordinator.flow import (
     train_update,
     weighted_mean,
 )
+from tests.support.waiting import wait_for
 
 RETRY = {"commit_retry_initial_seconds": 0.05, "commit_retry_max_seconds": 0.2}
 

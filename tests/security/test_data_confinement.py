@@ -20,8 +20,9 @@ from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.sanitize import ERROR_TEXT_LIMIT, EVENT_MESSAGE_LIMIT, TRUNCATION_MARKER, public_text
 from fedtune.spec import MAX_SITE_PATH_CHARS, DataSpec, parse_spec
 from fedtune.v1 import admin_pb2
-from tests.coordinator.conftest import Admin, Cluster, make_settings, spec_yaml, wait_for
-from tests.coordinator.flow import submit
+from tests.support.cluster import Admin, Cluster, make_settings, spec_yaml
+from tests.support.flow import submit
+from tests.support.waiting import wait_for
 from worker.daemon import failure_report
 from worker.data import data_file, load_examples
 from worker.retry import RpcFailure

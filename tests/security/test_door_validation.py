@@ -16,10 +16,11 @@ import pytest
 from fedtune import limits
 from fedtune.tensorstream.encoder import manifest_for_arrays
 from fedtune.tensorstream.manifest import Manifest, TensorSpec
-from tests.coordinator.conftest import Cluster, cluster_factory, spec_yaml, wait_for  # noqa: F401
-from tests.coordinator.fake_worker import initial_arrays
-from tests.coordinator.flow import initialize, pull_train, submit, train_update
-from tests.coordinator.test_bad_updates import header_only, push_raw, raw_chunk
+from tests.support.cluster import Cluster, spec_yaml
+from tests.support.fake_worker import initial_arrays
+from tests.support.flow import initialize, pull_train, submit, train_update
+from tests.support.waiting import wait_for
+from tests.support.wire import header_only, push_raw, raw_chunk
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -19,10 +19,10 @@ from fedtune.errors import FedtuneError
 from fedtune.v1 import admin_pb2
 from storage import models
 from storage.db import open_registry
-from tests.coordinator.conftest import SITES, Cluster, spec_yaml
-from tests.coordinator.fake_worker import FakeWorker
-from tests.coordinator.flow import committed_version, initialize, pull_train, train_update
-from tests.coordinator.test_bad_updates import expect_error
+from tests.support.cluster import SITES, Cluster, spec_yaml
+from tests.support.fake_worker import FakeWorker
+from tests.support.flow import committed_version, initialize, pull_train, train_update
+from tests.support.wire import expect_error
 
 
 def _events(cluster: Cluster, kind: str) -> list[tuple[str, dict[str, object]]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from fedtune.v1 import admin_pb2
-from tests.coordinator.conftest import Cluster, spec_yaml
-from tests.coordinator.flow import assert_arrays_close, initialize, pull_train
-from tests.coordinator.test_bad_updates import expect_error
+from tests.support.cluster import Cluster, spec_yaml
+from tests.support.flow import assert_arrays_close, initialize, pull_train
+from tests.support.wire import expect_error
 
 
 def test_a_site_without_a_task_in_the_experiment_cannot_fetch_its_versions(cluster: Cluster) -> None:

@@ -21,15 +21,9 @@ from fedtune.tensorstream.decoder import StreamDecoder, progress_path
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_arrays
 from fedtune.tensorstream.safetensors_file import partial_path
 from fedtune.v1 import worker_pb2
-from tests.coordinator.conftest import SITES, Cluster, cluster_factory, spec_yaml  # noqa: F401
-from tests.coordinator.fake_worker import FakeWorker
-from tests.coordinator.flow import (
-    assert_arrays_close,
-    committed_version,
-    initialize,
-    pull_train,
-    train_update,
-)
+from tests.support.cluster import SITES, Cluster, spec_yaml
+from tests.support.fake_worker import FakeWorker
+from tests.support.flow import assert_arrays_close, committed_version, initialize, pull_train, train_update
 from worker.connection import Connection
 from worker.settings import WorkerSettings
 from worker.task_io import TaskOutput

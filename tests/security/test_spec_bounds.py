@@ -13,7 +13,7 @@ import pytest
 from fedtune.errors import FedtuneError
 from fedtune.spec import load_spec_json, load_spec_yaml
 from fedtune.v1 import admin_pb2
-from tests.coordinator.conftest import Cluster, cluster_factory  # noqa: F401
+from tests.support.cluster import Cluster
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 

@@ -11,7 +11,7 @@ from coordinator.server import CoordinatorServer
 from fedtune.tls import ClientTls
 from fedtune.v1 import admin_pb2, admin_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.admin.harness import run_admin
-from tests.security.conftest import ADMIN_TOKEN, SITE_TOKENS, secure_channel
+from tests.support.tls import ADMIN_TOKEN, SITE_TOKENS, secure_channel
 from worker.connection import Connection
 from worker.settings import WorkerSettings
 

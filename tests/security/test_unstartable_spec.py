@@ -18,8 +18,9 @@ from sqlalchemy import select
 from fedtune.admin.render import experiment_details
 from fedtune.v1 import admin_pb2
 from storage import models
-from tests.coordinator.conftest import Cluster, cluster_factory, spec_yaml, wait_for  # noqa: F401
-from tests.coordinator.flow import submit
+from tests.support.cluster import Cluster, spec_yaml
+from tests.support.flow import submit
+from tests.support.waiting import wait_for
 
 
 def _waiting_events(cluster: Cluster, experiment_id: str) -> list[str]:

@@ -10,8 +10,9 @@ import grpc
 import numpy as np
 
 from fedtune.v1 import admin_pb2, worker_pb2
-from tests.coordinator.conftest import Cluster, spec_yaml, wait_for
-from tests.coordinator.flow import initialize, pull_train, train_update
+from tests.support.cluster import Cluster, spec_yaml
+from tests.support.flow import initialize, pull_train, train_update
+from tests.support.waiting import wait_for
 
 
 def _held_stream(

@@ -9,8 +9,9 @@ import numpy as np
 from fedtune.serde import task_from_proto
 from fedtune.tensorstream.encoder import manifest_for_arrays
 from fedtune.v1 import admin_pb2, worker_pb2
-from tests.coordinator.conftest import Admin, wait_for
-from tests.coordinator.fake_worker import FakeWorker, initial_arrays, random_like
+from tests.support.cluster import Admin
+from tests.support.fake_worker import FakeWorker, initial_arrays, random_like
+from tests.support.waiting import wait_for
 
 
 def submit(admin: Admin, spec: str, start: bool = True) -> str:

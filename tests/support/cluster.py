@@ -1,24 +1,24 @@
-"""An in-process coordinator over real gRPC on 127.0.0.1, plus admin/worker helpers."""
+"""An in-process coordinator over real gRPC on 127.0.0.1, plus admin/worker helpers.
+
+The `cluster_factory` and `cluster` fixtures built on `Cluster` live in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-import pytest
 
 from coordinator.server import CoordinatorServer, start_server
 from coordinator.settings import CoordinatorSettings
 from fedtune.v1 import admin_pb2, admin_pb2_grpc
-from tests.coordinator.fake_worker import FakeWorker
+from tests.support.fake_worker import FakeWorker
 
 ADMIN_TOKEN = "admin-secret"
 SITES = {"a": "token-a", "b": "token-b", "c": "token-c"}
-T = TypeVar("T")
 
 
 def spec_yaml(
@@ -45,17 +45,6 @@ stages:
     selection:
       min_sites: {min_sites}{listed}
 {extra_stage}"""
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 class Admin:
@@ -138,22 +127,3 @@ class Cluster:
     def stop(self) -> None:
         self.close_clients()
         self.server.stop(0)
-
-
-@pytest.fixture
-def cluster_factory(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Cluster]]:
-    made: list[Cluster] = []
-
-    def make(**overrides: Any) -> Cluster:
-        cluster = Cluster(make_settings(tmp_path / "data", database_url, **overrides))
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.stop()
-
-
-@pytest.fixture
-def cluster(cluster_factory: Callable[..., Cluster]) -> Cluster:
-    return cluster_factory()
