@@ -13,7 +13,7 @@ help:
 	@echo "make demo          run the 4-site federated demo on MiniLM + BBC News (about 10 minutes on 2 CPU cores)"
 	@echo "make test          check the generated protobuf code, then run the test suite"
 	@echo "make proto         regenerate fedtune/v1/ from proto/fedtune/v1/*.proto"
-	@echo "make lint          ruff + mypy"
+	@echo "make lint          ruff + mypy + the layer contract (import-linter, .importlinter)"
 	@echo "make bench         run the benchmarks in bench/ (figures land in bench/results/)"
 
 $(STAMP): pyproject.toml
@@ -39,11 +39,12 @@ test: check-protos
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m fedtune.demo
+	$(PY) -m demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fedtune coordinator worker storage tests bench
-	$(VENV)/bin/mypy fedtune coordinator worker storage
+	$(VENV)/bin/ruff check fedtune coordinator worker storage admin bench demo tests
+	$(VENV)/bin/mypy fedtune coordinator worker storage admin bench demo
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) bench/aggregate.py

@@ -35,9 +35,11 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# `python bench/capacity.py` puts bench/ first on the path, where the modules of the bench package
+# (cli, config, report ...) would shadow top-level ones: import them as `bench.*` from the root.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from fedtune.demo.processes import ProcessGroup, free_port  # noqa: E402
+from demo.processes import ProcessGroup, free_port  # noqa: E402
 from fedtune.serde import UpdateHeaderRecord, task_from_proto, update_header_to_proto  # noqa: E402
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_arrays  # noqa: E402
 from fedtune.tensorstream.manifest import Manifest  # noqa: E402

@@ -9,9 +9,9 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
+from admin.certs import certs_group
 from coordinator.server import CoordinatorServer, start_server
 from coordinator.settings import CoordinatorSettings
-from fedtune.certs import certs_group
 from tests.coordinator.conftest import cluster, cluster_factory  # noqa: F401  (shared fixtures)
 
 ADMIN_TOKEN = "admin-secret"

@@ -1,7 +1,7 @@
 """Centralized and local-only baselines, trained in this process with the worker's own functions.
 
 Both use the federated run's spec (model, PEFT method, batch size, learning rate, seed) and the
-budget rule in `fedtune.bench.config`; both are scored on the held-out test set with
+budget rule in `bench.config`; both are scored on the held-out test set with
 `worker.evaluation.evaluate`.
 """
 
@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedtune.bench.config import BenchConfig
-from fedtune.bench.dataset import BenchData
-from fedtune.demo.data import Article
+from bench.config import BenchConfig
+from bench.dataset import BenchData
+from demo.data import Article
 from fedtune.spec import ExperimentSpec, TrainingSpec
 
 

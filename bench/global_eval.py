@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedtune.demo.data import Article
+from demo.data import Article
 from fedtune.spec import ExperimentSpec
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -90,7 +90,7 @@ def merged_base_test_accuracy(
     """Test accuracy of an exported finetune adapter on the base with the global LoRA merged in."""
     from peft import PeftModel
 
-    from fedtune.demo.evaluate import predict
+    from demo.evaluate import predict
 
     tokenizer, base = _merged_classifier_base(
         spec.model_dump_json(), Path(model_root), Path(global_tensor_file), len(labels)
