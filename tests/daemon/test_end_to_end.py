@@ -119,13 +119,15 @@ def _assert_report_scores_each_round(
         assert {s: m["eval_accuracy"] for s, m in row["site_metrics"].items()} == reported
     assert "| 2 | finetune 2 |" in (out / "report.md").read_text()
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (out / "work").exists()
-    # a label the spec does not know is named with its file and line; an unknown experiment is exit 3
+    # a label the spec does not know is reported with its file and line, never its value (decision 24);
+    # an unknown experiment is exit 3
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a late goal", "label": "sport"}\n{"text": "rates", "label": "weather"}\n')
     wrong = _bench_report(
         cluster, tmp_path, experiment_id, "--test", str(bad), "--model-root", str(model_root)
     )
-    assert wrong.returncode == 1 and f"{bad}:2: label 'weather'" in wrong.stderr
+    assert wrong.returncode == 1 and f"{bad}:2: field 'label' holds a label that is not" in wrong.stderr
+    assert "weather" not in wrong.stderr
     missing = _bench_report(
         cluster, tmp_path, "exp-nope", "--test", str(bad), "--model-root", str(model_root)
     )
