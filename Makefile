@@ -14,7 +14,7 @@ help:
 	@echo "make test          check the generated protobuf code, then run the whole test suite (what CI runs)"
 	@echo "make test-fast     a fast loop for daily work: the suite without the slow tests, on SQLite (about a minute)"
 	@echo "make proto         regenerate fedtune/v1/ from proto/fedtune/v1/*.proto"
-	@echo "make lint          ruff + mypy"
+	@echo "make lint          ruff + mypy + the layer contract (import-linter, .importlinter)"
 	@echo "make bench         run the benchmarks in bench/ (figures land in bench/results/)"
 
 $(STAMP): pyproject.toml
@@ -46,11 +46,12 @@ test-fast: $(STAMP)
 	FEDTUNE_TEST_DATABASE_URL="$(TEST_FAST_DATABASE_URL)" $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) --durations=5
 
 demo: $(STAMP)
-	$(PY) -m fedtune.demo
+	$(PY) -m demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fedtune coordinator worker storage tests bench
-	$(VENV)/bin/mypy fedtune coordinator worker storage
+	$(VENV)/bin/ruff check fedtune coordinator worker storage admin bench demo tests
+	$(VENV)/bin/mypy fedtune coordinator worker storage admin bench demo
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) bench/aggregate.py

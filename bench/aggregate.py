@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# `python bench/aggregate.py` puts bench/ first on the path, where the modules of the bench package
+# (cli, config, report ...) would shadow top-level ones: import them as `bench.*` from the root.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from coordinator.strategies import RoundInputs, UpdateInfo, build_strategy  # noqa: E402
 from fedtune.tensorstream.manifest import Manifest, TensorSpec  # noqa: E402

@@ -35,9 +35,11 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# `python bench/capacity.py` puts bench/ first on the path, where the modules of the bench package
+# (cli, config, report ...) would shadow top-level ones: import them as `bench.*` from the root.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from fedtune.demo.processes import ProcessGroup, free_port  # noqa: E402
+from demo.processes import ProcessGroup, free_port  # noqa: E402
 from fedtune.serde import UpdateHeaderRecord, task_from_proto, update_header_to_proto  # noqa: E402
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_arrays  # noqa: E402
 from fedtune.tensorstream.manifest import Manifest  # noqa: E402
@@ -247,7 +249,7 @@ async def admin_probe(
         ):
             started = time.monotonic()
             try:
-                await call()
+                await call()  # type: ignore[no-untyped-call]
                 stats.admin_s.append(time.monotonic() - started)
             except grpc.aio.AioRpcError as err:
                 record_error(stats, "admin", err)
@@ -259,21 +261,23 @@ async def admin_probe(
 
 
 def spec_yaml(train_sites: list[str], rounds: int) -> str:
-    return yaml.safe_dump(
-        {
-            "name": "capacity-bench",
-            "base_model": {"name": "synthetic"},
-            "task": "causal-lm",
-            "stages": [
-                {
-                    "kind": "finetune",
-                    "rounds": rounds,
-                    "deadline_seconds": 600,
-                    "selection": {"mode": "all", "min_sites": len(train_sites), "sites": train_sites},
-                    "strategy": {"name": "fedavg"},
-                }
-            ],
-        }
+    return str(
+        yaml.safe_dump(
+            {
+                "name": "capacity-bench",
+                "base_model": {"name": "synthetic"},
+                "task": "causal-lm",
+                "stages": [
+                    {
+                        "kind": "finetune",
+                        "rounds": rounds,
+                        "deadline_seconds": 600,
+                        "selection": {"mode": "all", "min_sites": len(train_sites), "sites": train_sites},
+                        "strategy": {"name": "fedavg"},
+                    }
+                ],
+            }
+        )
     )
 
 
@@ -282,8 +286,8 @@ async def run(args: argparse.Namespace, target: str, pid: int, sites: dict[str, 
     stop = asyncio.Event()
     options = [("grpc.max_send_message_length", 32 << 20), ("grpc.max_receive_message_length", 32 << 20)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(CHANNELS)]
-    stubs = [worker_pb2_grpc.WorkerStub(c) for c in channels]
-    admin = admin_pb2_grpc.AdminStub(channels[0])
+    stubs = [worker_pb2_grpc.WorkerStub(c) for c in channels]  # type: ignore[no-untyped-call]
+    admin = admin_pb2_grpc.AdminStub(channels[0])  # type: ignore[no-untyped-call]
     metadata = [("authorization", f"Bearer {ADMIN_TOKEN}")]
     idle = [s for s in sites if s.startswith("idle-")]
     train = [s for s in sites if s.startswith("train-")]

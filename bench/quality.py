@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# `python bench/quality.py` puts bench/ first on the path, where the modules of the bench package
+# (cli, config, report ...) would shadow top-level ones: import them as `bench.*` from the root.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from fedtune.bench.cli import quality_command  # noqa: E402
+from bench.cli import quality_command  # noqa: E402
 
 DEFAULTS = [
     "--sites",

@@ -1,7 +1,7 @@
 """A child process that ends with its parent: `fedtune` commands started by the demo, the benchmarks
 or the tests must not outlive them, even when the parent is killed with SIGKILL.
 
-The parent sets ``FEDTUNE_PARENT_PID`` in the child's environment (``fedtune.demo.processes``). The
+The parent sets ``FEDTUNE_PARENT_PID`` in the child's environment (``demo.processes``). The
 child, at start, asks Linux to send it SIGTERM when its parent dies (``PR_SET_PDEATHSIG``: set in the
 child itself, after exec, so no ``preexec_fn`` runs in a multi-threaded parent) or, where that is not
 available, watches its parent id from a daemon thread. One SIGTERM, either way, which takes the

@@ -332,7 +332,7 @@ class TaskRecord:
     model_version_id: str = ""
     model_manifest: Manifest | None = None
     deadline_unix: float = 0.0
-    update_kind: str = "weights"
+    update_kind: str = "weights"  # deprecated (worker.proto): workers send weights, refuse anything else
     base_version_id: str = ""
 
 

@@ -4,6 +4,7 @@ Transient failures are retried with backoff (worker/retry.py), each wait bounded
 ``max_backoff_seconds``; everything else is raised at once as an ``RpcFailure``. The streaming
 transfers live next door: resumable FetchTensors downloads in worker/downloads.py and resumable
 PushUpdate uploads in worker/uploads.py; `fetch_version` and `push_update` here hand over to them.
+Tasks and update headers cross the wire through `fedtune.serde`, the seam the coordinator uses too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from fedtune import limits
+from fedtune.errors import FedtuneError
+from fedtune.serde import TaskRecord, task_from_proto
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.tls import make_channel
 from fedtune.v1 import worker_pb2, worker_pb2_grpc
@@ -39,6 +42,15 @@ log = logging.getLogger("fedtune.worker.connection")
 
 MAX_MESSAGE_BYTES = 32 << 20
 T = TypeVar("T")
+
+
+class UnreadableTask(Exception):
+    """A pulled task that does not decode (e.g. a malformed manifest): the daemon reports it failed."""
+
+    def __init__(self, task_id: str, error: FedtuneError) -> None:
+        super().__init__(f"task {task_id}: {error}")
+        self.task_id = task_id
+        self.error = error
 
 
 class Connection:
@@ -149,19 +161,24 @@ class Connection:
             self.heartbeat_seconds = float(answer.heartbeat_seconds)
         return str(answer.worker_id)
 
-    def heartbeat(self, task_id: str = "", progress: str = "") -> worker_pb2.HeartbeatResponse:
+    def heartbeat(self, task_id: str = "", progress: str = "") -> bool:
+        """Report liveness (and the task's progress); True when the coordinator cancelled that task."""
         request = worker_pb2.HeartbeatRequest(
             worker_id=self.worker_id, task_id=task_id, progress=limits.clip_text(progress, 500)
         )
-        answer: worker_pb2.HeartbeatResponse = self._unary(
-            "Heartbeat", request, timeout=max(5.0, self.heartbeat_seconds), max_attempts=1
-        )
-        return answer
+        answer = self._unary("Heartbeat", request, timeout=max(5.0, self.heartbeat_seconds), max_attempts=1)
+        return bool(answer.cancel_task)
 
-    def pull_task(self, wait: float) -> worker_pb2.Task | None:
+    def pull_task(self, wait: float) -> TaskRecord | None:
+        """The next task, or None after `wait` seconds; `UnreadableTask` when it does not decode."""
         request = worker_pb2.PullTaskRequest(worker_id=self.worker_id, wait_seconds=wait)
         answer = self._unary("PullTask", request, timeout=wait + 15.0)
-        return answer.task if answer.has_task else None
+        if not answer.has_task:
+            return None
+        try:
+            return task_from_proto(answer.task)
+        except FedtuneError as err:
+            raise UnreadableTask(answer.task.task_id, err) from None
 
     def report_result(
         self,
@@ -228,4 +245,4 @@ def _door_dataset_sizes(sizes: dict[str, int]) -> dict[str, int]:
     return dict(list(kept.items())[: limits.MAX_DATASET_ENTRIES])
 
 
-__all__ = ["MAX_MESSAGE_BYTES", "Connection"]
+__all__ = ["MAX_MESSAGE_BYTES", "Connection", "UnreadableTask"]

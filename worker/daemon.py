@@ -5,6 +5,9 @@ local data; this loop ships what they return. The coordinator being away is norm
 retries with backoff, and a coordinator that forgot this worker (restart, NOT_FOUND /
 UNAUTHENTICATED on heartbeat or pull) gets a fresh Register. SIGTERM stops the loop, abandons the
 task in progress (reported as failed so it can be reassigned) and exits 0.
+
+Tasks arrive decoded (`fedtune.serde.TaskRecord`, worker/connection.py) and run on models from the
+daemon's one `ModelFactory` (worker/model_factory.py), which keeps them from one round to the next.
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ import grpc
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
+from fedtune.serde import TaskRecord
 from fedtune.spec import ExperimentSpec, load_spec_json
 from fedtune.tensorstream.manifest import Manifest
-from fedtune.v1 import worker_pb2
-from worker.connection import Connection
-from worker.downloads import manifest_from_task
+from worker.connection import Connection, UnreadableTask
 from worker.retry import RpcFailure, Stopped
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
+    from worker.model_factory import ModelFactory
     from worker.task_io import TaskOutput
 
 log = logging.getLogger("fedtune.worker")
@@ -39,7 +42,9 @@ FATAL_REGISTER = frozenset(
     {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
 )
 TASK_CLOSED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
-KIND_NAMES = {v: k.removeprefix("TASK_KIND_").lower() for k, v in worker_pb2.TaskKind.items()}
+# What a site sends for a train task: its trained tensors. The Task's update_kind field is deprecated
+# (worker.proto); "" is what a coordinator that never set it sends.
+SENT_UPDATE_KINDS = frozenset({"weights", ""})
 
 
 def failure_report(err: BaseException) -> str:
@@ -102,6 +107,17 @@ class WorkerDaemon:
         self.current: RunningTask | None = None
         self._register_lock = threading.Lock()
         self._capabilities: tuple[dict[str, Any], dict[str, int]] | None = None
+        self._models: ModelFactory | None = None
+
+    @property
+    def models(self) -> ModelFactory:
+        """The models this worker's tasks run on, kept between tasks (made at the first task: building
+        it imports torch, which `fedtune worker --help` and registration do not need)."""
+        if self._models is None:
+            from worker.model_factory import ModelFactory
+
+            self._models = ModelFactory()
+        return self._models
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -175,7 +191,7 @@ class WorkerDaemon:
             current = self.current
             sent_as = self.connection.worker_id
             try:
-                answer = self.connection.heartbeat(
+                cancel_task = self.connection.heartbeat(
                     current.task_id if current else "", current.progress if current else "idle"
                 )
             except RpcFailure as err:
@@ -187,7 +203,7 @@ class WorkerDaemon:
                 continue
             except Stopped:
                 return
-            if answer.cancel_task and current is not None and not current.cancel.is_set():
+            if cancel_task and current is not None and not current.cancel.is_set():
                 log.warning("the coordinator cancelled task %s; abandoning it", current.task_id)
                 current.cancel.set()
 
@@ -209,14 +225,18 @@ class WorkerDaemon:
                 log.warning("PullTask: %s; registering again", err.code.name)
                 self._register(sent_as)
                 continue
+            except UnreadableTask as err:
+                log.error("task %s cannot be read: %s", err.task_id, err.error)
+                self._report_failure(err.task_id, failure_report(err.error))
+                continue
             if task is not None:
                 self.run_task(task)
 
     # -- tasks ---------------------------------------------------------------------------------------
 
-    def run_task(self, task: worker_pb2.Task) -> None:
+    def run_task(self, task: TaskRecord) -> None:
         assert self.connection is not None
-        kind = KIND_NAMES.get(task.kind, str(task.kind))
+        kind = task.kind
         state = RunningTask(task.task_id, kind)
         self.current = state
         log.info(
@@ -276,18 +296,17 @@ class WorkerDaemon:
         if state.cancel.is_set() or self.stop_event.is_set():
             raise TaskAbandoned(state.task_id)
 
-    def _fetch(self, task: worker_pb2.Task, state: RunningTask) -> Path:
+    def _fetch(self, task: TaskRecord, state: RunningTask) -> Path:
         assert self.connection is not None
-        manifest = manifest_from_task(task)
         return self.connection.fetch_version(
             task.model_version_id,
-            manifest,
+            task.model_manifest or Manifest(tensors=()),  # none named: the coordinator's is fetched
             self.settings.downloads_dir,
             cancel=state.cancel,
             progress=_PercentLogger(f"download {task.model_version_id}", state),
         )
 
-    def _fetch_base(self, task: worker_pb2.Task, state: RunningTask) -> Path | None:
+    def _fetch_base(self, task: TaskRecord, state: RunningTask) -> Path | None:
         """The global-stage version the task's stage builds on (merged into the base), if any."""
         if not task.base_version_id:
             return None
@@ -300,7 +319,7 @@ class WorkerDaemon:
             progress=_PercentLogger(f"download base {task.base_version_id}", state),
         )
 
-    def _push(self, task: worker_pb2.Task, state: RunningTask, output: TaskOutput) -> None:
+    def _push(self, task: TaskRecord, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None
         self._check(state)
         answer = self.connection.push_update(
@@ -318,24 +337,31 @@ class WorkerDaemon:
             output.num_examples,
         )
 
-    def _execute(self, task: worker_pb2.Task, state: RunningTask) -> None:
+    def _execute(self, task: TaskRecord, state: RunningTask) -> None:
         from worker import tasks
 
         assert self.connection is not None
+        if task.update_kind not in SENT_UPDATE_KINDS:
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"task asks for update_kind {task.update_kind!r}; worker {worker_version()} sends its "
+                "trained weights only ('weights')",
+            )
         spec: ExperimentSpec = load_spec_json(task.spec_json)
         s = self.settings
         base_path = self._fetch_base(task, state)
-        if task.kind == worker_pb2.TASK_KIND_INIT:
+        if task.kind == "init":
             state.progress = "building initial tensors"
             output = tasks.run_init(
                 spec,
                 s.model_root,
+                models=self.models,
                 device=s.device,
                 stage_index=task.stage_index,
                 base_adapter_path=base_path,
             )
             self._push(task, state, output)
-        elif task.kind == worker_pb2.TASK_KIND_TRAIN:
+        elif task.kind == "train":
             global_path = self._fetch(task, state)
             self._check(state)
             output = tasks.run_train(
@@ -345,28 +371,14 @@ class WorkerDaemon:
                 global_path,
                 s.data_root,
                 s.model_root,
+                models=self.models,
                 site=s.site,
                 progress=self._progress(state),
                 device=s.device,
                 base_adapter_path=base_path,
             )
-            if task.update_kind == "delta":
-                output = as_delta(output, global_path)
             self._push(task, state, output)
-        elif task.kind == worker_pb2.TASK_KIND_EVALUATE:
-            global_path = self._fetch(task, state)
-            self._check(state)
-            output = tasks.run_evaluate(
-                spec,
-                task.stage_index,
-                global_path,
-                s.data_root,
-                s.model_root,
-                device=s.device,
-                base_adapter_path=base_path,
-            )
-            self._finish_with_metrics(task, state, output)
-        elif task.kind == worker_pb2.TASK_KIND_PERSONALIZE:
+        elif task.kind == "personalize":
             global_path = self._fetch(task, state)
             self._check(state)
             out_dir = s.personalized_dir / task.experiment_id
@@ -377,6 +389,7 @@ class WorkerDaemon:
                 s.data_root,
                 s.model_root,
                 out_dir=out_dir,
+                models=self.models,
                 site=s.site,
                 progress=self._progress(state),
                 device=s.device,
@@ -384,33 +397,15 @@ class WorkerDaemon:
             )
             log.info("personalized model kept at %s", out_dir)
             self._finish_with_metrics(task, state, output)
-        else:
+        else:  # "evaluate" (reserved in worker.proto, never issued) or a kind newer than this worker
             raise FedtuneError(
                 ErrorCode.INVALID_ARGUMENT, f"task kind {task.kind} is not known to worker {worker_version()}"
             )
 
-    def _finish_with_metrics(self, task: worker_pb2.Task, state: RunningTask, output: TaskOutput) -> None:
+    def _finish_with_metrics(self, task: TaskRecord, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None
         self._check(state)
         self.connection.report_result(
             task.task_id, True, metrics=output.metrics, num_examples=output.num_examples
         )
         log.info("task %s metrics: %s", task.task_id, {k: round(v, 4) for k, v in output.metrics.items()})
-
-
-def as_delta(output: TaskOutput, global_path: Path) -> TaskOutput:
-    """Trained minus received, for tensors the received version has (others are sent as they are)."""
-    import dataclasses
-
-    import numpy as np
-
-    from fedtune.tensorstream.safetensors_file import read_arrays_float32
-
-    received = read_arrays_float32(global_path)
-    arrays: dict[str, np.ndarray] = {}
-    for name, array in output.arrays.items():
-        if name in received and np.issubdtype(array.dtype, np.floating):
-            arrays[name] = array.astype(np.float32) - received[name].reshape(array.shape)
-        else:
-            arrays[name] = array
-    return dataclasses.replace(output, arrays=arrays)

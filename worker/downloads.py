@@ -58,13 +58,6 @@ def fetch_version(
     return out_path
 
 
-def manifest_from_task(task: worker_pb2.Task) -> Manifest:
-    """The manifest of the model version a task names."""
-    from fedtune.tensorstream.serde import manifest_from_proto
-
-    return manifest_from_proto(task.model_manifest)
-
-
 def _download(
     connection: Connection,
     version_id: str,
@@ -186,4 +179,4 @@ def _open_decoder(manifest: Manifest, out_path: Path) -> Any:
     return StreamDecoder(manifest, out_path)
 
 
-__all__ = ["fetch_version", "manifest_from_task"]
+__all__ = ["fetch_version"]

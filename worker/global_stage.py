@@ -5,15 +5,14 @@ The global-stage adapter is `spec.peft` when that is LoRA, else a default LoRA (
 targets, the attention projections). Encoders are trained as masked LMs (AutoModelForMaskedLM; a head
 missing from the checkpoint is drawn from `spec.seed`, so every site has the same one, and stays
 frozen), decoders as causal LMs. Later stages get the last global version's tensors
-(`base_adapter_path`): `merged_backbone_state` rebuilds the same LoRA, loads them, merges them into the
-base weights (`merge_and_unload`) and returns the backbone's state dict, cached per file digest.
-`run_train` and `run_evaluate` are the global stage's task entry points (worker/tasks.py dispatches).
+(`base_adapter_path`): `merged_backbone` takes the same LoRA with them loaded, merges it into the base
+weights (`merge_and_unload`) and returns the backbone's state dict. Nothing is cached here: the
+daemon's `ModelFactory` (worker/model_factory.py) keeps built models and the merged backbone.
+`run_train` is the global stage's train task (worker/tasks.py dispatches to it with a built model).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 import zlib
 from collections.abc import Callable
@@ -29,18 +28,10 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, LoraSpec, TrainingSpec
 from worker.data import Example, data_file, load_examples
-from worker.device import DeviceChoice, resolve_device
+from worker.device import DeviceChoice
 from worker.lm import LmKind, encode_lm_batch, lm_eval_loss
 from worker.methods import BuildContext, get_method
-from worker.model import (
-    BuiltModel,
-    adapter_params,
-    check_digest,
-    load_trainable_arrays,
-    model_dir,
-    quiet_transformers,
-    seed_everything,
-)
+from worker.model import BuiltModel, load_trainable_arrays, quiet_transformers, ready, seed_everything
 from worker.task_io import TaskOutput, read_global
 from worker.training import train, update_to_send
 
@@ -63,22 +54,10 @@ def loss_key(kind: LmKind) -> str:
     return "eval_mlm_loss" if kind == "masked" else "eval_clm_loss"
 
 
-_CACHE: dict[str, BuiltModel] = {}
-_MERGED: dict[str, dict[str, torch.Tensor]] = {}
-
-
-def build_lm_model(
-    spec: ExperimentSpec, model_root: Path, *, device: DeviceChoice, use_cache: bool = True
-) -> tuple[BuiltModel, LmKind]:
-    """The base model with its LM head and the global-stage LoRA at the seeded initial state."""
-    path = model_dir(spec, model_root)
-    kind = lm_kind(spec, path)
+def build_lm(spec: ExperimentSpec, path: Path, kind: LmKind, device: DeviceChoice) -> BuiltModel:
+    """The base model (folder `path`) with its LM head and the global-stage LoRA, at the seeded
+    initial state."""
     lora = global_lora_spec(spec)
-    key = json.dumps([str(path.resolve()), kind, lora.model_dump(), spec.seed, str(device.device)])
-    if use_cache and key in _CACHE:
-        _CACHE[key].reset()
-        return _CACHE[key], kind
-    check_digest(spec, path)
     with quiet_transformers(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         seed_everything(spec.seed)  # a head missing from the checkpoint is drawn here, the same everywhere
@@ -106,71 +85,41 @@ def build_lm_model(
         model = get_peft_model(base, config)  # freezes everything else, the LM head included
     ctx = BuildContext(task=spec.task, model_path=str(path), seed=spec.seed)
     get_method("lora").after_build(model, lora, ctx)  # FFA-LoRA: seeded frozen A
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
-    model.to(device.device)
-    model.eval()
-    init_state = {name: p.detach().cpu().clone() for name, p in adapter_params(model).items()}
-    built = BuiltModel(model=model, tokenizer=tokenizer, device=device, init_state=init_state)
-    if use_cache:
-        _CACHE.clear()
-        _CACHE[key] = built
-    return built, kind
+    return ready(model, tokenizer, device)
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def merged_backbone(built: BuiltModel, global_arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The backbone's state dict with a global version's LoRA merged into its weights (CPU copies).
+
+    `built` is a fresh `build_lm` model: merging changes it for good, so it must not be a kept one.
+    """
+    load_trainable_arrays(built.model, global_arrays)
+    merged = built.model.merge_and_unload()
+    backbone = getattr(merged, merged.base_model_prefix)
+    return {k: v.detach().to("cpu").clone() for k, v in backbone.state_dict().items()}
 
 
-def merged_backbone_state(
-    spec: ExperimentSpec, model_root: Path, base_adapter_path: Path, device: DeviceChoice
-) -> tuple[str, dict[str, torch.Tensor]]:
-    """(digest of the global version, the backbone's state dict with its LoRA merged in), cached."""
-    digest = _file_digest(base_adapter_path)
-    key = json.dumps([digest, spec.base_model.model_dump(), global_lora_spec(spec).model_dump(), spec.seed])
-    if key not in _MERGED:
-        built, _ = build_lm_model(spec, model_root, device=device, use_cache=False)
-        load_trainable_arrays(built.model, read_global(base_adapter_path))
-        merged = built.model.merge_and_unload()
-        backbone = getattr(merged, merged.base_model_prefix)
-        _MERGED.clear()  # one base per process at a time
-        _MERGED[key] = {k: v.detach().to("cpu").clone() for k, v in backbone.state_dict().items()}
-    return digest, _MERGED[key]
-
-
-def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy a merged backbone into `model`'s backbone; keys the LM model lacks (a pooler) stay as loaded."""
-    backbone = getattr(model, str(model.base_model_prefix))
-    result = backbone.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise FedtuneError(
-            ErrorCode.BAD_MANIFEST,
-            f"the global-stage base does not fit this model: unexpected {result.unexpected_keys[:5]}",
-        )
-
-
-# ----------------------------------------------------------------------------- task entry points
+# ----------------------------------------------------------------------------- task entry point
 def run_train(
+    built: BuiltModel,
+    kind: LmKind,
     spec: ExperimentSpec,
     training: TrainingSpec,
     round: int,
     global_path: Path,
     data_root: Path,
-    model_root: Path,
     *,
     site: str,
     progress: Callable[[str], None],
-    device: str | DeviceChoice | None,
 ) -> TaskOutput:
-    """A global-stage round: the LM LoRA trained on the site's unlabelled text.
+    """A global-stage round: the LM LoRA (`built`, from the model factory) trained on the site's
+    unlabelled text.
 
     Metrics: train_loss, eval_mlm_loss (eval_clm_loss for decoders) on the eval split's text with
     seeded masks, and in round 1 base_eval_mlm_loss, the same loss of the untouched base.
     """
     examples = unlabelled_examples(spec, data_root)
     evals = eval_texts(spec, data_root)
-    built, kind = build_lm_model(spec, model_root, device=resolve_device(device))
     global_arrays = read_global(global_path)
     load_trainable_arrays(built.model, global_arrays)
     key = loss_key(kind)
@@ -196,22 +145,6 @@ def run_train(
     if evals:
         metrics[key] = eval_loss(built, kind, evals, spec, training)
     return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
-
-
-def run_evaluate(
-    spec: ExperimentSpec,
-    training: TrainingSpec,
-    examples: list[Example],
-    global_path: Path,
-    model_root: Path,
-    *,
-    device: str | DeviceChoice | None,
-) -> TaskOutput:
-    """The global version's LM loss on the site's eval split (`loss_key`)."""
-    built, kind = build_lm_model(spec, model_root, device=resolve_device(device))
-    load_trainable_arrays(built.model, read_global(global_path))
-    loss = eval_loss(built, kind, examples, spec, training)
-    return TaskOutput(arrays={}, num_examples=len(examples), metrics={loss_key(kind): loss})
 
 
 def _texts(path: Path, spec: ExperimentSpec) -> list[Example]:

@@ -6,8 +6,9 @@ Trainable tensors travel as ``dict[str, np.ndarray]`` (float32) keyed exactly by
 frozen by the method (FFA-LoRA's ``lora_A``) are not exchanged: every site rebuilds them from the
 spec's seed.
 
-The built model is cached per process (one entry): later tasks of the same experiment reset the
-adapter to its initial state instead of reloading the base model.
+This module builds; it keeps nothing. The daemon's `ModelFactory` (worker/model_factory.py) keeps the
+last built model, so later tasks of the same experiment reset the adapter to its initial state instead
+of reloading the base model.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import json
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, site_path_problem
-from worker.device import DeviceChoice, select_device
+from worker.device import DeviceChoice
 from worker.methods import BuildContext, get_method
 
 PROMPT_KEY = "prompt_embeddings"  # peft's saved name for prompt-learning embeddings
@@ -86,10 +87,19 @@ def model_dir(spec: ExperimentSpec, model_root: Path) -> Path:
     return path
 
 
-_DIGESTS: dict[Path, str] = {}
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def check_digest(spec: ExperimentSpec, path: Path) -> None:
+def check_digest(spec: ExperimentSpec, path: Path, sha256: Callable[[Path], str] = file_sha256) -> None:
+    """The site's base weights are the ones the spec names (`base_model.sha256`), when it names any.
+
+    `sha256` hashes a file; the model factory passes one that remembers what it hashed.
+    """
     want = spec.base_model.sha256
     if not want:
         return
@@ -98,17 +108,11 @@ def check_digest(spec: ExperimentSpec, path: Path) -> None:
         raise FedtuneError(
             ErrorCode.INVALID_ARGUMENT, f"base_model.sha256 is set but {weights} does not exist"
         )
-    if weights not in _DIGESTS:
-        digest = hashlib.sha256()
-        with weights.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-        _DIGESTS[weights] = digest.hexdigest()
-    if _DIGESTS[weights] != want.lower():
+    have = sha256(weights)
+    if have != want.lower():
         raise FedtuneError(
             ErrorCode.INVALID_ARGUMENT,
-            f"{weights} has sha256 {_DIGESTS[weights]}, the spec expects {want}: "
-            "this site has a different base model",
+            f"{weights} has sha256 {have}, the spec expects {want}: this site has a different base model",
         )
 
 
@@ -133,49 +137,17 @@ def _load_base(spec: ExperimentSpec, path: Path, device: DeviceChoice) -> tuple[
     return tokenizer, model
 
 
-_CACHE: dict[str, BuiltModel] = {}
-
-
-def _cache_key(spec: ExperimentSpec, path: Path, device: DeviceChoice, base_digest: str = "") -> str:
-    return json.dumps(
-        [
-            str(path.resolve()),
-            spec.task,
-            spec.labels,
-            spec.peft.model_dump(),
-            spec.seed,
-            str(device.device),
-            base_digest,
-        ]
-    )
-
-
-def build_model(
+def build_classifier(
     spec: ExperimentSpec,
-    model_root: Path,
-    *,
-    device: DeviceChoice | None = None,
-    use_cache: bool = True,
-    base_adapter_path: Path | None = None,
+    path: Path,
+    device: DeviceChoice,
+    base_state: dict[str, torch.Tensor] | None = None,
 ) -> BuiltModel:
     """Tokenizer + PEFT model at the experiment's seeded initial state, on the site's device.
 
-    With `base_adapter_path` (a global-stage version's tensors) the base weights are the site's base
-    with that LoRA merged in (worker/global_stage.py), before the stage's own adapter is added.
+    `path` is the base model's folder (`model_dir`). With `base_state` (a merged global-stage backbone,
+    worker/global_stage.py) the base weights are replaced by it before the stage's own adapter is added.
     """
-    device = device or select_device()
-    path = model_dir(spec, model_root)
-    base_digest, base_state = "", None
-    if base_adapter_path is not None:
-        from worker.global_stage import merged_backbone_state
-
-        base_digest, base_state = merged_backbone_state(spec, model_root, Path(base_adapter_path), device)
-    key = _cache_key(spec, path, device, base_digest)
-    if use_cache and key in _CACHE:
-        built = _CACHE[key]
-        built.reset()
-        return built
-    check_digest(spec, path)
     method = get_method(spec.peft.method)
     ctx = BuildContext(task=spec.task, model_path=str(path), seed=spec.seed)
     with quiet_transformers(), warnings.catch_warnings():
@@ -183,27 +155,34 @@ def build_model(
         seed_everything(spec.seed)  # the new task head is drawn here
         tokenizer, base = _load_base(spec, path, device)
         if base_state is not None:
-            from worker.global_stage import load_backbone_state
-
             load_backbone_state(base, base_state)
         seed_everything(spec.seed)  # adapter init does not depend on how much RNG loading used
         model = get_peft_model(base, method.peft_config(spec.peft, ctx))
     method.after_build(model, spec.peft, ctx)
+    return ready(model, tokenizer, device)
+
+
+def ready(model: PeftModel, tokenizer: Any, device: DeviceChoice) -> BuiltModel:
+    """Trainable tensors in float32 (autocast handles bf16 compute), on the device, in eval mode, with
+    the adapter's initial state kept for resets."""
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()  # trainable tensors stay float32; autocast handles bf16 compute
+            param.data = param.data.float()
     model.to(device.device)
     model.eval()
     init_state = {name: p.detach().cpu().clone() for name, p in adapter_params(model).items()}
-    built = BuiltModel(model=model, tokenizer=tokenizer, device=device, init_state=init_state)
-    if use_cache:
-        _CACHE.clear()  # one experiment per worker process at a time: keep memory bounded
-        _CACHE[key] = built
-    return built
+    return BuiltModel(model=model, tokenizer=tokenizer, device=device, init_state=init_state)
 
 
-def clear_cache() -> None:
-    _CACHE.clear()
+def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a merged backbone into `model`'s backbone; keys the model lacks (a pooler) stay as loaded."""
+    backbone = getattr(model, str(model.base_model_prefix))
+    result = backbone.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise FedtuneError(
+            ErrorCode.BAD_MANIFEST,
+            f"the global-stage base does not fit this model: unexpected {result.unexpected_keys[:5]}",
+        )
 
 
 def adapter_params(model: PeftModel) -> dict[str, torch.nn.Parameter]:

@@ -1,8 +1,9 @@
-"""The entry points the worker daemon calls: init, train, evaluate, personalize, dataset sizes.
+"""The entry points the worker daemon calls: init, train, personalize, dataset sizes.
 
 Each returns a `TaskOutput` (worker/task_io.py); tensors are float32 numpy arrays keyed by peft save
-names (see worker/model.py). The built model is cached per process, so later rounds skip loading.
-A global stage's train and evaluate run in worker/global_stage.py.
+names (see worker/model.py). Models come from `models`, the daemon's `ModelFactory`
+(worker/model_factory.py), which keeps them between tasks so later rounds skip loading. A global
+stage's train task runs in worker/global_stage.py on the LM model the factory builds.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from worker.class_statistics import class_feature_sums, statistics_update
 from worker.data import Example, data_file, load_examples
 from worker.device import DeviceChoice, resolve_device
 from worker.evaluation import evaluate
-from worker.global_stage import build_lm_model
 from worker.model import (
     BuiltModel,
     adapter_config_json,
-    build_model,
     frozen_arrays,
     load_trainable_arrays,
     trainable_arrays,
 )
+from worker.model_factory import ModelFactory
 from worker.task_io import TaskOutput, read_global
 from worker.training import train, update_to_send
 
@@ -71,14 +71,20 @@ def _is_global(spec: ExperimentSpec, stage_index: int) -> bool:
     return 0 <= stage_index < len(spec.stages) and spec.stages[stage_index].kind == "global"
 
 
+def _factory(models: ModelFactory | None) -> ModelFactory:
+    """The daemon's factory; without one (a script, a test) a model built for this call only."""
+    return models if models is not None else ModelFactory()
+
+
 def _built_with_global(
+    models: ModelFactory,
     spec: ExperimentSpec,
     model_root: Path,
     global_path: Path,
     device: str | DeviceChoice | None,
     base_adapter_path: Path | None = None,
 ) -> tuple[BuiltModel, dict[str, np.ndarray]]:
-    built = build_model(spec, model_root, device=resolve_device(device), base_adapter_path=base_adapter_path)
+    built = models.model(spec, model_root, resolve_device(device), base_adapter_path)
     global_arrays = read_global(global_path)
     load_trainable_arrays(built.model, global_arrays)
     return built, global_arrays
@@ -113,6 +119,7 @@ def run_init(
     spec: ExperimentSpec,
     model_root: Path,
     *,
+    models: ModelFactory | None = None,
     device: str | DeviceChoice | None = None,
     stage_index: int = 0,
     base_adapter_path: Path | None = None,
@@ -124,12 +131,11 @@ def run_init(
     INIT is its LM LoRA (worker/global_stage.py); `base_adapter_path` (the last global version) builds
     the adapter on the merged base.
     """
+    models = _factory(models)
     if _is_global(spec, stage_index):
-        built, _ = build_lm_model(spec, model_root, device=resolve_device(device))
+        built, _ = models.lm_model(spec, model_root, resolve_device(device))
     else:
-        built = build_model(
-            spec, model_root, device=resolve_device(device), base_adapter_path=base_adapter_path
-        )
+        built = models.model(spec, model_root, resolve_device(device), base_adapter_path)
     arrays = trainable_arrays(built.model)
     files = {"adapter_config.json": adapter_config_json(built.model, spec.base_model.name)}
     frozen = frozen_arrays(built.model)
@@ -147,6 +153,7 @@ def run_train(
     data_root: Path,
     model_root: Path,
     *,
+    models: ModelFactory | None = None,
     site: str = "",
     progress: Callable[[str], None] = print,
     training_overrides: dict[str, Any] | None = None,
@@ -155,21 +162,17 @@ def run_train(
 ) -> TaskOutput:
     """Train from the global tensors on the site's train split; returns the trained weights (not a delta)."""
     training = _training(spec, stage_index, training_overrides)
+    models = _factory(models)
     if _is_global(spec, stage_index):
+        lm, kind = models.lm_model(spec, model_root, resolve_device(device))
         return global_stage.run_train(
-            spec,
-            training,
-            round,
-            global_path,
-            data_root,
-            model_root,
-            site=site,
-            progress=progress,
-            device=device,
+            lm, kind, spec, training, round, global_path, data_root, site=site, progress=progress
         )
     train_examples = _examples(spec, data_file(data_root, spec.data.train))
     eval_examples = _eval_examples(spec, data_root)
-    built, global_arrays = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
+    built, global_arrays = _built_with_global(
+        models, spec, model_root, global_path, device, base_adapter_path
+    )
     if training.class_statistics:
         return _class_statistics(spec, training, built, global_arrays, train_examples, progress)
     result = train(
@@ -224,30 +227,6 @@ def _class_statistics(
     return TaskOutput(arrays=arrays, num_examples=len(examples), metrics=metrics)
 
 
-def run_evaluate(
-    spec: ExperimentSpec,
-    stage_index: int,
-    global_path: Path,
-    data_root: Path,
-    model_root: Path,
-    *,
-    device: str | DeviceChoice | None = None,
-    base_adapter_path: Path | None = None,
-) -> TaskOutput:
-    """Metrics of the global tensors on the site's eval split (a global stage: the LM loss)."""
-    training = _training(spec, stage_index, None)
-    examples = _eval_examples(spec, data_root)
-    if not examples:
-        raise FedtuneError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"no eval split at this site: data file {spec.data.eval!r} is not under --data-root",
-        )
-    if _is_global(spec, stage_index):
-        return global_stage.run_evaluate(spec, training, examples, global_path, model_root, device=device)
-    built, _ = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
-    return TaskOutput(arrays={}, num_examples=len(examples), metrics=_eval(built, spec, examples, training))
-
-
 def run_personalize(
     spec: ExperimentSpec,
     stage_index: int,
@@ -256,6 +235,7 @@ def run_personalize(
     model_root: Path,
     *,
     out_dir: Path,
+    models: ModelFactory | None = None,
     site: str = "",
     progress: Callable[[str], None] = print,
     device: str | DeviceChoice | None = None,
@@ -265,7 +245,7 @@ def run_personalize(
     training = _training(spec, stage_index, None)
     train_examples = _examples(spec, data_file(data_root, spec.data.train))
     eval_examples = _eval_examples(spec, data_root)
-    built, _ = _built_with_global(spec, model_root, global_path, device, base_adapter_path)
+    built, _ = _built_with_global(_factory(models), spec, model_root, global_path, device, base_adapter_path)
     metrics: dict[str, float] = {}
     if eval_examples:
         metrics.update(_eval(built, spec, eval_examples, training, prefix="global_eval_"))
@@ -298,7 +278,6 @@ def dataset_sizes(data_root: Path) -> dict[str, int]:
 __all__ = [
     "FROZEN_ADAPTER_FILE",
     "dataset_sizes",
-    "run_evaluate",
     "run_init",
     "run_personalize",
     "run_train",

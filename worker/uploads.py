@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from fedtune.limits import clip_metrics
+from fedtune.serde import UpdateHeaderRecord, update_header_to_proto
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.v1 import worker_pb2
 from worker.retry import RpcFailure, Stopped, is_transient, rpc_status
@@ -106,20 +107,20 @@ def _upload_requests(
     progress: Callable[[int, int], None] | None,
 ) -> Iterator[worker_pb2.PushUpdateRequest]:
     from fedtune.tensorstream.encoder import iter_chunks_from_arrays
-    from fedtune.tensorstream.serde import chunk_to_proto, manifest_to_proto
+    from fedtune.tensorstream.serde import chunk_to_proto
 
     resume = start != (0, 0)
-    header = worker_pb2.UpdateHeader(
+    header = UpdateHeaderRecord(
         task_id=task_id,
         num_examples=int(output.num_examples),
+        manifest=manifest,
         metrics=clip_metrics(output.metrics),  # what the coordinator's door accepts (fedtune.limits)
-        manifest=manifest_to_proto(manifest),
         files=dict(output.files),
         resume=resume,
     )
     if resume:
         log.info("resuming upload for task %s at tensor %d offset %d", task_id, *start)
-    yield worker_pb2.PushUpdateRequest(header=header)
+    yield worker_pb2.PushUpdateRequest(header=update_header_to_proto(header))
     total = manifest.total_bytes
     sent = _bytes_before(manifest, *start)
     for chunk in iter_chunks_from_arrays(

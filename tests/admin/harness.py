@@ -16,7 +16,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from fedtune.admin.cli import admin_group
+from admin.cli import admin_group
 
 
 @dataclass(frozen=True)

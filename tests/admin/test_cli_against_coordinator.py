@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedtune.admin.client import ExitCode
+from admin.client import ExitCode
 from tests.admin.harness import run_admin
 from tests.admin.live_coordinator import Cli, RoundPlan, do_init
 from tests.support.cluster import ADMIN_TOKEN, Cluster, make_settings, spec_yaml

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from fedtune.admin.client import AdminClient, AdminError, ExitCode
+from admin.client import AdminClient, AdminError, ExitCode
 from tests.admin.fake_admin import FakeAdmin, FakeAdminServer
 from tests.admin.harness import AdminRun, run_admin
 from tests.support.ports import free_port
@@ -101,7 +101,7 @@ def test_errors_in_a_stream_become_admin_errors(fake: FakeAdmin, fake_server: Fa
 def test_every_command_has_an_example_in_its_help() -> None:
     import click
 
-    from fedtune.admin.cli import admin_group
+    from admin.cli import admin_group
 
     def walk(command: click.Command, path: list[str]) -> list[list[str]]:
         found = [path]

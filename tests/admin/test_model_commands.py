@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedtune.admin.client import AdminClient, AdminError
+from admin.client import AdminClient, AdminError
 from tests.admin.fake_admin import CannedExport, FakeAdmin, FakeAdminServer
 from tests.admin.harness import AdminRun
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fedtune.admin.client import AdminClient
+from admin.client import AdminClient
 from fedtune.v1 import admin_pb2
 from tests.admin.fake_admin import T0, FakeAdmin
 from tests.admin.harness import AdminRun

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from fedtune.bench.config import BenchConfig, experiment_spec, parse_configs, parse_methods
-from fedtune.bench.report import markdown_table
+from bench.config import BenchConfig, experiment_spec, parse_configs, parse_methods
+from bench.report import markdown_table
 from fedtune.spec import ExperimentSpec
 
 LABELS = ["business", "sport"]
@@ -47,8 +47,8 @@ def test_logit_adjustment_goes_into_federated_and_baseline_training_but_not_the_
 
 
 def test_centralized_baseline_trains_with_plain_cross_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedtune.bench import baselines
-    from fedtune.bench.dataset import BenchData
+    from bench import baselines
+    from bench.dataset import BenchData
 
     seen: list[float] = []
 
@@ -79,7 +79,7 @@ def test_markdown_header_shows_the_logit_adjustment() -> None:
 
 
 def test_cli_flag_is_documented_and_rejects_negative_tau() -> None:
-    from fedtune.bench.cli import bench_group
+    from bench.cli import bench_group
 
     runner = CliRunner()
     help_text = runner.invoke(bench_group, ["quality", "--help"]).output

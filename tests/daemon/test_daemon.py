@@ -113,17 +113,27 @@ def test_train_task_fetches_the_version_trains_and_pushes_the_update(
     assert header.num_examples == 12 and header.metrics["train_loss"] == 0.5
 
 
-def test_train_task_with_delta_update_kind_pushes_trained_minus_received(
+def test_train_task_asking_for_a_delta_is_refused_rather_than_answered_with_weights(
     fake: FakeCoordinator, start: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        tasks, "run_train", lambda *a, **kw: TaskOutput({k: v * 3 for k, v in GLOBAL.items()}, 1, {})
-    )
+    # Prepare: update_kind is deprecated (worker.proto); a site sends trained weights only
+    trained: list[bool] = []
+
+    def fake_train(*a: Any, **kw: Any) -> TaskOutput:
+        trained.append(True)
+        return TaskOutput({k: v * 3 for k, v in GLOBAL.items()}, 1, {})
+
+    monkeypatch.setattr(tasks, "run_train", fake_train)
     _task(fake, worker_pb2.TASK_KIND_TRAIN, update_kind="delta")
+
+    # Execute
     start()
-    _wait(lambda: bool(getattr(fake.servicer.uploads.get("t1"), "digest", "")))
-    pushed = read_arrays(fake.servicer.spool / "t1.safetensors")
-    np.testing.assert_array_equal(pushed["lora_A"], GLOBAL["lora_A"] * 2)
+    _wait(lambda: len(fake.servicer.results) == 1)
+
+    # Assert: failed with the reason, nothing trained and nothing pushed
+    result = fake.servicer.results[0]
+    assert not result.ok and "update_kind 'delta'" in result.error
+    assert not trained and "t1" not in fake.servicer.uploads
 
 
 def test_failing_training_is_reported_without_a_foreign_message_and_the_daemon_goes_on(
@@ -156,15 +166,57 @@ def test_rejected_upload_fails_the_task_with_the_servers_message(
     assert "PushUpdate rejected: injected INVALID_ARGUMENT" in fake.servicer.results[0].error
 
 
-def test_evaluate_task_reports_its_metrics(
-    fake: FakeCoordinator, start: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tasks, "run_evaluate", lambda *a, **kw: TaskOutput({}, 7, {"eval_accuracy": 0.75}))
+def test_evaluate_task_is_refused_as_a_kind_no_coordinator_issues(fake: FakeCoordinator, start: Any) -> None:
+    # Prepare: TASK_KIND_EVALUATE is reserved in worker.proto
     _task(fake, worker_pb2.TASK_KIND_EVALUATE)
+
+    # Execute
     start()
     _wait(lambda: len(fake.servicer.results) == 1)
+
+    # Assert
     result = fake.servicer.results[0]
-    assert result.ok and result.num_examples == 7 and result.metrics["eval_accuracy"] == 0.75
+    assert not result.ok and "task kind evaluate is not known" in result.error
+
+
+def test_task_with_a_malformed_manifest_is_reported_failed_and_the_daemon_goes_on(
+    fake: FakeCoordinator, start: Any
+) -> None:
+    # Prepare: a manifest that does not decode (fedtune.serde refuses an unknown dtype)
+    _task(fake, worker_pb2.TASK_KIND_TRAIN)
+    fake.servicer.tasks[0].model_manifest.tensors[0].dtype = "float99"
+
+    # Execute
+    start()
+    _wait(lambda: len(fake.servicer.results) == 1)
+    pulls = fake.servicer.calls["PullTask"]
+
+    # Assert
+    result = fake.servicer.results[0]
+    assert (result.task_id, result.ok) == ("t1", False) and "float99" in result.error
+    _wait(lambda: fake.servicer.calls["PullTask"] > pulls)
+
+
+def test_every_task_runs_on_the_daemons_one_model_factory(
+    fake: FakeCoordinator, start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare
+    factories: list[object] = []
+
+    def fake_train(*a: Any, models: object, **kw: Any) -> TaskOutput:
+        factories.append(models)
+        return TaskOutput(dict(GLOBAL), 1, {})
+
+    monkeypatch.setattr(tasks, "run_train", fake_train)
+    _task(fake, worker_pb2.TASK_KIND_TRAIN, task_id="t1")
+    _task(fake, worker_pb2.TASK_KIND_TRAIN, task_id="t2")
+
+    # Execute
+    daemon, _, _ = start()
+    _wait(lambda: len(factories) == 2)
+
+    # Assert: one factory, the daemon's, so the second round reuses the loaded model
+    assert factories[0] is factories[1] is daemon.models
 
 
 def test_personalize_task_saves_under_the_work_dir(

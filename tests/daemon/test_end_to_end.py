@@ -119,7 +119,8 @@ def _assert_report_scores_each_round(
         assert {s: m["eval_accuracy"] for s, m in row["site_metrics"].items()} == reported
     assert "| 2 | finetune 2 |" in (out / "report.md").read_text()
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (out / "work").exists()
-    # a label the spec does not know is named with its file and line; an unknown experiment is exit 3
+    # a label the spec does not know is reported with its file and line, never its value (decision 24);
+    # an unknown experiment is exit 3
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a late goal", "label": "sport"}\n{"text": "rates", "label": "weather"}\n')
     wrong = _bench_report(

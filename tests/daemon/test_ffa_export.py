@@ -20,7 +20,7 @@ from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_a
 from fedtune.tensorstream.manifest import Manifest
 from tests.fixtures.tiny import make_tiny_model, tiny_spec
 from tests.support.cluster import SITES, make_settings
-from worker.model import build_model, clear_cache
+from tests.worker.helpers import build_model
 from worker.tasks import run_init
 
 SPEC = """
@@ -38,7 +38,6 @@ def services(tmp_path: Path) -> Iterator[Services]:
     built = bootstrap(make_settings(tmp_path / "data", f"sqlite:///{tmp_path / 'unit.db'}"))
     yield built
     built.close()
-    clear_cache()
 
 
 def _store_initial_version(services: Services, model_root: Path) -> tuple[str, dict[str, np.ndarray]]:
@@ -105,7 +104,7 @@ def test_export_of_an_ffa_lora_version_is_a_complete_adapter_that_peft_loads(
     assert frozen_names and all("lora_A" in n for n in frozen_names)
     base = AutoModelForSequenceClassification.from_pretrained(str(model_root / "tiny-bert"), num_labels=2)
     loaded = PeftModel.from_pretrained(base, str(tmp_path / "export")).eval()
-    reference = build_model(tiny_spec(**_spec_overrides()), model_root, use_cache=False).model.eval()
+    reference = build_model(tiny_spec(**_spec_overrides()), model_root).model.eval()
     inputs = {
         "input_ids": torch.tensor([[2, 7, 9, 11, 3]]),
         "attention_mask": torch.ones(1, 5, dtype=torch.long),

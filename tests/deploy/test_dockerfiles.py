@@ -111,3 +111,16 @@ def test_coordinator_image_has_a_grpc_health_check_and_a_data_volume() -> None:
     assert "healthcheck.py" in healthcheck and "50051" in healthcheck
     assert "/var/lib/fedtune" in (COORDINATOR.last("VOLUME") or "")
     assert COORDINATOR.last("EXPOSE") == "50051"
+
+
+def test_coordinator_image_copies_the_admin_and_certs_commands_it_documents() -> None:
+    # Prepare: docker/README.md drives experiments with `docker compose exec coordinator fedtune admin`
+    documented = (DOCKER_DIR / "README.md").read_text()
+
+    # Execute
+    copied = {source.rstrip("/") for source in copy_sources(COORDINATOR)}
+
+    # Assert: the admin application (with `fedtune certs`) lives in its own top-level package now
+    assert "exec coordinator fedtune admin" in documented
+    assert {"fedtune", "coordinator", "storage", "admin"} <= copied
+    assert not {"bench", "demo"} & copied, "the coordinator image needs no benchmark or demo"

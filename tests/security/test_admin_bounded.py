@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 import coordinator.queries
+from admin.client import AdminClient
 from fedtune import limits
-from fedtune.admin.client import AdminClient
 from fedtune.v1 import admin_pb2
 from storage import models
 from tests.support.cluster import ADMIN_TOKEN, Cluster, spec_yaml

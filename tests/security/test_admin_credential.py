@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from admin.certs import certs_group, issue
 from coordinator.server import CoordinatorServer
-from fedtune.certs import certs_group, issue
 from fedtune.v1 import admin_pb2, admin_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.admin.harness import run_admin
 from tests.support.cluster import Cluster

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedtune.certs import certs_group
+from admin.certs import certs_group
 
 
 def _cert(path: Path) -> x509.Certificate:

@@ -19,10 +19,10 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from admin.render import rounds_table
 from coordinator.commit_retry import CommitRetries, describe_error, is_transient_io_error
 from coordinator.settings import CoordinatorSettings
 from coordinator.strategies.weighted_mean import WeightedMeanStrategy
-from fedtune.admin.render import rounds_table
 from fedtune.errors import ErrorCode, FedtuneError
 from storage import models
 from storage.blobs import LocalBlobStore, _storage_error

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 from sqlalchemy import select
 
-from fedtune.admin.render import experiment_details
+from admin.render import experiment_details
 from fedtune.v1 import admin_pb2
 from storage import models
 from tests.support.cluster import Cluster, spec_yaml

@@ -14,7 +14,7 @@ import pytest
 PARENT = """
 import sys, time
 from pathlib import Path
-from fedtune.demo.processes import ProcessGroup
+from demo.processes import ProcessGroup
 group = ProcessGroup(Path(sys.argv[1]) / "logs")
 args = ["coordinator", "serve", "--port", "0", "--data-dir", sys.argv[1] + "/data"]
 child = group.start("coordinator", args)

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 from click.testing import CliRunner
 
+from admin.certs import certs_group
 from coordinator.server import CoordinatorServer, start_server
 from coordinator.settings import CoordinatorSettings
-from fedtune.certs import certs_group
 from tests.support.cluster import ADMIN_TOKEN
 
 __all__ = ["ADMIN_TOKEN", "SITE_TOKENS", "make_certs", "secure_channel", "serve"]

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.tiny import make_classification_data, make_text_data, make_tiny_model
-from worker.model import clear_cache
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +30,6 @@ def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("lm-data")
     make_text_data(folder, n_train=100, n_eval=20, seed=1)
     return folder
-
-
-@pytest.fixture(autouse=True)
-def _fresh_model_cache() -> None:
-    clear_cache()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,8 +12,7 @@ import torch
 from fedtune.class_statistics import head_tensor_names
 from fedtune.errors import ErrorCode, FedtuneError
 from tests.fixtures.tiny import tiny_spec
-from tests.worker.helpers import quiet, write_global
-from worker.model import build_model
+from tests.worker.helpers import build_model, quiet, write_global
 from worker.tasks import run_init, run_train
 
 pytestmark = pytest.mark.slow

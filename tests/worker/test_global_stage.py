@@ -11,12 +11,12 @@ from safetensors.numpy import save_file
 
 from fedtune.spec import ExperimentSpec
 from tests.fixtures.tiny import tiny_spec
-from worker import global_stage
+from tests.worker.helpers import build_model
 from worker.batches import encode_batch
 from worker.data import Example
 from worker.device import select_device
 from worker.lm import encode_lm_batch, mask_tokens
-from worker.model import build_model
+from worker.model_factory import ModelFactory
 from worker.tasks import run_init, run_train
 
 CPU = select_device("cpu")
@@ -33,12 +33,6 @@ def _spec(max_steps: int = 30) -> ExperimentSpec:
         },
         stages=[{"kind": "global", "rounds": 1}, {"kind": "finetune", "rounds": 1}],
     )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_global_caches() -> None:
-    global_stage._CACHE.clear()
-    global_stage._MERGED.clear()
 
 
 def test_masking_is_seeded_and_never_picks_special_tokens() -> None:
@@ -67,8 +61,7 @@ def test_masking_is_seeded_and_never_picks_special_tokens() -> None:
 def test_global_init_builds_identical_lm_lora_on_every_build(model_root: Path) -> None:
     # Execute
     one = run_init(_spec(), model_root, device="cpu", stage_index=0)
-    global_stage._CACHE.clear()
-    two = run_init(_spec(), model_root, device="cpu", stage_index=0)
+    two = run_init(_spec(), model_root, device="cpu", stage_index=0)  # no factory: built again
 
     # Assert
     assert one.arrays and any("lora_B" in name for name in one.arrays)
@@ -100,7 +93,7 @@ def test_global_training_lowers_the_masked_lm_loss_on_site_text(
 
 def test_lm_batches_score_only_masked_tokens(model_root: Path) -> None:
     # Prepare
-    built, kind = global_stage.build_lm_model(_spec(), model_root, device=CPU)
+    built, kind = ModelFactory().lm_model(_spec(), model_root, CPU)
     examples = [Example("the goal match league coach score", None)] * 4
 
     # Execute
@@ -137,12 +130,11 @@ def test_build_model_on_a_global_base_changes_logits_and_is_reproducible(
     # Prepare
     spec = _spec()
     base_adapter = _trained_global(model_root, tmp_path)
-    plain = build_model(spec, model_root, device=CPU, use_cache=False)
+    plain = build_model(spec, model_root, device=CPU)
 
     # Execute
-    merged_one = build_model(spec, model_root, device=CPU, use_cache=False, base_adapter_path=base_adapter)
-    global_stage._MERGED.clear()
-    merged_two = build_model(spec, model_root, device=CPU, use_cache=False, base_adapter_path=base_adapter)
+    merged_one = build_model(spec, model_root, device=CPU, base_adapter_path=base_adapter)
+    merged_two = build_model(spec, model_root, device=CPU, base_adapter_path=base_adapter)  # another factory
 
     # Assert
     without = _logits(plain.model, plain.tokenizer)
@@ -158,10 +150,10 @@ def test_an_untrained_global_version_leaves_the_base_unchanged(model_root: Path,
     init = run_init(spec, model_root, device="cpu", stage_index=0)
     path = tmp_path / "v0.safetensors"
     save_file(init.arrays, str(path))
-    plain = build_model(spec, model_root, device=CPU, use_cache=False)
+    plain = build_model(spec, model_root, device=CPU)
 
     # Execute
-    merged = build_model(spec, model_root, device=CPU, use_cache=False, base_adapter_path=path)
+    merged = build_model(spec, model_root, device=CPU, base_adapter_path=path)
 
     # Assert
     torch.testing.assert_close(

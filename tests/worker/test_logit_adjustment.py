@@ -83,9 +83,9 @@ def test_training_loss_is_the_adjusted_cross_entropy(
     model_root: Path, peft: dict, proximal_mu: float
 ) -> None:
     """Step 1's loss (before any update) on one batch holding the whole site equals the hand computation."""
+    from tests.worker.helpers import build_model
     from worker.batches import encode_batch
     from worker.device import select_device
-    from worker.model import build_model
     from worker.training import train
 
     # Prepare: 9 sport + 3 business; one batch of all 12 (mean CE does not depend on the order)
@@ -94,7 +94,7 @@ def test_training_loss_is_the_adjusted_cross_entropy(
     training = {"max_steps": 1, "batch_size": 12, "max_length": 32, "logit_adjustment": tau}
     spec = tiny_spec(peft=peft, training={**training, "proximal_mu": proximal_mu})
     device = select_device("cpu")
-    built = build_model(spec, model_root, device=device, use_cache=False)
+    built = build_model(spec, model_root, device=device)
     _no_dropout(built.model)
     with torch.no_grad():
         batch = encode_batch(built.tokenizer, examples, spec.task, 32, device.device)

@@ -14,8 +14,10 @@ from transformers import AutoModelForSequenceClassification
 
 from fedtune.errors import ErrorCode, FedtuneError
 from tests.fixtures.tiny import tiny_spec
+from tests.worker.helpers import build_model
 from worker.methods import registry, spec_method_names
-from worker.model import build_model, clear_cache, load_trainable_arrays, trainable_arrays
+from worker.model import load_trainable_arrays, trainable_arrays
+from worker.model_factory import ModelFactory
 from worker.tasks import FROZEN_ADAPTER_FILE, run_init
 
 SEQ_CLS_METHODS = [
@@ -46,8 +48,7 @@ def test_exchanged_tensors_are_the_trainable_peft_tensors(model_root: Path, peft
 
 def test_init_is_identical_across_builds(model_root: Path) -> None:
     first = run_init(tiny_spec(), model_root)
-    clear_cache()
-    second = run_init(tiny_spec(), model_root)
+    second = run_init(tiny_spec(), model_root)  # without a factory: built again from disk
     assert first.arrays.keys() == second.arrays.keys()
     for name in first.arrays:
         np.testing.assert_array_equal(first.arrays[name], second.arrays[name])
@@ -61,13 +62,31 @@ def test_init_differs_with_the_seed(model_root: Path) -> None:
 
 
 def test_cached_model_is_reset_to_init(model_root: Path) -> None:
-    spec = tiny_spec()
-    built = build_model(spec, model_root)
+    spec, models = tiny_spec(), ModelFactory()
+    built = build_model(spec, model_root, models=models)
     init = trainable_arrays(built.model)
     load_trainable_arrays(built.model, {n: a + 1.0 for n, a in init.items()})
-    again = trainable_arrays(build_model(spec, model_root).model)
+    kept = build_model(spec, model_root, models=models)
+    again = trainable_arrays(kept.model)
+    assert kept is built  # the factory kept it: no second load from disk
     for name in init:
         np.testing.assert_array_equal(init[name], again[name])
+
+
+def test_factory_keeps_one_model_and_factories_are_independent(model_root: Path) -> None:
+    # Prepare
+    models, other = ModelFactory(), ModelFactory()
+    first = build_model(tiny_spec(seed=0), model_root, models=models)
+
+    # Execute
+    second = build_model(tiny_spec(seed=1), model_root, models=models)  # another experiment
+    elsewhere = build_model(tiny_spec(seed=1), model_root, models=other)
+
+    # Assert: a new key replaces the kept model (memory stays bounded); another factory builds its own
+    assert second is not first and models.task_models.value is second
+    assert elsewhere is not second
+    models.clear()
+    assert models.task_models.value is None
 
 
 @pytest.mark.parametrize("peft", SEQ_CLS_METHODS, ids=lambda p: "-".join(str(v) for v in p.values()))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.fixtures.tiny import tiny_spec
-from tests.worker.helpers import quiet, write_global
-from worker.tasks import run_evaluate, run_init, run_personalize, run_train
+from tests.worker.helpers import build_model, evaluate_version, quiet, write_global
+from worker.tasks import run_init, run_personalize, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def test_train_learns_the_tiny_task(
     # Prepare
     spec = tiny_spec(peft=peft) if peft else tiny_spec()
     global_path, global_arrays = _init_global(spec, model_root, tmp_path)
-    before = run_evaluate(spec, 0, global_path, cls_data, model_root).metrics
+    before = evaluate_version(spec, global_path, cls_data, model_root)
     # Execute
     out = run_train(spec, 0, 1, global_path, cls_data, model_root, site="a", progress=quiet)
     # Assert
@@ -45,7 +45,7 @@ def test_train_learns_the_tiny_task(
 def test_prompt_tuning_trains_on_tiny_bert(model_root: Path, cls_data: Path, tmp_path: Path) -> None:
     spec = tiny_spec(peft=PROMPT)
     global_path, global_arrays = _init_global(spec, model_root, tmp_path)
-    before = run_evaluate(spec, 0, global_path, cls_data, model_root).metrics
+    before = evaluate_version(spec, global_path, cls_data, model_root)
     out = run_train(spec, 0, 1, global_path, cls_data, model_root, site="a", progress=quiet)
     assert out.metrics["eval_loss"] < before["eval_loss"]
     assert not np.array_equal(out.arrays["prompt_embeddings"], global_arrays["prompt_embeddings"])
@@ -64,13 +64,13 @@ def test_training_is_reproducible_and_depends_on_site(
 
 
 def test_ffa_lora_keeps_a_at_init(model_root: Path, cls_data: Path, tmp_path: Path) -> None:
-    from worker.model import build_model, frozen_arrays
+    from worker.model import frozen_arrays
 
     spec = tiny_spec(peft=FFA, training={"max_steps": 5, "batch_size": 8, "learning_rate": 1e-2})
     global_path, _ = _init_global(spec, model_root, tmp_path)
     frozen_before = frozen_arrays(build_model(spec, model_root).model)
     out = run_train(spec, 0, 1, global_path, cls_data, model_root, site="a", progress=quiet)
-    built = build_model(spec, model_root, use_cache=False)  # an independent rebuild, as at another site
+    built = build_model(spec, model_root)  # an independent rebuild, as at another site
     assert not any("lora_A" in n for n in out.arrays)
     assert frozen_before and frozen_before.keys() == frozen_arrays(built.model).keys()
     for name, value in frozen_before.items():
@@ -106,7 +106,7 @@ def test_progress_is_reported(model_root: Path, cls_data: Path, tmp_path: Path) 
 def test_causal_lm_lora_lowers_loss(model_root: Path, lm_data: Path, tmp_path: Path) -> None:
     spec = tiny_spec(task="causal-lm", labels=None, base_model={"name": "tiny-llama"})
     global_path, _ = _init_global(spec, model_root, tmp_path)
-    before = run_evaluate(spec, 0, global_path, lm_data, model_root).metrics
+    before = evaluate_version(spec, global_path, lm_data, model_root)
     out = run_train(spec, 0, 1, global_path, lm_data, model_root, progress=quiet)
     assert out.metrics["eval_loss"] < before["eval_loss"] - 0.2
     assert out.metrics["eval_perplexity"] < before["eval_perplexity"]
@@ -120,7 +120,7 @@ def test_causal_lm_prefix_tuning_runs(model_root: Path, lm_data: Path, tmp_path:
         peft={"method": "prefix_tuning", "num_virtual_tokens": 4},
     )
     global_path, _ = _init_global(spec, model_root, tmp_path)
-    before = run_evaluate(spec, 0, global_path, lm_data, model_root).metrics
+    before = evaluate_version(spec, global_path, lm_data, model_root)
     out = run_train(spec, 0, 1, global_path, lm_data, model_root, progress=quiet)
     assert set(out.arrays) == {"prompt_embeddings"}
     assert out.metrics["eval_loss"] < before["eval_loss"]

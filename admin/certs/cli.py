@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fedtune.certs import issue
+from admin.certs import issue
 from fedtune.errors import FedtuneError
 
 DEFAULT_DAYS = 825

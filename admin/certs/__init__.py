@@ -1,5 +1,5 @@
 """`fedtune certs`: a private CA and the TLS certificates of one federation (see issue.py)."""
 
-from fedtune.certs.cli import certs_group
+from admin.certs.cli import certs_group
 
 __all__ = ["certs_group"]

@@ -1,11 +1,11 @@
 """Federated configurations on one local cluster: a real coordinator and one worker process per site.
 
-The cluster is started like `fedtune.demo.run` starts it (same ProcessGroup, free_port, AdminClient
+The cluster is started like `demo.run` starts it (same ProcessGroup, free_port, AdminClient
 and waits); each configuration is one experiment, run to completion, after which every round's
-global version is exported and scored on the held-out test set (`fedtune.demo.evaluate`).
-Scoring (`fedtune.bench.scoring`, shared with `fedtune bench report`) uses the Admin API only, per-site
+global version is exported and scored on the held-out test set (`demo.evaluate`).
+Scoring (`bench.scoring`, shared with `fedtune bench report`) uses the Admin API only, per-site
 figures included. A run with a `global` stage first also reports that stage's held-out LM loss on the
-sites' text (`fedtune.bench.global_eval`), which only the benchmark can: it holds every site's data.
+sites' text (`bench.global_eval`), which only the benchmark can: it holds every site's data.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedtune.admin.client import AdminClient
-from fedtune.bench import global_eval
-from fedtune.bench.config import spec_yaml
-from fedtune.bench.dataset import BenchData
-from fedtune.bench.scoring import score_finetune_versions, site_figures
-from fedtune.demo.processes import ProcessGroup, free_port
-from fedtune.demo.progress import follow_experiment, wait_for_coordinator
+from admin.client import AdminClient
+from bench import global_eval
+from bench.config import spec_yaml
+from bench.dataset import BenchData
+from bench.scoring import score_finetune_versions, site_figures
+from demo.processes import ProcessGroup, free_port
+from demo.progress import follow_experiment, wait_for_coordinator
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec
 

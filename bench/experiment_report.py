@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedtune.admin.client import AdminClient
-from fedtune.admin.render import fmt_bytes
-from fedtune.bench.report import pct, per_round_table, write_files
-from fedtune.bench.scoring import score_finetune_versions
-from fedtune.demo.data import Article
+from admin.client import AdminClient
+from admin.render import fmt_bytes
+from bench.report import pct, per_round_table, write_files
+from bench.scoring import score_finetune_versions
+from demo.data import Article
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, load_spec_yaml
 

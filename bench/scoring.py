@@ -4,7 +4,7 @@ Only the Admin API is used (`ListModels`, `ListRounds`, `ExportModel`): the benc
 `fedtune bench report` score experiments the same way, and neither opens the coordinator's database.
 Each finetune version is exported and loaded with `PeftModel.from_pretrained` on the site-style base
 (`<model_root>/<base_model.name>`); a version trained on a global stage's merged base
-(`base_version.json` in its export) is scored on that merged base (`fedtune.bench.global_eval`).
+(`base_version.json` in its export) is scored on that merged base (`bench.global_eval`).
 Per-site figures come from each round's accepted updates (`RoundInfo.site_updates`).
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedtune.admin.client import AdminClient
-from fedtune.bench import global_eval
-from fedtune.demo.data import Article
-from fedtune.demo.evaluate import test_accuracy
+from admin.client import AdminClient
+from bench import global_eval
+from demo.data import Article
+from demo.evaluate import test_accuracy
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec
 from fedtune.v1 import admin_pb2

@@ -12,8 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fedtune.bench.config import BenchConfig, experiment_spec
-from fedtune.bench.dataset import BenchData, prepare_data
+from bench.config import BenchConfig, experiment_spec
+from bench.dataset import BenchData, prepare_data
 
 
 def machine_info() -> dict[str, Any]:
@@ -49,7 +49,7 @@ def _log(message: str) -> None:
 def _federated(
     config: BenchConfig, data: BenchData, work: Path, model_root: Path
 ) -> dict[str, dict[str, Any]]:
-    from fedtune.bench.federated import local_cluster, run_federated
+    from bench.federated import local_cluster, run_federated
 
     out: dict[str, dict[str, Any]] = {m: {} for m in config.methods}
     if not config.federated:
@@ -65,7 +65,7 @@ def _federated(
 
 
 def _baselines(config: BenchConfig, data: BenchData, model_root: Path, method: str) -> dict[str, Any]:
-    from fedtune.bench import baselines
+    from bench import baselines
 
     spec = experiment_spec(config, data.labels, method)
     out: dict[str, Any] = {}
@@ -81,7 +81,7 @@ def run_quality(config: BenchConfig, work: Path) -> dict[str, Any]:
     """Run every configuration for every method; return all figures (see `report.write_outputs`)."""
     from transformers.utils import logging as hf_logging
 
-    from fedtune.bench.baselines import parameter_counts
+    from bench.baselines import parameter_counts
 
     hf_logging.set_verbosity_error()  # one load report per exported version would drown the progress
     hf_logging.disable_progress_bar()

@@ -2,7 +2,7 @@
 
 Every command is one (or two) Admin RPCs; output is rich tables for people or, with `--json`,
 one JSON document on stdout (JSON lines for `watch`). Errors print one line on stderr and exit
-with `AdminError.exit_code` (see `fedtune.admin.client.ExitCode`).
+with `AdminError.exit_code` (see `admin.client.ExitCode`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import click
 
-from fedtune.admin.cmd_experiments import experiment_group, round_group, rounds_list
-from fedtune.admin.cmd_models import models_group
-from fedtune.admin.cmd_ops import sites_group, status, watch, workers
-from fedtune.admin.context import AdminContext, AdminGroup
-from fedtune.admin.options import connection_options
+from admin.cmd_experiments import experiment_group, round_group, rounds_list
+from admin.cmd_models import models_group
+from admin.cmd_ops import sites_group, status, watch, workers
+from admin.context import AdminContext, AdminGroup
+from admin.options import connection_options
 from fedtune.errors import FedtuneError
 from fedtune.tls import ClientTls
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedtune.demo.data import Article, SiteSplit, dirichlet_sites, read_corpus, write_jsonl
+from demo.data import Article, SiteSplit, dirichlet_sites, read_corpus, write_jsonl
 from fedtune.errors import ErrorCode, FedtuneError
 
 

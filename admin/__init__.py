@@ -3,6 +3,6 @@
 The CLI never opens the database; everything goes through ``AdminClient``.
 """
 
-from fedtune.admin.client import AdminClient, AdminError, ExitCode
+from admin.client import AdminClient, AdminError, ExitCode
 
 __all__ = ["AdminClient", "AdminError", "ExitCode"]

@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from fedtune.demo.data import Article
+from demo.data import Article
 
 
 def _quiet_transformers() -> None:

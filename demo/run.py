@@ -17,13 +17,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fedtune.admin.client import AdminClient
-from fedtune.demo.assets import bbc_news_dir, minilm_model_dir
-from fedtune.demo.data import dirichlet_sites, read_corpus, read_jsonl, write_jsonl
-from fedtune.demo.evaluate import load_classifier, predict, test_accuracy
-from fedtune.demo.processes import ProcessGroup, free_port
-from fedtune.demo.progress import follow_experiment, wait_for_coordinator
-from fedtune.demo.spec import MODEL_NAME, demo_spec_yaml
+from admin.client import AdminClient
+from demo.assets import bbc_news_dir, minilm_model_dir
+from demo.data import dirichlet_sites, read_corpus, read_jsonl, write_jsonl
+from demo.evaluate import load_classifier, predict, test_accuracy
+from demo.processes import ProcessGroup, free_port
+from demo.progress import follow_experiment, wait_for_coordinator
+from demo.spec import MODEL_NAME, demo_spec_yaml
 
 console = Console()
 SAMPLE_SENTENCE = "The central bank raised interest rates as inflation and company profits climbed."
@@ -31,9 +31,9 @@ SAMPLE_SENTENCE = "The central bank raised interest rates as inflation and compa
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fedtune.demo",
+        prog="python -m demo",
         description="Federated LoRA fine-tuning of all-MiniLM-L6-v2 on BBC News across non-IID sites.",
-        epilog="Example: python -m fedtune.demo --rounds 6 --local-steps 20 --alpha 0.5",
+        epilog="Example: python -m demo --rounds 6 --local-steps 20 --alpha 0.5",
     )
     parser.add_argument("--dir", type=Path, default=Path("demo-run"), help="work folder (default ./demo-run)")
     parser.add_argument("--sites", type=int, default=4, help="number of sites (default 4)")

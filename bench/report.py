@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedtune.admin.render import fmt_bytes
+from admin.render import fmt_bytes
 
 
 def pct(value: float | None) -> str:

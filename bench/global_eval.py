@@ -1,10 +1,10 @@
 """Figures of a run with a `global` stage first (docs/decisions.md 11), computed in the bench process.
 
 * Held-out LM loss of each global version (the aggregated LoRA, version 0 = the untouched base) on every
-  site's eval text, example-weighted, with the worker's own functions (`worker.global_stage`:
-  `build_lm_model`, `eval_texts`, `eval_loss`; the same calls as the worker's EVALUATE task).
+  site's eval text, example-weighted, with the worker's own functions (`ModelFactory.lm_model`,
+  `worker.global_stage.eval_texts` / `eval_loss`: what a global-stage train task reports).
 * Test accuracy of a finetune version on the base its sites trained on: the original base with the
-  global version's LoRA merged in (`worker.global_stage.merged_backbone_state` / `load_backbone_state`,
+  global version's LoRA merged in (`ModelFactory.merged_backbone`, `worker.model.load_backbone_state`,
   as the worker builds it), then the exported finetune adapter on top (`PeftModel.from_pretrained`).
 """
 
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedtune.demo.data import Article
+from demo.data import Article
 from fedtune.spec import ExperimentSpec
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -37,15 +37,23 @@ def _cpu() -> Any:
     return select_device("cpu")
 
 
+@functools.cache
+def _models() -> Any:
+    """This process's one model factory: consecutive versions of a run reuse the loaded base."""
+    from worker.model_factory import ModelFactory
+
+    return ModelFactory()
+
+
 def global_lm_loss(
     spec: ExperimentSpec, model_root: Path, tensor_file: Path, sites_root: Path, sites: list[str]
 ) -> dict[str, Any]:
     """{loss_key, mean, sites: {site: loss}} of a global version on each site's eval text."""
     from fedtune.tensorstream.safetensors_file import read_arrays_float32
-    from worker.global_stage import build_lm_model, eval_loss, eval_texts, loss_key
+    from worker.global_stage import eval_loss, eval_texts, loss_key
     from worker.model import load_trainable_arrays
 
-    built, kind = build_lm_model(spec, model_root, device=_cpu())
+    built, kind = _models().lm_model(spec, model_root, _cpu())
     load_trainable_arrays(built.model, read_arrays_float32(Path(tensor_file)))
     training = spec.training_for(0)
     per_site: dict[str, float] = {}
@@ -67,14 +75,13 @@ def _merged_classifier_base(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from fedtune.spec import ExperimentSpec
-    from worker.global_stage import load_backbone_state, merged_backbone_state
-    from worker.model import model_dir
+    from worker.model import load_backbone_state, model_dir
 
     spec = ExperimentSpec.model_validate_json(spec_json)
     path = model_dir(spec, model_root)
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    _digest, state = merged_backbone_state(spec, model_root, global_tensor_file, _cpu())
+    _digest, state = _models().merged_backbone(spec, model_root, global_tensor_file, _cpu())
     load_backbone_state(base, state)
     return tokenizer, base
 
@@ -90,7 +97,7 @@ def merged_base_test_accuracy(
     """Test accuracy of an exported finetune adapter on the base with the global LoRA merged in."""
     from peft import PeftModel
 
-    from fedtune.demo.evaluate import predict
+    from demo.evaluate import predict
 
     tokenizer, base = _merged_classifier_base(
         spec.model_dump_json(), Path(model_root), Path(global_tensor_file), len(labels)

@@ -1,7 +1,7 @@
 """Centralized and local-only baselines, trained in this process with the worker's own functions.
 
 Both use the federated run's spec (model, PEFT method, batch size, learning rate, seed) and the
-budget rule in `fedtune.bench.config`; both are scored on the held-out test set with
+budget rule in `bench.config`; both are scored on the held-out test set with
 `worker.evaluation.evaluate`.
 """
 
@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedtune.bench.config import BenchConfig
-from fedtune.bench.dataset import BenchData
-from fedtune.demo.data import Article
+from bench.config import BenchConfig
+from bench.dataset import BenchData
+from demo.data import Article
 from fedtune.spec import ExperimentSpec, TrainingSpec
 
 
@@ -37,13 +37,13 @@ def _train_and_test(
 
     from worker.device import select_device
     from worker.evaluation import evaluate
-    from worker.model import build_model
+    from worker.model_factory import ModelFactory
     from worker.training import train
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     labels = spec.labels or []
     device = select_device("cpu")
-    built = build_model(spec, model_root, device=device, use_cache=False)
+    built = ModelFactory().model(spec, model_root, device)  # a fresh model per baseline
     training = TrainingSpec.model_validate({**spec.training.model_dump(), "max_steps": steps})
     result = train(
         built.model,
@@ -110,9 +110,11 @@ def local_only(
 
 def parameter_counts(spec: ExperimentSpec, model_root: Path) -> dict[str, int]:
     """Parameters of the base model (task head included) and of the tensors a site uploads."""
-    from worker.model import build_model, frozen_arrays, trainable_arrays
+    from worker.device import select_device
+    from worker.model import frozen_arrays, trainable_arrays
+    from worker.model_factory import ModelFactory
 
-    built = build_model(spec, model_root, use_cache=False)
+    built = ModelFactory().model(spec, model_root, select_device())
     _trainable, total = built.model.get_nb_trainable_parameters()
     uploaded = sum(a.size for a in trainable_arrays(built.model).values())
     adapter = uploaded + sum(a.size for a in frozen_arrays(built.model).values())

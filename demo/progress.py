@@ -6,8 +6,8 @@ import time
 
 from rich.console import Console
 
-from fedtune.admin.client import AdminClient, AdminError
-from fedtune.demo.processes import ProcessGroup
+from admin.client import AdminClient, AdminError
+from demo.processes import ProcessGroup
 
 SHOWN_METRICS = ("train_loss", "eval_accuracy", "eval_loss")
 FINAL_STATES = ("completed", "failed", "aborted")

@@ -8,8 +8,8 @@ from typing import Any
 import click
 from rich.console import Group, RenderableType
 
-from fedtune.admin import render
-from fedtune.admin.context import AdminContext, pass_admin
+from admin import render
+from admin.context import AdminContext, pass_admin
 
 
 @click.group("experiment")

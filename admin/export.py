@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from fedtune.admin.client import AdminError, ExitCode
+from admin.client import AdminError, ExitCode
 from fedtune.v1 import admin_pb2
 
 TENSOR_FILE_BY_KIND: dict[str, str] = {

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from fedtune.admin.options import connection_options
-from fedtune.bench.config import (
+from admin.options import connection_options
+from bench.config import (
     DEFAULT_CONFIGS,
     DEFAULT_METHODS,
     BenchConfig,
@@ -147,8 +147,8 @@ def quality_command(
     Strongly label-skewed sites: a class-mean head round first, logit-adjusted local training:
       fedtune bench quality --configs ncm+fedprox:mu=0.01 --methods lora --logit-adjustment 1.0
     """
-    from fedtune.demo.assets import bbc_news_dir, minilm_model_dir
-    from fedtune.demo.spec import MODEL_NAME
+    from demo.assets import bbc_news_dir, minilm_model_dir
+    from demo.spec import MODEL_NAME
 
     try:
         defaults = QUICK if quick else FULL
@@ -173,8 +173,8 @@ def quality_command(
             quick=quick,
             timeout_seconds=timeout,
         )
-        from fedtune.bench.quality import run_quality
-        from fedtune.bench.report import write_outputs
+        from bench.comparison import run_quality
+        from bench.report import write_outputs
 
         work = (work_dir or out_dir / "work").resolve()
         results = run_quality(config, work)
@@ -239,13 +239,13 @@ def report_command(
       fedtune bench report exp-3f2a --test held-out.jsonl --model-root ./models \\
           --coordinator coord.example.org:50051 --admin-token "$FEDTUNE_ADMIN_TOKEN"
     """
-    from fedtune.admin.client import AdminClient, AdminError
+    from admin.client import AdminClient, AdminError
     from fedtune.tls import ClientTls
 
     out_dir = out_dir or Path(f"report-{experiment_id}")
     try:
         tls = ClientTls.from_options(tls_ca, tls_cert, tls_key, tls_server_name)
-        from fedtune.bench.experiment_report import build_report, write_report
+        from bench.experiment_report import build_report, write_report
 
         with AdminClient(target, admin_token or None, timeout, tls) as admin:
             report = build_report(admin, experiment_id, model_root.resolve(), test_file, out_dir / "work")

@@ -8,8 +8,8 @@ from typing import Any
 import click
 from rich.console import RenderableType
 
-from fedtune.admin import render
-from fedtune.admin.client import AdminClient, AdminError
+from admin import render
+from admin.client import AdminClient, AdminError
 from fedtune.tls import ClientTls
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from rich.console import RenderableType
 
-from fedtune.admin import render
-from fedtune.admin.context import AdminContext, pass_admin
+from admin import render
+from admin.context import AdminContext, pass_admin
 
 
 @click.group("sites")

@@ -221,7 +221,7 @@ class AdminClient:
 
         Returns the files written: the safetensors file first, then the side files.
         """
-        from fedtune.admin.export import write_export
+        from admin.export import write_export
 
         model = self.get_model(version_id)
         return write_export(model.kind, self.export_stream(version_id), Path(out_dir))

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from rich.console import RenderableType
 
-from fedtune.admin import render
-from fedtune.admin.context import AdminContext, pass_admin
+from admin import render
+from admin.context import AdminContext, pass_admin
 
 
 @click.group("models")

@@ -1,5 +1,0 @@
-import sys
-
-from fedtune.demo.run import main
-
-sys.exit(main())
