@@ -24,6 +24,7 @@ from tests.conformance.minimal_client import (
     FINAL,
     GIVE_UP_TASK,
     REGISTER,
+    RETRY,
     CallFailed,
     Encoded,
     MinimalClient,
@@ -361,13 +362,23 @@ def test_documented_refusals_reach_the_minimal_client(
     assert operator.worker_state("alpha") != "offline"
 
     # §3: one long-poll more than max_site_pulls is RESOURCE_EXHAUSTED busy: (retry with backoff)
-    request = worker_pb2.PullTaskRequest(worker_id=alpha.worker_id, wait_seconds=2.0)
+    request = worker_pb2.PullTaskRequest(worker_id=alpha.worker_id, wait_seconds=5.0)
     open_poll = alpha.stub.PullTask.future(request, metadata=alpha.metadata, timeout=10)
-    time.sleep(0.3)
-    with pytest.raises(grpc.RpcError) as busy:
-        alpha.stub.PullTask(request, metadata=alpha.metadata, timeout=10)
-    assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert busy.value.details().startswith("busy:")
+
+    def one_more_poll() -> grpc.RpcError | None:
+        """None while the open poll has not reached the coordinator yet (this one then ends at once)."""
+        try:
+            alpha.stub.PullTask(
+                worker_pb2.PullTaskRequest(worker_id=alpha.worker_id), metadata=alpha.metadata, timeout=10
+            )
+        except grpc.RpcError as err:
+            return err
+        return None
+
+    busy = wait_for(one_more_poll)
+    assert busy.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert busy.details().startswith("busy:")
+    assert CallFailed("PullTask", busy.code(), busy.details()).action == RETRY
     open_poll.cancel()
 
     # §8: an unknown worker id is NOT_FOUND "unknown worker" (register again); a wrong token is
