@@ -26,8 +26,25 @@ if _version_not_supported:
 
 
 class WorkerStub:
-    """The service a site's worker dials. Every call but Register carries the
-    metadata `x-fedtune-site: <site name>` and `authorization: Bearer <token>`.
+    """The service a site's worker dials. The rules a client must follow are in these comments and in
+    docs/protocol.md (the same contract, with a table of what to do on each status).
+
+    Authentication: Register carries the site name and token in its body. Every other call carries
+    the metadata `x-fedtune-site: <site name>` and `authorization: Bearer <token>`; under mutual TLS
+    the client certificate's CN must be the site name too. Messages are at most 32 MiB each way.
+
+    Errors: a refused call ends with a gRPC status and a message `<code>: <text>` (fedtune/errors.py).
+    Decide on the status and the code prefix, never on the text:
+    UNAVAILABLE, DEADLINE_EXCEEDED (incl. `idle_timeout:`), RESOURCE_EXHAUSTED `busy:`: retry with
+    backoff (a broken stream: resume it); RESOURCE_EXHAUSTED `rate_limited:`: wait the
+    "retry after N s" it names;
+    FAILED_PRECONDITION `task_closed:`: the task or its round ended; give it up, pull the next one;
+    NOT_FOUND `not_found: unknown worker`: Register again; UNAUTHENTICATED: Register once more, and
+    stop if Register is refused too (wrong or rotated token);
+    final: INVALID_ARGUMENT (`invalid_argument:`, `bad_manifest:`, `bad_chunk:`, `non_finite:`),
+    RESOURCE_EXHAUSTED `too_large:`, PERMISSION_DENIED, FAILED_PRECONDITION `wrong_state:`,
+    DATA_LOSS `checksum_mismatch:` (the upload was discarded). DATA_LOSS `incomplete_stream:`:
+    resume the upload.
     """
 
     def __init__(self, channel):
@@ -74,39 +91,72 @@ class WorkerStub:
 
 
 class WorkerServicer:
-    """The service a site's worker dials. Every call but Register carries the
-    metadata `x-fedtune-site: <site name>` and `authorization: Bearer <token>`.
+    """The service a site's worker dials. The rules a client must follow are in these comments and in
+    docs/protocol.md (the same contract, with a table of what to do on each status).
+
+    Authentication: Register carries the site name and token in its body. Every other call carries
+    the metadata `x-fedtune-site: <site name>` and `authorization: Bearer <token>`; under mutual TLS
+    the client certificate's CN must be the site name too. Messages are at most 32 MiB each way.
+
+    Errors: a refused call ends with a gRPC status and a message `<code>: <text>` (fedtune/errors.py).
+    Decide on the status and the code prefix, never on the text:
+    UNAVAILABLE, DEADLINE_EXCEEDED (incl. `idle_timeout:`), RESOURCE_EXHAUSTED `busy:`: retry with
+    backoff (a broken stream: resume it); RESOURCE_EXHAUSTED `rate_limited:`: wait the
+    "retry after N s" it names;
+    FAILED_PRECONDITION `task_closed:`: the task or its round ended; give it up, pull the next one;
+    NOT_FOUND `not_found: unknown worker`: Register again; UNAUTHENTICATED: Register once more, and
+    stop if Register is refused too (wrong or rotated token);
+    final: INVALID_ARGUMENT (`invalid_argument:`, `bad_manifest:`, `bad_chunk:`, `non_finite:`),
+    RESOURCE_EXHAUSTED `too_large:`, PERMISSION_DENIED, FAILED_PRECONDITION `wrong_state:`,
+    DATA_LOSS `checksum_mismatch:` (the upload was discarded). DATA_LOSS `incomplete_stream:`:
+    resume the upload.
     """
 
     def Register(self, request, context):
-        """Announce the worker and its capabilities; returns the heartbeat interval.
+        """Announce the worker; returns its id and the heartbeat interval. Call once at start: a Register
+        replaces the site's earlier workers (they go offline, their leased tasks go back to the queue).
+        Limited to `registrations_per_window` (30) per site per 60 s (RESOURCE_EXHAUSTED `rate_limited:`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every `heartbeat_seconds`, idle or busy, naming the task in progress. Silence for
+        `worker_offline_after_seconds` (30 s) makes the worker offline (not chosen for new rounds).
+        Only a Heartbeat naming a task extends that task's lease.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PullTask(self, request, context):
-        """Long-poll: waits up to wait_seconds for a task for this site.
+        """Long-poll: answers a task at once if one is pending for the site, else waits up to wait_seconds
+        (capped at `max_pull_wait_seconds`, 30 s) and answers has_task=false. Set the call's deadline
+        above the wait. At most `max_site_pulls` (4) open per site; more: RESOURCE_EXHAUSTED `busy:`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchTensors(self, request, context):
-        """Streams a model version: first a manifest, then chunks from the requested position.
+        """Streams a model version: first its manifest, then its chunks from (start_tensor, start_offset),
+        in stream order (see TensorChunk). Resume a broken download with a new call at the next byte you
+        lack. Only versions of experiments the site has (had) a task in; others are NOT_FOUND. At most
+        `max_site_downloads` (4) open per site (more: `busy:`); a client that reads nothing for
+        `stream_idle_seconds` (60 s) loses the stream (DEADLINE_EXCEEDED `idle_timeout:`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PushUpdate(self, request_iterator, context):
-        """Client stream: one header, then the chunks of the update, in manifest order.
+        """Client stream for an INIT or TRAIN task: first message the header, then the chunks of the
+        update in stream order (see TensorChunk); then close the stream. A refused chunk (bad position or
+        alignment, crc32, value, size) ends the stream and discards all of the upload; a stream that
+        breaks off keeps its verified prefix (resume: GetUploadStatus, then a header with resume=true).
+        At most `max_site_uploads` (2) open per site and `max_open_uploads` (256) in all (more: `busy:`);
+        a stream that sends nothing for `stream_idle_seconds` (60 s) ends with `idle_timeout:`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +170,9 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportResult(self, request, context):
-        """Ends a task: metrics for tasks without an update, or a failure with its reason.
+        """Ends a task without an update: ok=true with metrics for PERSONALIZE; ok=false with
+        an error for a task of any kind that failed (INIT and TRAIN end with PushUpdate otherwise;
+        ok=true for them is FAILED_PRECONDITION `wrong_state:`). A task no longer leased: `task_closed:`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,8 +225,25 @@ def add_WorkerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Worker:
-    """The service a site's worker dials. Every call but Register carries the
-    metadata `x-fedtune-site: <site name>` and `authorization: Bearer <token>`.
+    """The service a site's worker dials. The rules a client must follow are in these comments and in
+    docs/protocol.md (the same contract, with a table of what to do on each status).
+
+    Authentication: Register carries the site name and token in its body. Every other call carries
+    the metadata `x-fedtune-site: <site name>` and `authorization: Bearer <token>`; under mutual TLS
+    the client certificate's CN must be the site name too. Messages are at most 32 MiB each way.
+
+    Errors: a refused call ends with a gRPC status and a message `<code>: <text>` (fedtune/errors.py).
+    Decide on the status and the code prefix, never on the text:
+    UNAVAILABLE, DEADLINE_EXCEEDED (incl. `idle_timeout:`), RESOURCE_EXHAUSTED `busy:`: retry with
+    backoff (a broken stream: resume it); RESOURCE_EXHAUSTED `rate_limited:`: wait the
+    "retry after N s" it names;
+    FAILED_PRECONDITION `task_closed:`: the task or its round ended; give it up, pull the next one;
+    NOT_FOUND `not_found: unknown worker`: Register again; UNAUTHENTICATED: Register once more, and
+    stop if Register is refused too (wrong or rotated token);
+    final: INVALID_ARGUMENT (`invalid_argument:`, `bad_manifest:`, `bad_chunk:`, `non_finite:`),
+    RESOURCE_EXHAUSTED `too_large:`, PERMISSION_DENIED, FAILED_PRECONDITION `wrong_state:`,
+    DATA_LOSS `checksum_mismatch:` (the upload was discarded). DATA_LOSS `incomplete_stream:`:
+    resume the upload.
     """
 
     @staticmethod
