@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
@@ -29,6 +29,8 @@ from fedtune.tensorstream.serde import chunk_from_proto, chunk_to_proto, manifes
 from fedtune.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("fedtune.coordinator.worker_api")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -185,15 +187,30 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     raise FedtuneError(
                         ErrorCode.INVALID_ARGUMENT, "the first PushUpdate message must be the header"
                     )
-                session = await self._pool.run(uploads.open, site_id, header)
+                opening = asyncio.ensure_future(self._pool.run(uploads.open, site_id, header))
+                try:
+                    session = await asyncio.shield(opening)
+                except asyncio.CancelledError:  # the client left while the header was admitted
+                    await _settle(opening, on_result=lambda opened: self._pool.run(opened.close))
+                    raise
                 try:
                     while (item := await self._next_item(messages)) is not None:
-                        await self._pool.run(session.add, item)
-                    update_id, received = await self._pool.run(session.finish)
+                        await self._step(session.add, item)
+                    update_id, received = await self._step(session.finish)
                 finally:
                     await asyncio.shield(self._pool.run(session.close))
             return worker_pb2.PushUpdateResponse(update_id=update_id, received_bytes=received)
         raise AssertionError("unreachable")
+
+    async def _step(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """One blocking step of an upload session, carried to its end even if the call is cancelled
+        meanwhile, so that the session is never closed under a step still running on its thread."""
+        running = asyncio.ensure_future(self._pool.run(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await _settle(running)
+            raise
 
     async def _next_item(self, messages: AsyncIterator[worker_pb2.PushUpdateRequest]) -> UploadItem | None:
         """The next header or chunk; None at the end of the stream. A stream silent for
@@ -231,3 +248,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 f"the client read nothing for {self._idle:g} s (stream_idle_seconds); fetch again from "
                 "where it stopped (start_tensor, start_offset)",
             ) from None
+
+
+async def _settle(
+    running: asyncio.Future[T], on_result: Callable[[T], Awaitable[object]] | None = None
+) -> None:
+    """Wait for a blocking step that a cancelled call started (its thread runs on regardless), then
+    hand its result to `on_result` (e.g. close a session nobody will use); its errors are moot."""
+    try:
+        result = await running
+    except Exception:
+        return
+    if on_result is not None:
+        with contextlib.suppress(Exception):
+            await on_result(result)

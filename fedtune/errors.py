@@ -116,6 +116,9 @@ async def aio_rpc_errors(context: grpc.aio.ServicerContext[Any, Any], method: st
         log.info("%s rejected: %s", method, err)
         await context.abort(*public_status(err))
     except Exception:
+        if context.cancelled():  # the client went away (e.g. a download it will resume): no fault here
+            log.info("%s ended: the client cancelled the call", method)
+            return
         log.exception("%s failed", method)
         await context.abort(grpc.StatusCode.INTERNAL, internal_message(method))
 

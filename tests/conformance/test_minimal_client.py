@@ -468,12 +468,6 @@ def test_documented_refusals_reach_the_minimal_client(
     operator.channel.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="coordinator bug: a PushUpdate cancelled while UploadService.open admits its header drops the "
-    "session it returns, so the task stays 'being received' and every later upload of it waits 10 s and "
-    "gets UNAVAILABLE (coordinator/worker_servicer.py PushUpdate)",
-)
 def test_a_stream_aborted_while_its_header_is_admitted_does_not_block_its_task(
     start_on_sqlite: Callable[..., CoordinatorServer],
     clients: list[MinimalClient],
