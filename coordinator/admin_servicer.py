@@ -15,6 +15,7 @@ from coordinator.auth import bearer
 from coordinator.blocking import BlockingPool
 from coordinator.bootstrap import Services
 from coordinator.downloads import SideFile
+from coordinator.streaming import send
 from coordinator.version import __version__
 from fedtune.errors import aio_rpc_errors
 from fedtune.serde import (
@@ -41,6 +42,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, services: Services, pool: BlockingPool) -> None:
         self._services = services
         self._pool = pool
+        self._idle = services.settings.stream_idle_seconds
 
     @contextlib.asynccontextmanager
     async def _call(self, context: Context, method: str) -> AsyncIterator[None]:
@@ -218,7 +220,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     )
                 else:
                     message = admin_pb2.ExportModelResponse(chunk=chunk_to_proto(item))
-                await context.write(message)
+                await send(context, message, self._idle, "export the version again")
 
     async def WatchEvents(self, request: admin_pb2.WatchEventsRequest, context: Context) -> None:
         """Past events after `after_id`; with `follow`, new ones until the client goes away (which
@@ -232,7 +234,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 batch = await self._run(queries.events, last, request.experiment_id)
                 for record in batch:
                     last = record.event_id
-                    await context.write(event_to_proto(record))
+                    await send(context, event_to_proto(record), self._idle, "watch again with --after")
                 if len(batch) == queries.EVENT_PAGE:
                     continue
                 if not request.follow or notifier.closed:

@@ -21,6 +21,7 @@ from coordinator.auth import bearer, check_certificate_site
 from coordinator.blocking import BlockingPool
 from coordinator.bootstrap import Services
 from coordinator.site_limits import DOWNLOAD, PULL, UPLOAD, SiteCallLimits
+from coordinator.streaming import send
 from coordinator.uploads import UploadItem
 from fedtune.errors import ErrorCode, FedtuneError, aio_rpc_errors
 from fedtune.serde import UpdateHeaderRecord, task_to_proto, update_header_from_proto
@@ -172,7 +173,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                         message = worker_pb2.FetchTensorsResponse(manifest=manifest_to_proto(item))
                     else:
                         message = worker_pb2.FetchTensorsResponse(chunk=chunk_to_proto(item))
-                    await self._write(context, message)
+                    await send(
+                        context,
+                        message,
+                        self._idle,
+                        "fetch again from where it stopped (start_tensor, start_offset)",
+                    )
 
     async def PushUpdate(
         self, request_iterator: AsyncIterator[worker_pb2.PushUpdateRequest], context: Context
@@ -237,17 +243,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 return update_header_from_proto(request.header)
             if which == "chunk":
                 return chunk_from_proto(request.chunk)
-
-    async def _write(self, context: Context, message: worker_pb2.FetchTensorsResponse) -> None:
-        """Send one message; a client that reads nothing for `stream_idle_seconds` loses the stream."""
-        try:
-            await asyncio.wait_for(context.write(message), self._idle)
-        except TimeoutError:
-            raise FedtuneError(
-                ErrorCode.IDLE_TIMEOUT,
-                f"the client read nothing for {self._idle:g} s (stream_idle_seconds); fetch again from "
-                "where it stopped (start_tensor, start_offset)",
-            ) from None
 
 
 async def _settle(

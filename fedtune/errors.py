@@ -78,6 +78,10 @@ class FedtuneError(Exception):
         return f"{self.code.value}: {self.message}"
 
 
+class ClientGone(Exception):
+    """A server stream could not send because the client already cancelled or closed the call."""
+
+
 def grpc_status_for(code: ErrorCode) -> grpc.StatusCode:
     return _STATUS_BY_CODE[code]
 
@@ -115,10 +119,9 @@ async def aio_rpc_errors(context: grpc.aio.ServicerContext[Any, Any], method: st
     except FedtuneError as err:
         log.info("%s rejected: %s", method, err)
         await context.abort(*public_status(err))
+    except ClientGone:  # e.g. a worker that will resume its download: no fault here, nobody to tell
+        log.info("%s ended: the client left the call", method)
     except Exception:
-        if context.cancelled():  # the client went away (e.g. a download it will resume): no fault here
-            log.info("%s ended: the client cancelled the call", method)
-            return
         log.exception("%s failed", method)
         await context.abort(grpc.StatusCode.INTERNAL, internal_message(method))
 

@@ -143,3 +143,4 @@ def test_idle_long_polling_sites_hold_no_thread_and_do_not_delay_a_heartbeat(
     for future in polls:
         future.cancel()
     channel.close()
+
