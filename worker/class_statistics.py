@@ -15,6 +15,7 @@ from peft import PeftModel
 
 from fedtune.class_statistics import head_tensor_names
 from fedtune.errors import ErrorCode, FedtuneError
+from worker import interrupt
 from worker.batches import encode_batch
 from worker.data import Example
 from worker.device import DeviceChoice
@@ -63,6 +64,7 @@ def class_feature_sums(
     batches = (len(examples) + batch_size - 1) // batch_size
     try:
         for number, start in enumerate(range(0, len(examples), batch_size), start=1):
+            interrupt.check()
             chunk = examples[start : start + batch_size]
             batch = encode_batch(tokenizer, chunk, "sequence-classification", max_length, device.device)
             captured.clear()

@@ -28,6 +28,7 @@ from fedtune.serde import TaskRecord
 from fedtune.spec import ExperimentSpec, load_spec_json
 from fedtune.tensorstream.manifest import Manifest
 from worker.connection import Connection, UnreadableTask
+from worker.interrupt import TaskAbandoned, interruptible
 from worker.retry import RpcFailure, Stopped
 from worker.settings import WorkerSettings
 
@@ -62,10 +63,6 @@ def failure_report(err: BaseException) -> str:
     else:
         text = f"{type(err).__name__} (its message may quote site data: see this site's worker log)"
     return public_text(text, ERROR_TEXT_LIMIT)
-
-
-class TaskAbandoned(Exception):
-    """Raised from the progress callback when the task was cancelled or the worker is stopping."""
 
 
 def worker_version() -> str:
@@ -251,7 +248,8 @@ class WorkerDaemon:
         )
         started = time.monotonic()
         try:
-            self._execute(task, state)
+            with interruptible(lambda: state.cancel.is_set() or self.stop_event.is_set()):
+                self._execute(task, state)
             log.info("task %s done in %.1fs", task.task_id, time.monotonic() - started)
         except (TaskAbandoned, Stopped):
             if state.cancel.is_set():

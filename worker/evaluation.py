@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from worker import interrupt
 from worker.batches import encode_batch, loss_weight
 from worker.data import Example
 from worker.device import DeviceChoice
@@ -30,6 +31,7 @@ def evaluate(
     loss_sum, weight_sum, correct = 0.0, 0, 0
     try:
         for start in range(0, len(examples), batch_size):
+            interrupt.check()
             chunk = examples[start : start + batch_size]
             batch = encode_batch(tokenizer, chunk, task, max_length, device.device)
             with torch.autocast(device.device.type, dtype=device.train_dtype, enabled=device.autocast):

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 
+from worker import interrupt
 from worker.data import Example
 from worker.device import DeviceChoice
 
@@ -94,6 +95,7 @@ def lm_eval_loss(
     loss_sum, weight_sum = 0.0, 0
     try:
         for start in range(0, len(examples), batch_size):
+            interrupt.check()
             batch = encode_lm_batch(
                 tokenizer, examples[start : start + batch_size], kind, max_length, device.device, generator
             )

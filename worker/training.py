@@ -19,6 +19,7 @@ from peft import PeftModel
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import PrivacySpec, TrainingSpec
+from worker import interrupt
 from worker.batches import encode_batch
 from worker.data import Example
 from worker.device import DeviceChoice
@@ -120,6 +121,7 @@ def train(
     model.train()
     loss_sum, seen, started = 0.0, 0, time.perf_counter()
     for step, indices in enumerate(_batch_order(len(examples), training.batch_size, steps, rng), start=1):
+        interrupt.check()  # a SIGTERM or a cancelled task ends training within one step
         chosen = [examples[i] for i in indices]
         if encode is not None:
             batch = encode(chosen)

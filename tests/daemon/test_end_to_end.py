@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,3 +168,32 @@ def test_a_worker_killed_mid_training_rejoins_and_the_experiment_finishes(
     assert shown["state"] == "completed", shown
     _assert_lineage(cluster, experiment_id)
     assert cluster.log_text(victim).count("registered as") >= 2
+
+
+def test_a_worker_stops_within_seconds_of_sigterm_mid_training(
+    short_lease_cluster: Cluster, tmp_path: Path, model_root: Path, data_roots: dict[str, Path]
+) -> None:
+    # Prepare: a task long enough to train for minutes
+    cluster = short_lease_cluster
+    cluster.start_coordinator()
+    site = E2E_SITES[0]
+    cluster.add_site(site)
+    worker = cluster.start_worker(site, data_roots[site], model_root)
+    cluster.wait_workers_online([site])
+    _submit(cluster, tmp_path, {"max_steps": 100_000})
+    wait_for(
+        lambda: re.search(r"task \S+: step \d+/100000", cluster.log_text(f"worker-{site}")),
+        180,
+        "the worker to train",
+        interval=0.1,
+    )
+    # Execute
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    code = worker.wait(timeout=60)
+    stopped_after = time.monotonic() - sent
+    # Assert: it ends between two steps, drops the task (the coordinator re-leases it) and exits 0
+    log = cluster.log_text(f"worker-{site}")
+    assert code == 0, log[-2000:]
+    assert stopped_after < 10, f"the worker took {stopped_after:.1f} s to stop"
+    assert "abandoned: worker stopping" in log
