@@ -171,9 +171,10 @@ class SecAggSpec(_Strict):
 
     # Each element of an update is clipped to [-clip_range, clip_range] before it is quantized.
     clip_range: float = Field(default=8.0, gt=0, le=1e6)
-    # A site's weight (its example count) must be at most this; precision is best when weights are
-    # near it (fedtune/secagg/quantize.py gives the error bound).
-    max_weight: float = Field(default=1e6, gt=0, le=1e12)
+    # A site's weight (its example count) is capped at this (as in DP-FedAvg); the quantization error
+    # grows with max_weight over the typical weight, so set it near the largest site's example count
+    # (fedtune/secagg/quantize.py gives the error bound).
+    max_weight: float = Field(default=10_000.0, gt=0, le=1e12)
     quantization_bits: Literal[32] = 32  # Z_2^32; 64 is a possible later extension
     # k and t: unset = the automatic rule of fedtune/secagg/graph.py, from the number of sites a round has.
     neighbours: int | None = Field(default=None, ge=2, le=MAX_SECAGG_NEIGHBOURS)

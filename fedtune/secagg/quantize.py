@@ -19,7 +19,9 @@ Error bound. Stochastic rounding moves each value by less than one step, unbiase
 ``m <= n`` sites, the dequantized weighted sum is within ``m * step`` of ``sum(w_i * clip(x_i))`` per
 element and the dequantized weight sum within ``m * weight_step`` of ``sum(w_i)``; ``mean_error_bound``
 turns that into a bound on the weighted mean. Precision is best when weights are near ``W``: with
-``n = 32``, ``c = 8`` and all weights equal to ``W``, the mean is exact to ~2.4e-7 per element.
+``n = 32``, ``c = 8`` and all weights equal to ``W``, the mean is exact to ~2.4e-7 per element; if
+weights are typically ``W / r``, the error grows r-fold, so ``max_weight`` should be near the largest
+real weight, and weights above it are capped (``cap_weight``) rather than refused by the protocol.
 """
 
 from __future__ import annotations
@@ -89,6 +91,13 @@ def _stochastic_round(
     # float error in y / step could give L + 1 at the clip boundary; the bound needs [-L, L]
     np.clip(rounded, -levels, levels, out=rounded)
     return rounded.astype(np.int64).astype(np.int32).view(np.uint32)
+
+
+def cap_weight(weight: float, params: QuantizationParams) -> float:
+    """``min(weight, max_weight)``: a site's weight is capped, as in DP-FedAvg (McMahan et al. 2018,
+    w_k = min(n_k / w_hat, 1)). It keeps the quantization precise (error grows with max_weight over
+    the typical weight) and bounds how much one site can claim by reporting a huge example count."""
+    return min(weight, params.max_weight)
 
 
 def check_weight(weight: float, params: QuantizationParams) -> None:

@@ -9,6 +9,7 @@ from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.secagg.masking import modular_sum
 from fedtune.secagg.quantize import (
     QuantizationParams,
+    cap_weight,
     dequantize_sum,
     dequantize_weight_sum,
     mean_error_bound,
@@ -97,3 +98,9 @@ def test_a_weight_outside_0_max_weight_is_refused(weight: float) -> None:
 def test_bad_quantization_params_are_refused(clip_range: float, max_weight: float, max_sites: int) -> None:
     with pytest.raises(FedtuneError):
         QuantizationParams(clip_range=clip_range, max_weight=max_weight, max_sites=max_sites)
+
+
+def test_weights_above_max_weight_are_capped_for_the_protocol() -> None:
+    params = QuantizationParams(clip_range=1.0, max_weight=500.0, max_sites=3)
+    assert cap_weight(10_000.0, params) == 500.0
+    assert cap_weight(20.0, params) == 20.0
