@@ -156,23 +156,129 @@ class StrategySpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class PrivacySpec(_Strict):
-    """Client-side DP (clip + Gaussian noise) for updates; off by default."""
+# Strategies that combine each site's update on its own (a coordinate-wise median, a trimmed mean, a
+# weighting by each site's distance): secure aggregation only ever shows the coordinator the sum, so
+# they cannot run with it. The FedAvg and FedOpt families, fedprox and fedncm need only the weighted
+# sum. (Kept here, not on the coordinator's strategy classes, because the spec cannot import them; the
+# wiring of issue 10 adds a registry-wide test that this set matches what each strategy needs.)
+STRATEGIES_NEEDING_SITE_UPDATES = frozenset({"median", "trimmed_mean", "fedavg_adaptive"})
+SECURE_AGGREGATION_MIN_SITES = 3  # with 2, each site learns the other's update from the sum (secagg/graph.py)
+MAX_SECAGG_NEIGHBOURS = 100_000
 
+
+class SecAggSpec(_Strict):
+    """Secure aggregation settings (fedtune/secagg; docs/privacy.md). Defaults suit LoRA updates."""
+
+    # Each element of an update is clipped to [-clip_range, clip_range] before it is quantized.
+    clip_range: float = Field(default=8.0, gt=0, le=1e6)
+    # A site's weight (its example count) is capped at this (as in DP-FedAvg); the quantization error
+    # grows with max_weight over the typical weight, so set it near the largest site's example count
+    # (fedtune/secagg/quantize.py gives the error bound).
+    max_weight: float = Field(default=10_000.0, gt=0, le=1e12)
+    quantization_bits: Literal[32] = 32  # Z_2^32; 64 is a possible later extension
+    # k and t: unset = the automatic rule of fedtune/secagg/graph.py, from the number of sites a round has.
+    neighbours: int | None = Field(default=None, ge=2, le=MAX_SECAGG_NEIGHBOURS)
+    threshold: int | None = Field(default=None, ge=2, le=MAX_SECAGG_NEIGHBOURS)
+
+    @model_validator(mode="after")
+    def _check(self) -> SecAggSpec:
+        if self.neighbours is not None and self.threshold is not None:
+            low = self.neighbours // 2 + 1
+            if not low <= self.threshold <= self.neighbours:
+                raise ValueError(
+                    f"secagg.threshold {self.threshold} must be in [{low}, {self.neighbours}] for "
+                    f"{self.neighbours} neighbours (more than half of them); leave both unset for the "
+                    "automatic choice"
+                )
+        return self
+
+
+class DpSpec(_Strict):
+    """Differential privacy with an accountant (fedtune/privacy_accounting.py; docs/privacy.md)."""
+
+    # site: DP-FedAvg, a site's whole update is clipped and Gaussian noise is added to the sum;
+    # record: DP-SGD on the trainable parameters at each site (a per-record guarantee).
+    level: Literal["site", "record"] = "site"
+    noise_multiplier: float = Field(gt=0, le=1000)
+    clip_norm: float = Field(gt=0, le=1e6)
+    # A budget: the coordinator opens no round that would take epsilon past it.
+    target_epsilon: float | None = Field(default=None, gt=0, le=1000)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "pld"] = "rdp"
+
+
+class PrivacySpec(_Strict):
+    """Privacy settings; all off by default. See docs/privacy.md for what each protects against."""
+
+    # Client-side clip + Gaussian noise on each update (no accountant): works today.
     clip_norm: float | None = Field(default=None, gt=0, le=1e6)
     noise_multiplier: float = Field(default=0.0, ge=0, le=1000)
-    # Reserved for pairwise-masked secure aggregation (design.md section 7), which is not built yet:
-    # `true` is refused rather than accepted and ignored, so nobody believes their updates are masked.
+    # Secure aggregation (SecAgg+): the coordinator sees only the sum of the sites' updates. The kernel
+    # exists (fedtune/secagg); the round protocol is not wired yet, so `true` is refused (see
+    # ExperimentSpec._check) rather than accepted and ignored.
     secure_aggregation: bool = False
+    secagg: SecAggSpec = Field(default_factory=SecAggSpec)
+    # Accounted DP (site or record level) with a budget; designed, refused until wired.
+    dp: DpSpec | None = None
+    # What a site does with the loss / accuracy it reports: send them, withhold them, or add noise.
+    report_metrics: Literal["send", "withhold", "noise"] = "send"
 
     @model_validator(mode="after")
     def _check(self) -> PrivacySpec:
-        if self.secure_aggregation:
+        if self.secagg != SecAggSpec() and not self.secure_aggregation:  # (the stored JSON has defaults)
             raise ValueError(
-                "secure_aggregation is not available yet: updates would reach the coordinator unmasked. "
-                "Remove it (or set false); clip_norm + noise_multiplier give client-side DP today"
+                "secagg settings are given but secure_aggregation is false; set it true or remove them"
+            )
+        if self.dp is not None and (self.clip_norm is not None or self.noise_multiplier > 0):
+            raise ValueError(
+                "privacy.dp replaces privacy.clip_norm / noise_multiplier (client-side noise without an "
+                "accountant); use one of them, not both"
             )
         return self
+
+
+def _check_secure_aggregation(spec: ExperimentSpec) -> None:
+    """Secure aggregation shows the coordinator only the sum: strategies that need each site's update
+    cannot run with it, and a stage must be able to have SECURE_AGGREGATION_MIN_SITES sites."""
+    for index, stage in enumerate(spec.stages):
+        name = stage.strategy.name
+        if name in STRATEGIES_NEEDING_SITE_UPDATES:
+            raise ValueError(
+                f"stages.{index}.strategy.name: {name} needs each site's own update, which "
+                "privacy.secure_aggregation hides from the coordinator (it sees only the sum); use a "
+                "strategy that needs only the weighted sum (fedavg, fedprox, fedavgm, fedadagrad, fedadam, "
+                "fedyogi, fedncm) or turn secure_aggregation off"
+            )
+        # A round with fewer sites cannot be secure; the round protocol treats min_sites as at least
+        # SECURE_AGGREGATION_MIN_SITES. A stage that lists fewer sites could never run: refused here.
+        listed = stage.selection.sites
+        if listed is not None and len(listed) < SECURE_AGGREGATION_MIN_SITES:
+            raise ValueError(
+                f"stages.{index}.selection.sites: secure aggregation needs at least "
+                f"{SECURE_AGGREGATION_MIN_SITES} sites in a round (with fewer, a site learns the others' "
+                f"updates from the sum); list {SECURE_AGGREGATION_MIN_SITES} or more"
+            )
+
+
+def _refuse_unwired_privacy(privacy: PrivacySpec) -> None:
+    """Settings whose kernel exists but which no round honours yet are refused, never silently ignored."""
+    if privacy.secure_aggregation:
+        raise ValueError(
+            "privacy.secure_aggregation is not available yet: the secure-aggregation kernel exists "
+            "(fedtune/secagg) but the round protocol is not wired, so updates would reach the coordinator "
+            "unmasked. Remove it (or set false); clip_norm + noise_multiplier give client-side noise today"
+        )
+    if privacy.dp is not None:
+        raise ValueError(
+            "privacy.dp is not available yet: the accountant exists (fedtune/privacy_accounting.py) but no "
+            "round adds or accounts the noise, so no epsilon would hold. Remove it; clip_norm + "
+            "noise_multiplier give client-side noise without an accountant today"
+        )
+    if privacy.report_metrics != "send":
+        raise ValueError(
+            f"privacy.report_metrics: {privacy.report_metrics} is not available yet: workers still report "
+            "loss and accuracy as measured. Remove it (or set send)"
+        )
 
 
 class StageSpec(_Strict):
@@ -230,6 +336,9 @@ class ExperimentSpec(_Strict):
         names = [s.stage_name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}; give repeated kinds a `name`")
+        if self.privacy.secure_aggregation:
+            _check_secure_aggregation(self)
+        _refuse_unwired_privacy(self.privacy)
         return self
 
     def training_for(self, stage_index: int) -> TrainingSpec:
