@@ -12,15 +12,12 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-
+from coordinator import lifecycle
 from coordinator.clock import Clock
-from coordinator.experiments import cancel_live_tasks
-from coordinator.stages import advance_after_round, stage_row
+from coordinator.stages import advance_after_round
 from coordinator.strategies.base import RoundInputs, Strategy, UpdateInfo
 from coordinator.strategies.registry import build_strategy
 from fedtune.errors import ErrorCode, FedtuneError
@@ -29,12 +26,11 @@ from fedtune.tensorstream.encoder import manifest_for_file
 from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.blobs import BlobStore
-from storage.registry import record_event, store_model_version
-from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+from storage.registry import store_model_version
+from storage.states import OPEN_ROUND_STATES, RoundState, UpdateState
+from storage.uow import UnitOfWork, UowFactory
 
 log = logging.getLogger("fedtune.coordinator.aggregation")
-
-FOLDABLE = ("verified", "folded")
 
 
 @dataclass
@@ -59,17 +55,15 @@ def weighted_metric_means(updates: list[tuple[int, dict[str, float]]]) -> dict[s
 class RoundAggregator:
     def __init__(
         self,
-        uow_factory: UnitOfWorkFactory,
+        uow_factory: UowFactory,
         blobs: BlobStore,
         data_dir: Path,
         clock: Clock,
-        on_change: Callable[..., None] = lambda **_: None,
     ) -> None:
         self._uow_factory = uow_factory
         self._blobs = blobs
         self._data_dir = Path(data_dir)
         self._clock = clock
-        self._on_change = on_change
         self._active: dict[str, _ActiveRound] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
@@ -92,22 +86,13 @@ class RoundAggregator:
     def _build(self, round_id: str) -> _ActiveRound:
         with self._uow_factory() as uow:
             rnd = _get_round(uow, round_id)
-            experiment = uow.session.get(models.Experiment, rnd.experiment_id)
+            experiment = uow.experiments.get(rnd.experiment_id)
             assert experiment is not None
             stage = load_spec_json(experiment.spec_json).stages[rnd.stage_index]
-            base = uow.session.get(models.ModelVersion, rnd.base_version_id) if rnd.base_version_id else None
+            base = uow.versions.get(rnd.base_version_id) if rnd.base_version_id else None
             if base is None:
                 raise FedtuneError(ErrorCode.STORAGE, f"round {round_id} has no base model version")
-            state = uow.session.scalars(
-                select(models.StrategyState)
-                .where(
-                    models.StrategyState.experiment_id == rnd.experiment_id,
-                    models.StrategyState.stage_index == rnd.stage_index,
-                    models.StrategyState.round < rnd.round,
-                )
-                .order_by(models.StrategyState.round.desc())
-                .limit(1)
-            ).first()
+            state = uow.versions.strategy_state_before(rnd.experiment_id, rnd.stage_index, rnd.round)
             manifest = Manifest.from_json(base.manifest)
             base_digest, round_number = base.blob_digest, rnd.round
             state_digest = state.blob_digest if state is not None else None
@@ -129,15 +114,9 @@ class RoundAggregator:
     def _refold(self, active: _ActiveRound) -> None:
         """Fold every verified update of the round that the accumulator does not hold yet."""
         with self._uow_factory() as uow:
-            rows = uow.session.execute(
-                select(models.Update, models.Site.name)
-                .join(models.Site, models.Site.id == models.Update.site_id)
-                .where(models.Update.round_id == active.round_id, models.Update.state.in_(FOLDABLE))
-                .order_by(models.Update.created_at, models.Update.id)
-            ).all()
             todo = [
                 (u.id, u.spool_path, u.num_examples, dict(u.metrics), site)
-                for u, site in rows
+                for u, site in uow.rounds.foldable_updates(active.round_id)
                 if u.id not in active.folded
             ]
         for update_id, path, num_examples, metrics, site in todo:
@@ -152,11 +131,9 @@ class RoundAggregator:
         active.strategy.fold(info, weight)
         active.folded.add(update_id)
         with self._uow_factory() as uow:
-            row = uow.session.get(models.Update, update_id)
+            row = uow.updates.get(update_id)
             assert row is not None
-            if row.state == "verified":
-                row.state, row.folded_at = "folded", self._clock.now()
-            row.weight = weight
+            lifecycle.mark_folded(row, weight, self._clock.now())
             uow.commit()
 
     def _ensure(self, round_id: str) -> _ActiveRound:
@@ -179,40 +156,35 @@ class RoundAggregator:
             self._ensure(round_id)
             with self._uow_factory() as uow:
                 rnd = _get_round(uow, round_id)
-                if rnd.state != "open":
+                if rnd.state != RoundState.OPEN:
                     return
-                rnd.state = "collecting"
-                sites = list(
-                    uow.session.scalars(select(models.Task.site_id).where(models.Task.round_id == round_id))
-                )
+                lifecycle.start_collecting(uow, rnd)  # their tasks are leasable now
                 uow.commit()
-        self._on_change(sites=sites)  # their tasks are leasable now
 
     def fold(self, round_id: str, update_id: str) -> None:
         """Fold a verified update (idempotent). TASK_CLOSED if the round closed without it."""
         with self.round_lock(round_id):
             with self._uow_factory() as uow:
                 rnd = _get_round(uow, round_id)
-                update = uow.session.get(models.Update, update_id)
-                if update is not None and update.state == "folded":
+                update = uow.updates.get(update_id)
+                if update is not None and update.state == UpdateState.FOLDED:
                     return
-                if rnd.state not in ("open", "collecting"):
+                if rnd.state not in (RoundState.OPEN, RoundState.COLLECTING):
                     raise FedtuneError(
                         ErrorCode.TASK_CLOSED, f"round {rnd.round} is {rnd.state}; update not folded"
                     )
             self._ensure(round_id)
-        self._on_change()
 
     def commit(self, round_id: str) -> str:
         """Close the round: finish the strategy, store the new version and commit the round at once."""
         with self.round_lock(round_id):
             with self._uow_factory() as uow:
                 rnd = _get_round(uow, round_id)
-                if rnd.state == "committed":
+                if rnd.state == RoundState.COMMITTED:
                     return rnd.model_version_id or ""
-                if rnd.state not in ("collecting", "aggregating", "open"):
+                if rnd.state not in OPEN_ROUND_STATES:
                     raise FedtuneError(ErrorCode.WRONG_STATE, f"round {round_id} is {rnd.state}")
-                rnd.state = "aggregating"
+                lifecycle.begin_aggregating(uow, rnd)
                 uow.commit()
             try:
                 version_id = self._finish_and_store(round_id)
@@ -225,7 +197,6 @@ class RoundAggregator:
                 raise
             self.discard(round_id)
         log.info("round committed", extra={"round": round_id, "version": version_id})
-        self._on_change()
         return version_id
 
     def _finish_and_store(self, round_id: str) -> str:
@@ -239,7 +210,7 @@ class RoundAggregator:
         metrics.update({f"strategy.{k}": float(v) for k, v in result.metrics.items()})
         now = self._clock.now()
 
-        def extra(uow: SqlUnitOfWork, version: models.ModelVersion) -> None:
+        def extra(uow: UnitOfWork, version: models.ModelVersion) -> None:
             _apply_commit(uow, round_id, version, metrics, state_digest, dict(result.state_scalars), now)
 
         version = store_model_version(
@@ -275,13 +246,7 @@ class RoundAggregator:
             if not parent.is_dir():
                 continue
             with self._uow_factory() as uow:
-                open_ids = set(
-                    uow.session.scalars(
-                        select(models.Round.id).where(
-                            models.Round.state.in_(("open", "collecting", "aggregating"))
-                        )
-                    )
-                )
+                open_ids = uow.rounds.open_ids()
             for child in parent.iterdir():
                 if child.is_dir() and child.name not in open_ids and child.name != "init":
                     shutil.rmtree(child, ignore_errors=True)
@@ -301,44 +266,30 @@ class _CommitPlan:
     client_metrics: dict[str, float]
 
 
-def _get_round(uow: SqlUnitOfWork, round_id: str) -> models.Round:
-    rnd = uow.session.get(models.Round, round_id)
+def _get_round(uow: UnitOfWork, round_id: str) -> models.Round:
+    rnd = uow.rounds.get(round_id)
     if rnd is None:
         raise FedtuneError(ErrorCode.NOT_FOUND, f"no round {round_id!r}")
     return rnd
 
 
-def _commit_plan(uow: SqlUnitOfWork, round_id: str, blobs: BlobStore) -> _CommitPlan:
+def _commit_plan(uow: UnitOfWork, round_id: str, blobs: BlobStore) -> _CommitPlan:
     rnd = _get_round(uow, round_id)
-    stage = uow.session.scalars(
-        select(models.Stage).where(
-            models.Stage.experiment_id == rnd.experiment_id, models.Stage.stage_index == rnd.stage_index
-        )
-    ).one()
-    base = uow.session.get(models.ModelVersion, rnd.base_version_id) if rnd.base_version_id else None
+    stage = uow.stages.get(rnd.experiment_id, rnd.stage_index)
+    base = uow.versions.get(rnd.base_version_id) if rnd.base_version_id else None
     files: dict[str, bytes] = {}
     for name, digest in (base.files if base is not None else {}).items():
         with blobs.open(str(digest)) as handle:
             files[name] = handle.read()
-    rows = uow.session.execute(
-        select(models.Update, models.Site.name)
-        .join(models.Site, models.Site.id == models.Update.site_id)
-        .where(models.Update.round_id == round_id, models.Update.state.in_(FOLDABLE))
-        .order_by(models.Site.name)
-    ).all()
-    top = uow.session.scalar(
-        select(models.ModelVersion.version)
-        .where(models.ModelVersion.experiment_id == rnd.experiment_id)
-        .order_by(models.ModelVersion.version.desc())
-        .limit(1)
-    )
+    rows = uow.rounds.foldable_updates(round_id, by_site=True)
+    top = uow.versions.latest(rnd.experiment_id)
     return _CommitPlan(
         experiment_id=rnd.experiment_id,
         stage_index=rnd.stage_index,
         stage_name=stage.name,
         round=rnd.round,
         base_version_id=rnd.base_version_id,
-        next_version=(top or 0) + 1,
+        next_version=(top.version if top is not None else 0) + 1,
         files=files,
         sites=[site for _, site in rows],
         num_examples=sum(u.num_examples for u, _ in rows),
@@ -347,7 +298,7 @@ def _commit_plan(uow: SqlUnitOfWork, round_id: str, blobs: BlobStore) -> _Commit
 
 
 def _apply_commit(
-    uow: SqlUnitOfWork,
+    uow: UnitOfWork,
     round_id: str,
     version: models.ModelVersion,
     metrics: dict[str, float],
@@ -356,12 +307,8 @@ def _apply_commit(
     now: float,
 ) -> None:
     """Everything that changes with the new version, in its transaction."""
-    session = uow.session
     rnd = _get_round(uow, round_id)
-    rnd.state, rnd.closed_at, rnd.metrics, rnd.model_version_id = "committed", now, metrics, version.id
-    rnd.reason = ""  # a commit that waited on I/O said why in the reason; it is done now
-    cancel_live_tasks(uow, round_id=round_id)
-    session.add(
+    uow.versions.add_strategy_state(
         models.StrategyState(
             experiment_id=rnd.experiment_id,
             stage_index=rnd.stage_index,
@@ -370,15 +317,15 @@ def _apply_commit(
             scalars=state_scalars,
         )
     )
-    stage = stage_row(uow, rnd.experiment_id, rnd.stage_index)
-    record_event(
+    stage = uow.stages.get(rnd.experiment_id, rnd.stage_index)
+    lifecycle.commit_round(
         uow,
-        "round.committed",
-        f"{stage.name} round {rnd.round} committed as version {version.version}",
-        rnd.experiment_id,
-        {
-            "round_id": rnd.id,
-            "round": rnd.round,
+        rnd,
+        now,
+        metrics=metrics,
+        version_id=version.id,
+        message=f"{stage.name} round {rnd.round} committed as version {version.version}",
+        data={
             "stage": stage.name,
             "version_id": version.id,
             "sites": list(version.sites),

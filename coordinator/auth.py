@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from sqlalchemy import case, func, select, update
 
+from coordinator import lifecycle
 from coordinator.clock import Clock, SystemClock
 from coordinator.ratelimit import SlidingWindow
 from fedtune import identity
@@ -29,7 +29,8 @@ from fedtune.limits import MAX_SITE_NAME_CHARS, control_character
 from fedtune.serde import SiteRecord
 from storage import models
 from storage.registry import record_event
-from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+from storage.states import TaskState, WorkerState
+from storage.uow import UnitOfWork, UowFactory
 
 log = logging.getLogger("fedtune.coordinator.auth")
 
@@ -115,7 +116,7 @@ class FailedAuthentications:
 
     def __init__(
         self,
-        uow_factory: UnitOfWorkFactory,
+        uow_factory: UowFactory,
         limit: int,
         window_seconds: float,
         *,
@@ -159,20 +160,18 @@ class FailedAuthentications:
 class SiteAuth:
     def __init__(
         self,
-        uow_factory: UnitOfWorkFactory,
+        uow_factory: UowFactory,
         admin_token: str | None,
         *,
         tls_mode: str = "plaintext",
         failures_per_window: int = 10,
         failure_window_seconds: float = 60.0,
         clock: Clock | None = None,
-        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._uow_factory = uow_factory
         self._admin_token = admin_token
         self._tls_mode = tls_mode
         self._clock = clock or SystemClock()
-        self._on_change = on_change
         self._failures = FailedAuthentications(uow_factory, failures_per_window, failure_window_seconds)
 
     # ----------------------------------------------------------------- the admin credential
@@ -238,7 +237,7 @@ class SiteAuth:
             # no site has such a name, and PostgreSQL could not even compare it (NUL)
             raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site[:80]!r} or wrong token")
         with self._uow_factory() as uow:
-            row = uow.session.scalars(select(models.Site).where(models.Site.name == site)).first()
+            row = uow.sites.by_name(site)
             matches = row is not None and hmac.compare_digest(row.token_hash, hash_token(token))
             site_id, revoked = (row.id, row.revoked_at is not None) if row is not None else (0, False)
         if not matches:  # recorded outside the read: SQLite allows one writer at a time
@@ -251,14 +250,12 @@ class SiteAuth:
             )
         return site_id
 
-    def _find(self, uow: SqlUnitOfWork, name: str) -> models.Site | None:
+    def _find(self, uow: UnitOfWork, name: str) -> models.Site | None:
         """The site named `name`, compared case-insensitively (older names may hold capitals)."""
-        return uow.session.scalars(
-            select(models.Site).where(func.lower(models.Site.name) == name.lower())
-        ).first()
+        return uow.sites.by_folded_name(name)
 
-    def _get(self, uow: SqlUnitOfWork, name: str) -> models.Site:
-        row = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
+    def _get(self, uow: UnitOfWork, name: str) -> models.Site:
+        row = uow.sites.by_name(name)
         if row is None:
             raise FedtuneError(ErrorCode.NOT_FOUND, f"no site {name!r} (`fedtune admin sites list`)")
         return row
@@ -277,7 +274,7 @@ class SiteAuth:
                     ErrorCode.ALREADY_EXISTS,
                     f"site {exists.name!r} already exists{revoked}; names are compared case-insensitively",
                 )
-            uow.session.add(models.Site(name=name, token_hash=hash_token(token)))
+            uow.sites.add(models.Site(name=name, token_hash=hash_token(token)))
             record_event(uow, "site.added", f"site {name} added", data={"site": name})
             uow.commit()
         return token
@@ -307,33 +304,19 @@ class SiteAuth:
             if row.revoked_at is not None:
                 raise FedtuneError(ErrorCode.WRONG_STATE, f"site {name!r} is already revoked")
             row.revoked_at = now
-            live = list(
-                uow.session.scalars(
-                    select(models.Task).where(
-                        models.Task.site_id == row.id, models.Task.state.in_(("pending", "leased"))
-                    )
-                )
-            )
             failed = cancelled = 0
             error = f"site {name} was revoked" + (f": {reason}" if reason else "")
-            for task in live:
+            for task in uow.tasks.live_for_site(row.id):
                 if task.round_id is None:
-                    task.state, cancelled = "cancelled", cancelled + 1
+                    lifecycle.cancel_task(uow, task, now)
+                    cancelled += 1
                 else:
-                    task.state, task.error, failed = "failed", error, failed + 1
-                    record_event(
-                        uow,
-                        "task.failed",
-                        f"task {task.id} failed: {error}",
-                        task.experiment_id,
-                        {"task_id": task.id, "error": error},
-                    )
-                task.lease_expires_at, task.updated_at = None, now
-            uow.session.execute(
-                update(models.Worker)
-                .where(models.Worker.site_id == row.id)
-                .values(state="offline", current_task_id=None)
-            )
+                    lifecycle.end_task(uow, task, TaskState.FAILED, now, error=error)
+                    failed += 1
+            for worker in uow.workers.for_site(row.id):
+                worker.current_task_id = None
+                if worker.state != WorkerState.OFFLINE:
+                    lifecycle.worker_offline(uow, worker, f"worker {worker.id} offline: site {name} revoked")
             record_event(
                 uow,
                 "site.revoked",
@@ -343,21 +326,11 @@ class SiteAuth:
             uow.commit()
             record = SiteRecord(name=row.name, created_unix=row.created_at, revoked_unix=now)
         log.warning("site revoked", extra={"site": name, "failed": failed, "cancelled": cancelled})
-        self._on_change()
         return Revocation(record, failed, cancelled)
 
     def list_sites(self) -> list[SiteRecord]:
         with self._uow_factory() as uow:
-            workers = {
-                site_id: (int(online or 0), float(last or 0.0))
-                for site_id, online, last in uow.session.execute(
-                    select(
-                        models.Worker.site_id,
-                        func.sum(case((models.Worker.state == "online", 1), else_=0)),
-                        func.max(models.Worker.last_seen_at),
-                    ).group_by(models.Worker.site_id)
-                )
-            }
+            workers = uow.workers.site_summaries()
             return [
                 SiteRecord(
                     name=row.name,
@@ -366,7 +339,7 @@ class SiteAuth:
                     workers_online=workers.get(row.id, (0, 0.0))[0],
                     last_seen_unix=workers.get(row.id, (0, 0.0))[1],
                 )
-                for row in uow.session.scalars(select(models.Site).order_by(models.Site.name))
+                for row in uow.sites.all()
             ]
 
     def seed_sites(self, sites: Mapping[str, str]) -> None:
@@ -375,7 +348,7 @@ class SiteAuth:
             for name, token in sites.items():
                 row = self._find(uow, identity.check_site_name(name))
                 if row is None:
-                    uow.session.add(models.Site(name=name, token_hash=hash_token(token)))
+                    uow.sites.add(models.Site(name=name, token_hash=hash_token(token)))
                 elif row.revoked_at is not None:
                     log.warning("seeded site is revoked; it stays revoked", extra={"site": row.name})
                 else:

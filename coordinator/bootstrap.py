@@ -56,6 +56,8 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
     blobs = LocalBlobStore(data_dir / "blobs")
     blobs.cleanup_partial()
     notifier = Notifier()
+    # every committed change wakes whoever it names (the scheduler, event watchers, sites' long-polls)
+    uow_factory.after_commit = lambda wakeups: notifier.notify(wakeups.sites, all_sites=wakeups.all_sites)
     auth = SiteAuth(
         uow_factory,
         settings.admin_token,
@@ -63,10 +65,9 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         failures_per_window=settings.auth_failures_per_window,
         failure_window_seconds=settings.auth_failure_window_seconds,
         clock=clock,
-        on_change=notifier.notify,
     )
     auth.seed_sites(settings.seeded_sites())
-    aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock, on_change=notifier.notify)
+    aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock)
     aggregator.cleanup_closed_rounds()
     services = Services(
         settings=settings,
@@ -76,11 +77,11 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         clock=clock,
         notifier=notifier,
         auth=auth,
-        experiments=ExperimentService(uow_factory, clock, notifier),
+        experiments=ExperimentService(uow_factory, clock),
         aggregator=aggregator,
         scheduler=Scheduler(uow_factory, clock, settings, aggregator, notifier),
         tasks=TaskService(uow_factory, clock, settings, notifier),
-        uploads=UploadService(uow_factory, blobs, aggregator, clock, settings, notifier),
+        uploads=UploadService(uow_factory, blobs, aggregator, clock, settings),
         downloads=DownloadService(uow_factory, blobs, settings.chunk_bytes, settings.max_chunk_bytes),
         queries=AdminQueries(uow_factory, clock, settings.worker_offline_after_seconds),
     )

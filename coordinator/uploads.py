@@ -16,13 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-
+from coordinator import lifecycle
 from coordinator.aggregation import RoundAggregator
 from coordinator.clock import Clock
-from coordinator.notify import Notifier
 from coordinator.settings import CoordinatorSettings
-from coordinator.stages import BASE_VERSION_FILE, base_version_for_stage, base_version_json, stage_row
+from coordinator.stages import BASE_VERSION_FILE, base_version_for_stage, base_version_json
 from coordinator.tasks import get_own_task
 from fedtune import limits
 from fedtune.errors import ErrorCode, FedtuneError
@@ -32,7 +30,8 @@ from fedtune.tensorstream.manifest import Chunk, Manifest
 from storage import models
 from storage.blobs import BlobStore
 from storage.registry import latest_model_version, record_event, store_model_version
-from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+from storage.states import RoundState, TaskState, UpdateState
+from storage.uow import UnitOfWork, UowFactory
 
 log = logging.getLogger("fedtune.coordinator.uploads")
 
@@ -77,19 +76,17 @@ class UploadStatus:
 class UploadService:
     def __init__(
         self,
-        uow_factory: UnitOfWorkFactory,
+        uow_factory: UowFactory,
         blobs: BlobStore,
         aggregator: RoundAggregator,
         clock: Clock,
         settings: CoordinatorSettings,
-        notifier: Notifier,
     ) -> None:
         self._uow_factory = uow_factory
         self._blobs = blobs
         self._aggregator = aggregator
         self._clock = clock
         self._settings = settings
-        self._notifier = notifier
         self._uploading: set[str] = set()
         self._guard = threading.Condition()
 
@@ -100,34 +97,24 @@ class UploadService:
     def _admit(self, site_id: int, header: UpdateHeaderRecord) -> _Admission:
         with self._uow_factory() as uow:
             task = get_own_task(uow, site_id, header.task_id)
-            site = uow.session.get(models.Site, site_id)
+            site = uow.sites.get(site_id)
             assert site is not None
             if task.kind not in ("init", "train"):
                 raise FedtuneError(
                     ErrorCode.WRONG_STATE, f"a {task.kind} task has no update; use ReportResult"
                 )
-            if (
-                uow.session.scalar(select(models.Update.id).where(models.Update.task_id == task.id))
-                is not None
-            ):
+            previous = uow.updates.for_task(task.id)
+            if previous is not None:
                 raise FedtuneError(
-                    ErrorCode.TASK_CLOSED, f"task {task.id} already has a verified update (replay)"
+                    ErrorCode.TASK_CLOSED, f"task {task.id} already has a {previous.state} update (replay)"
                 )
-            if task.state != "leased":
+            if task.state != TaskState.LEASED:
                 raise FedtuneError(
                     ErrorCode.TASK_CLOSED, f"task {task.id} is {task.state}, not leased; pull it first"
                 )
             if task.kind == "train":
                 self._check_train(uow, task, header)
-            elif (
-                uow.session.scalar(
-                    select(models.ModelVersion.id).where(
-                        models.ModelVersion.experiment_id == task.experiment_id,
-                        models.ModelVersion.stage_index == task.stage_index,
-                    )
-                )
-                is not None
-            ):
+            elif latest_model_version(uow, task.experiment_id, stage_index=task.stage_index) is not None:
                 raise FedtuneError(
                     ErrorCode.TASK_CLOSED,
                     f"experiment {task.experiment_id} already has the initial version of stage "
@@ -149,9 +136,9 @@ class UploadService:
                 task.stage_index,
             )
 
-    def _check_train(self, uow: SqlUnitOfWork, task: models.Task, header: UpdateHeaderRecord) -> None:
-        rnd = uow.session.get(models.Round, task.round_id) if task.round_id else None
-        if rnd is None or rnd.state != "collecting":
+    def _check_train(self, uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord) -> None:
+        rnd = uow.rounds.get(task.round_id) if task.round_id else None
+        if rnd is None or rnd.state != RoundState.COLLECTING:
             raise FedtuneError(
                 ErrorCode.TASK_CLOSED, f"round of task {task.id} is {rnd.state if rnd else 'gone'}; too late"
             )
@@ -160,7 +147,7 @@ class UploadService:
                 ErrorCode.INVALID_ARGUMENT,
                 f"num_examples must be > 0 for a train update, got {header.num_examples}",
             )
-        base = uow.session.get(models.ModelVersion, task.model_version_id) if task.model_version_id else None
+        base = uow.versions.get(task.model_version_id) if task.model_version_id else None
         assert base is not None
         difference = first_layout_difference(Manifest.from_json(base.manifest), header.manifest)
         if difference is not None:
@@ -244,15 +231,15 @@ class UploadService:
     def _round_closed(self, admission: _Admission) -> FedtuneError | None:
         """TASK_CLOSED if the admitted task or its round ended while the update was in flight."""
         with self._uow_factory() as uow:
-            task = uow.session.get(models.Task, admission.task_id)
-            rnd = uow.session.get(models.Round, admission.round_id) if admission.round_id else None
-            if admission.round_id is not None and (rnd is None or rnd.state != "collecting"):
+            task = uow.tasks.get(admission.task_id)
+            rnd = uow.rounds.get(admission.round_id) if admission.round_id else None
+            if admission.round_id is not None and (rnd is None or rnd.state != RoundState.COLLECTING):
                 state = rnd.state if rnd is not None else "gone"
                 return FedtuneError(
                     ErrorCode.TASK_CLOSED,
                     f"round closed ({state}) while this update was in flight; it is not needed any more",
                 )
-            if task is None or task.state != "leased":
+            if task is None or task.state != TaskState.LEASED:
                 state = task.state if task is not None else "gone"
                 return FedtuneError(
                     ErrorCode.TASK_CLOSED, f"task {admission.task_id} is {state}; the update is not needed"
@@ -264,7 +251,7 @@ class UploadService:
         the global stages, whose parent is the global stage's output (lineage base -> global -> adapter)."""
         files = dict(header.files)
         with self._uow_factory() as uow:
-            stage_name = stage_row(uow, admission.experiment_id, admission.stage_index).name
+            stage_name = uow.stages.get(admission.experiment_id, admission.stage_index).name
             parent_id = None
             number = 0
             if admission.stage_index > 0:
@@ -273,14 +260,14 @@ class UploadService:
                 number = latest.version + 1 if latest is not None else 0
             base_id = base_version_for_stage(uow, admission.experiment_id, admission.stage_index)
             if base_id is not None:
-                base = uow.session.get(models.ModelVersion, base_id)
+                base = uow.versions.get(base_id)
                 assert base is not None
                 files[BASE_VERSION_FILE] = base_version_json(base)
         now = self._clock.now()
 
-        def extra(uow: SqlUnitOfWork, version: models.ModelVersion) -> None:
+        def extra(uow: UnitOfWork, version: models.ModelVersion) -> None:
             task = get_own_task(uow, site_id, admission.task_id)
-            if task.state != "leased":
+            if task.state != TaskState.LEASED:
                 raise FedtuneError(
                     ErrorCode.TASK_CLOSED, f"task {task.id} is {task.state}; update not stored"
                 )
@@ -315,50 +302,40 @@ class UploadService:
         log.info(
             "initial version stored", extra={"experiment": admission.experiment_id, "version": version.id}
         )
-        self._notifier.notify()
         return version.id
 
     def _accept_update(
         self, site_id: int, admission: _Admission, header: UpdateHeaderRecord, digest: str, received: int
     ) -> str:
         assert admission.round_id is not None
-        update_id = models.new_id("upd")
         with self._aggregator.round_lock(admission.round_id):
             with self._uow_factory() as uow:
                 task = get_own_task(uow, site_id, admission.task_id)
-                rnd = uow.session.get(models.Round, admission.round_id)
-                if task.state != "leased" or rnd is None or rnd.state != "collecting":
+                rnd = uow.rounds.get(admission.round_id)
+                if task.state != TaskState.LEASED or rnd is None or rnd.state != RoundState.COLLECTING:
                     admission.spool_path.unlink(missing_ok=True)  # verified, but no Update row will name it
                     raise FedtuneError(
                         ErrorCode.TASK_CLOSED, f"task {task.id} closed while its update arrived"
                     )
-                uow.session.add(
-                    models.Update(
-                        id=update_id,
-                        task_id=task.id,
-                        round_id=admission.round_id,
-                        site_id=site_id,
-                        state="verified",
-                        num_examples=header.num_examples,
-                        metrics=dict(header.metrics),
-                        manifest=header.manifest.to_json(),
-                        digest=digest,
-                        spool_path=str(admission.spool_path),
-                        received_bytes=received,
-                        created_at=self._clock.now(),
-                    )
-                )
-                _finish_task(uow, task, header, self._clock.now())
-                record_event(
+                now = self._clock.now()
+                update = lifecycle.record_update(
                     uow,
-                    "update.accepted",
-                    f"update from {admission.site} for round {rnd.round}",
-                    admission.experiment_id,
-                    {"task_id": task.id, "update_id": update_id, "num_examples": header.num_examples},
+                    task=task,
+                    site=admission.site,
+                    round_number=rnd.round,
+                    state=UpdateState.VERIFIED,
+                    now=now,
+                    num_examples=header.num_examples,
+                    metrics=dict(header.metrics),
+                    manifest=header.manifest.to_json(),
+                    digest=digest,
+                    spool_path=str(admission.spool_path),
+                    received_bytes=received,
                 )
+                _finish_task(uow, task, header, now)
                 uow.commit()
+                update_id = update.id
             self._aggregator.fold(admission.round_id, update_id)
-        self._notifier.notify()
         return update_id
 
     def _record_rejection(self, admission: _Admission, err: FedtuneError) -> None:
@@ -376,11 +353,8 @@ class UploadService:
     def status(self, site_id: int, task_id: str) -> UploadStatus:
         with self._uow_factory() as uow:
             task = get_own_task(uow, site_id, task_id)
-            done = (
-                uow.session.scalar(select(models.Update.id).where(models.Update.task_id == task.id))
-                is not None
-            )
-            done = done or (task.kind == "init" and task.state == "done")
+            done = uow.updates.for_task(task.id) is not None
+            done = done or (task.kind == "init" and task.state == TaskState.DONE)
             path = self._spool_path(task)
         if done:
             return UploadStatus(in_progress=False, complete=True)
@@ -488,7 +462,6 @@ class UploadSession:
             raise
 
 
-
 def check_update_header(header: UpdateHeaderRecord, max_examples: int) -> None:
     """INVALID_ARGUMENT unless every field of the header fits the door limits (fedtune.limits)."""
     limits.check_id("task_id", header.task_id)
@@ -498,13 +471,10 @@ def check_update_header(header: UpdateHeaderRecord, max_examples: int) -> None:
     limits.check_side_files("files", header.files)
 
 
-def _finish_task(uow: SqlUnitOfWork, task: models.Task, header: UpdateHeaderRecord, now: float) -> None:
-    task.state, task.lease_expires_at, task.updated_at = "done", None, now
-    task.metrics, task.num_examples = dict(header.metrics), header.num_examples
-    if task.worker_id:
-        worker = uow.session.get(models.Worker, task.worker_id)
-        if worker is not None and worker.current_task_id == task.id:
-            worker.current_task_id = None
+def _finish_task(uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord, now: float) -> None:
+    lifecycle.end_task(
+        uow, task, TaskState.DONE, now, metrics=dict(header.metrics), num_examples=header.num_examples
+    )
 
 
 def _next_item(items: Iterator[UploadItem]) -> UploadItem | None:

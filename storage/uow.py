@@ -186,3 +186,8 @@ class UnitOfWorkFactory:
 
     def __call__(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.session_factory, self.after_commit)
+
+
+# What services take: anything that makes a unit of work (a ``UnitOfWorkFactory``, or the in-memory
+# ``storage.memory.FakeUnitOfWorkFactory`` in tests).
+UowFactory = Callable[[], UnitOfWork]
