@@ -27,7 +27,7 @@ from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.blobs import BlobStore
 from storage.registry import store_model_version
-from storage.states import OPEN_ROUND_STATES, RoundState, UpdateState
+from storage.states import OPEN_ROUND_STATES, RoundState
 from storage.uow import UnitOfWork, UowFactory
 
 log = logging.getLogger("fedtune.coordinator.aggregation")
@@ -161,19 +161,27 @@ class RoundAggregator:
                 lifecycle.start_collecting(uow, rnd)  # their tasks are leasable now
                 uow.commit()
 
-    def fold(self, round_id: str, update_id: str) -> None:
-        """Fold a verified update (idempotent). TASK_CLOSED if the round closed without it."""
-        with self.round_lock(round_id):
-            with self._uow_factory() as uow:
-                rnd = _get_round(uow, round_id)
-                update = uow.updates.get(update_id)
-                if update is not None and update.state == UpdateState.FOLDED:
-                    return
-                if rnd.state not in (RoundState.OPEN, RoundState.COLLECTING):
-                    raise FedtuneError(
-                        ErrorCode.TASK_CLOSED, f"round {rnd.round} is {rnd.state}; update not folded"
-                    )
-            self._ensure(round_id)
+    def fold_new(self, round_id: str, update_id: str, info: UpdateInfo) -> float:
+        """Weigh and fold an update that has no row yet; returns its weight. Call holding the round lock.
+
+        The strategy judges the update here, before anything about it is committed: a FedtuneError from
+        its ``weight`` or ``fold`` is a refusal of this update only (the caller records it as rejected);
+        the accumulator is left without it (dropped and rebuilt from the spool if ``fold`` had started).
+        Once the caller has committed the update's row, the accumulator and the registry agree; if that
+        commit fails, the caller calls ``forget`` so the next use rebuilds from what was committed."""
+        active = self._ensure(round_id)
+        weight = active.strategy.weight(info, active.inputs)  # refuses before touching the accumulator
+        try:
+            active.strategy.fold(info, weight)
+        except BaseException:
+            self._active.pop(round_id, None)  # half-folded: rebuild from the spool next time
+            raise
+        active.folded.add(update_id)
+        return weight
+
+    def forget(self, round_id: str) -> None:
+        """Drop the round's accumulator (it holds an update whose row was not committed)."""
+        self._active.pop(round_id, None)
 
     def commit(self, round_id: str) -> str:
         """Close the round: finish the strategy, store the new version and commit the round at once."""

@@ -21,6 +21,7 @@ from coordinator.aggregation import RoundAggregator
 from coordinator.clock import Clock
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import BASE_VERSION_FILE, base_version_for_stage, base_version_json
+from coordinator.strategies.base import UpdateInfo
 from coordinator.tasks import get_own_task
 from fedtune import limits
 from fedtune.errors import ErrorCode, FedtuneError
@@ -36,6 +37,12 @@ from storage.uow import UnitOfWork, UowFactory
 log = logging.getLogger("fedtune.coordinator.uploads")
 
 UploadItem = UpdateHeaderRecord | Chunk
+
+
+class UpdateRejected(FedtuneError):
+    """The round's strategy refused a complete, verified update (recorded as a `rejected` Update)."""
+
+
 # How long a new PushUpdate of a task waits for the handler of its previous, broken stream to end.
 UPLOAD_HANDOVER_SECONDS = 10.0
 
@@ -307,36 +314,93 @@ class UploadService:
     def _accept_update(
         self, site_id: int, admission: _Admission, header: UpdateHeaderRecord, digest: str, received: int
     ) -> str:
-        assert admission.round_id is not None
-        with self._aggregator.round_lock(admission.round_id):
-            with self._uow_factory() as uow:
-                task = get_own_task(uow, site_id, admission.task_id)
-                rnd = uow.rounds.get(admission.round_id)
-                if task.state != TaskState.LEASED or rnd is None or rnd.state != RoundState.COLLECTING:
-                    admission.spool_path.unlink(missing_ok=True)  # verified, but no Update row will name it
-                    raise FedtuneError(
-                        ErrorCode.TASK_CLOSED, f"task {task.id} closed while its update arrived"
-                    )
-                now = self._clock.now()
-                update = lifecycle.record_update(
-                    uow,
-                    task=task,
-                    site=admission.site,
-                    round_number=rnd.round,
-                    state=UpdateState.VERIFIED,
-                    now=now,
-                    num_examples=header.num_examples,
-                    metrics=dict(header.metrics),
-                    manifest=header.manifest.to_json(),
-                    digest=digest,
-                    spool_path=str(admission.spool_path),
-                    received_bytes=received,
-                )
-                _finish_task(uow, task, header, now)
-                uow.commit()
-                update_id = update.id
-            self._aggregator.fold(admission.round_id, update_id)
+        """Under the round lock: the strategy weighs and folds the update, then its row is committed
+        `folded` (task done); or the strategy refuses it and it is committed `rejected` (task failed,
+        UpdateRejected to the site) and the round goes on with the others (decision 28)."""
+        round_id = admission.round_id
+        assert round_id is not None
+        update_id = models.new_id("upd")
+        info = UpdateInfo(admission.spool_path, header.num_examples, dict(header.metrics), admission.site)
+        with self._aggregator.round_lock(round_id):
+            self._check_still_open(site_id, admission)
+            try:
+                weight = self._aggregator.fold_new(round_id, update_id, info)
+            except FedtuneError as refusal:
+                self._reject(site_id, admission, header, update_id, refusal.message)
+                raise UpdateRejected(refusal.code, refusal.message) from None
+            try:
+                self._record(site_id, admission, header, update_id, weight, digest, received)
+            except BaseException:
+                self._aggregator.forget(round_id)  # it holds an update with no committed row
+                raise
         return update_id
+
+    def _check_still_open(self, site_id: int, admission: _Admission) -> None:
+        with self._uow_factory() as uow:
+            task = get_own_task(uow, site_id, admission.task_id)
+            rnd = uow.rounds.get(admission.round_id) if admission.round_id else None
+            if task.state != TaskState.LEASED or rnd is None or rnd.state != RoundState.COLLECTING:
+                admission.spool_path.unlink(missing_ok=True)  # verified, but no Update row will name it
+                raise FedtuneError(ErrorCode.TASK_CLOSED, f"task {task.id} closed while its update arrived")
+
+    def _record(
+        self,
+        site_id: int,
+        admission: _Admission,
+        header: UpdateHeaderRecord,
+        update_id: str,
+        weight: float,
+        digest: str,
+        received: int,
+    ) -> None:
+        with self._uow_factory() as uow:
+            task = get_own_task(uow, site_id, admission.task_id)
+            rnd = uow.rounds.get(admission.round_id) if admission.round_id else None
+            assert rnd is not None and task.state == TaskState.LEASED  # the round lock kept them
+            now = self._clock.now()
+            lifecycle.record_update(
+                uow,
+                task=task,
+                site=admission.site,
+                round_number=rnd.round,
+                state=UpdateState.FOLDED,
+                now=now,
+                update_id=update_id,
+                weight=weight,
+                num_examples=header.num_examples,
+                metrics=dict(header.metrics),
+                manifest=header.manifest.to_json(),
+                digest=digest,
+                spool_path=str(admission.spool_path),
+                received_bytes=received,
+            )
+            _finish_task(uow, task, header, now)
+            uow.commit()
+
+    def _reject(
+        self, site_id: int, admission: _Admission, header: UpdateHeaderRecord, update_id: str, why: str
+    ) -> None:
+        """The strategy refused the update: record it `rejected` and fail its task, in one transaction."""
+        admission.spool_path.unlink(missing_ok=True)  # never folded, so never needed
+        with self._uow_factory() as uow:
+            task = get_own_task(uow, site_id, admission.task_id)
+            now = self._clock.now()
+            lifecycle.record_update(
+                uow,
+                task=task,
+                site=admission.site,
+                round_number=0,
+                state=UpdateState.REJECTED,
+                now=now,
+                update_id=update_id,
+                why=why,
+                num_examples=header.num_examples,
+                metrics=dict(header.metrics),
+                manifest=header.manifest.to_json(),
+            )
+            lifecycle.end_task(uow, task, TaskState.FAILED, now, error=f"update rejected: {why}")
+            uow.commit()
+        log.info("update rejected by the strategy", extra={"task": admission.task_id, "reason": why})
 
     def _record_rejection(self, admission: _Admission, err: FedtuneError) -> None:
         with self._uow_factory() as uow:
@@ -458,7 +522,8 @@ class UploadSession:
             if err.code is not ErrorCode.INCOMPLETE_STREAM and not self._closed:
                 self._closed = True
                 self._decoder.abort()  # refused content: nothing of this stream stays in the spool
-            self._service._record_rejection(self._admission, err)
+            if not isinstance(err, UpdateRejected):  # that one is recorded with its Update row
+                self._service._record_rejection(self._admission, err)
             raise
 
 

@@ -125,15 +125,17 @@ def record_update(
     round_number: int,
     state: UpdateState,
     now: float,
+    update_id: str | None = None,
     weight: float = 0.0,
     why: str = "",
     **fields: Any,
 ) -> models.Update:
     """The Update row of a pushed, verified update: `folded` (accepted into the accumulator) or
-    `rejected` (the strategy refused it, `why`; it is never folded and the round goes on without it)."""
-    assert state in (UpdateState.FOLDED, UpdateState.REJECTED, UpdateState.VERIFIED)
+    `rejected` (the strategy refused it, `why`; it is never folded and the round goes on without it).
+    (`verified` rows, complete but not yet folded, were written before decision 28; a catch-up folds them.)
+    """
     update = models.Update(
-        id=models.new_id("upd"),
+        id=update_id or models.new_id("upd"),
         task_id=task.id,
         round_id=task.round_id,
         site_id=task.site_id,
