@@ -44,6 +44,7 @@ class Services:
     queries: AdminQueries
 
     def close(self) -> None:
+        self.scheduler.close()
         self.notifier.close()
         self.engine.dispose()
 

@@ -316,7 +316,7 @@ class UploadService:
     ) -> str:
         """Under the round lock: the strategy weighs and folds the update, then its row is committed
         `folded` (task done); or the strategy refuses it and it is committed `rejected` (task failed,
-        UpdateRejected to the site) and the round goes on with the others (decision 28)."""
+        UpdateRejected to the site) and the round goes on with the others (decision 29)."""
         round_id = admission.round_id
         assert round_id is not None
         update_id = models.new_id("upd")

@@ -132,7 +132,7 @@ def record_update(
 ) -> models.Update:
     """The Update row of a pushed, verified update: `folded` (accepted into the accumulator) or
     `rejected` (the strategy refused it, `why`; it is never folded and the round goes on without it).
-    (`verified` rows, complete but not yet folded, were written before decision 28; a catch-up folds them.)
+    (`verified` rows, complete but not yet folded, were written before decision 29; a catch-up folds them.)
     """
     update = models.Update(
         id=update_id or models.new_id("upd"),

@@ -6,6 +6,7 @@ real repositories honest, and tests/storage/test_repositories.py holds both to o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,10 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    return World(tmp_path)
+def world(tmp_path: Path) -> Iterator[World]:
+    built = World(tmp_path)
+    yield built
+    built.scheduler.close()
 
 
 def test_tick_makes_one_init_task_and_wakes_only_its_site(world: World) -> None:
