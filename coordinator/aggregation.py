@@ -17,7 +17,7 @@ from pathlib import Path
 
 from coordinator import lifecycle
 from coordinator.clock import Clock
-from coordinator.stages import advance_after_round
+from coordinator.round_commit import apply_commit, commit_plan, get_round
 from coordinator.strategies.base import RoundInputs, Strategy, UpdateInfo
 from coordinator.strategies.registry import build_strategy
 from fedtune.errors import ErrorCode, FedtuneError
@@ -39,17 +39,6 @@ class _ActiveRound:
     strategy: Strategy
     inputs: RoundInputs
     folded: set[str] = field(default_factory=set)
-
-
-def weighted_metric_means(updates: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """Example-count weighted mean of each metric over the updates that reported it."""
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for num_examples, metrics in updates:
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + float(value) * num_examples
-            weights[key] = weights.get(key, 0.0) + num_examples
-    return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
 
 
 class RoundAggregator:
@@ -85,7 +74,7 @@ class RoundAggregator:
     # ----------------------------------------------------------------- building
     def _build(self, round_id: str) -> _ActiveRound:
         with self._uow_factory() as uow:
-            rnd = _get_round(uow, round_id)
+            rnd = get_round(uow, round_id)
             experiment = uow.experiments.get(rnd.experiment_id)
             assert experiment is not None
             stage = load_spec_json(experiment.spec_json).stages[rnd.stage_index]
@@ -155,7 +144,7 @@ class RoundAggregator:
         with self.round_lock(round_id):
             self._ensure(round_id)
             with self._uow_factory() as uow:
-                rnd = _get_round(uow, round_id)
+                rnd = get_round(uow, round_id)
                 if rnd.state != RoundState.OPEN:
                     return
                 lifecycle.start_collecting(uow, rnd)  # their tasks are leasable now
@@ -187,7 +176,7 @@ class RoundAggregator:
         """Close the round: finish the strategy, store the new version and commit the round at once."""
         with self.round_lock(round_id):
             with self._uow_factory() as uow:
-                rnd = _get_round(uow, round_id)
+                rnd = get_round(uow, round_id)
                 if rnd.state == RoundState.COMMITTED:
                     return rnd.model_version_id or ""
                 if rnd.state not in OPEN_ROUND_STATES:
@@ -213,13 +202,13 @@ class RoundAggregator:
         result = active.strategy.finish_round()
         state_digest = self._blobs.put_file(result.state_path) if result.state_path else None
         with self._uow_factory() as uow:
-            plan = _commit_plan(uow, round_id, self._blobs)
+            plan = commit_plan(uow, round_id, self._blobs)
         metrics = dict(plan.client_metrics)
         metrics.update({f"strategy.{k}": float(v) for k, v in result.metrics.items()})
         now = self._clock.now()
 
         def extra(uow: UnitOfWork, version: models.ModelVersion) -> None:
-            _apply_commit(uow, round_id, version, metrics, state_digest, dict(result.state_scalars), now)
+            apply_commit(uow, round_id, version, metrics, state_digest, dict(result.state_scalars), now)
 
         version = store_model_version(
             self._uow_factory,
@@ -258,86 +247,3 @@ class RoundAggregator:
             for child in parent.iterdir():
                 if child.is_dir() and child.name not in open_ids and child.name != "init":
                     shutil.rmtree(child, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class _CommitPlan:
-    experiment_id: str
-    stage_index: int
-    stage_name: str
-    round: int
-    base_version_id: str | None
-    next_version: int
-    files: dict[str, bytes]
-    sites: list[str]
-    num_examples: int
-    client_metrics: dict[str, float]
-
-
-def _get_round(uow: UnitOfWork, round_id: str) -> models.Round:
-    rnd = uow.rounds.get(round_id)
-    if rnd is None:
-        raise FedtuneError(ErrorCode.NOT_FOUND, f"no round {round_id!r}")
-    return rnd
-
-
-def _commit_plan(uow: UnitOfWork, round_id: str, blobs: BlobStore) -> _CommitPlan:
-    rnd = _get_round(uow, round_id)
-    stage = uow.stages.get(rnd.experiment_id, rnd.stage_index)
-    base = uow.versions.get(rnd.base_version_id) if rnd.base_version_id else None
-    files: dict[str, bytes] = {}
-    for name, digest in (base.files if base is not None else {}).items():
-        with blobs.open(str(digest)) as handle:
-            files[name] = handle.read()
-    rows = uow.rounds.foldable_updates(round_id, by_site=True)
-    top = uow.versions.latest(rnd.experiment_id)
-    return _CommitPlan(
-        experiment_id=rnd.experiment_id,
-        stage_index=rnd.stage_index,
-        stage_name=stage.name,
-        round=rnd.round,
-        base_version_id=rnd.base_version_id,
-        next_version=(top.version if top is not None else 0) + 1,
-        files=files,
-        sites=[site for _, site in rows],
-        num_examples=sum(u.num_examples for u, _ in rows),
-        client_metrics=weighted_metric_means([(u.num_examples, dict(u.metrics)) for u, _ in rows]),
-    )
-
-
-def _apply_commit(
-    uow: UnitOfWork,
-    round_id: str,
-    version: models.ModelVersion,
-    metrics: dict[str, float],
-    state_digest: str | None,
-    state_scalars: dict[str, float],
-    now: float,
-) -> None:
-    """Everything that changes with the new version, in its transaction."""
-    rnd = _get_round(uow, round_id)
-    uow.versions.add_strategy_state(
-        models.StrategyState(
-            experiment_id=rnd.experiment_id,
-            stage_index=rnd.stage_index,
-            round=rnd.round,
-            blob_digest=state_digest,
-            scalars=state_scalars,
-        )
-    )
-    stage = uow.stages.get(rnd.experiment_id, rnd.stage_index)
-    lifecycle.commit_round(
-        uow,
-        rnd,
-        now,
-        metrics=metrics,
-        version_id=version.id,
-        message=f"{stage.name} round {rnd.round} committed as version {version.version}",
-        data={
-            "stage": stage.name,
-            "version_id": version.id,
-            "sites": list(version.sites),
-            "num_examples": version.num_examples,
-        },
-    )
-    advance_after_round(uow, rnd, version.id, now)

@@ -17,6 +17,7 @@ from coordinator.notify import Notifier
 from coordinator.queries import AdminQueries
 from coordinator.scheduler import Scheduler
 from coordinator.settings import CoordinatorSettings
+from coordinator.sites import SiteService
 from coordinator.tasks import TaskService
 from coordinator.uploads import UploadService
 from storage.blobs import BlobStore, LocalBlobStore
@@ -35,6 +36,7 @@ class Services:
     clock: Clock
     notifier: Notifier
     auth: SiteAuth
+    sites: SiteService
     experiments: ExperimentService
     aggregator: RoundAggregator
     scheduler: Scheduler
@@ -65,9 +67,9 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         tls_mode=settings.tls_mode,
         failures_per_window=settings.auth_failures_per_window,
         failure_window_seconds=settings.auth_failure_window_seconds,
-        clock=clock,
     )
-    auth.seed_sites(settings.seeded_sites())
+    sites = SiteService(uow_factory, clock)
+    sites.seed_sites(settings.seeded_sites())
     aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock)
     aggregator.cleanup_closed_rounds()
     services = Services(
@@ -78,6 +80,7 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         clock=clock,
         notifier=notifier,
         auth=auth,
+        sites=sites,
         experiments=ExperimentService(uow_factory, clock),
         aggregator=aggregator,
         scheduler=Scheduler(uow_factory, clock, settings, aggregator, notifier),
