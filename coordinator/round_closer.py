@@ -48,22 +48,21 @@ class RoundCloser:
         self._in_flight: dict[str, Future[None]] = {}
         self._guard = threading.Lock()
         self._closed = False
-        self.started: list[Future[None]] = []  # jobs submitted (or found running) since the pass began
 
     # ----------------------------------------------------------------- the pool
-    def submit(self, round_id: str, *, personalize: bool) -> None:
-        """Drive the round on the pool, unless a job for it is still running."""
+    def submit(self, round_id: str, *, personalize: bool) -> Future[None] | None:
+        """Drive the round on the pool, unless a job for it is still running; that job (None if closed)."""
         with self._guard:
             if self._closed:
-                return
+                return None
             future = self._in_flight.get(round_id)
             new = future is None
             if future is None:
                 drive = self.drive_personalize_round if personalize else self.drive_round
                 future = self._in_flight[round_id] = self._pool.submit(self._job, round_id, drive)
-            self.started.append(future)
         if new:  # outside the guard: a job that already ended runs the callback right here
             future.add_done_callback(lambda _: self._finished(round_id))
+        return future
 
     def _job(self, round_id: str, drive: Callable[[str], None]) -> None:
         try:

@@ -50,6 +50,7 @@ class Scheduler:
         self._notifier = notifier
         self._tick_lock = threading.Lock()
         self._closer = RoundCloser(uow_factory, clock, settings, aggregator)
+        self._started: list[Future[None]] = []  # round jobs of the current pass
 
     # ----------------------------------------------------------------- loop
     def run(self, stop: threading.Event) -> None:
@@ -73,7 +74,7 @@ class Scheduler:
 
     def _pass(self) -> list[Future[None]]:
         with self._tick_lock:
-            self._closer.started = []
+            self._started = []
             self._mark_offline_workers()
             self._expire_leases()
             with self._uow_factory() as uow:
@@ -83,7 +84,12 @@ class Scheduler:
                     self._advance(experiment_id)
                 except Exception:
                     log.exception("advancing experiment failed", extra={"experiment": experiment_id})
-            return self._closer.started
+            return self._started
+
+    def _drive(self, round_id: str, *, personalize: bool) -> None:
+        job = self._closer.submit(round_id, personalize=personalize)
+        if job is not None:
+            self._started.append(job)
 
     # ----------------------------------------------------------------- housekeeping
     def _mark_offline_workers(self) -> None:
@@ -117,7 +123,7 @@ class Scheduler:
         if not has_initial:
             self._ensure_init_task(experiment_id, spec, stage_index)
         elif latest_state in OPEN_ROUND_STATES:
-            self._closer.submit(latest_id, personalize=spec.stages[stage_index].kind == "personalize")
+            self._drive(latest_id, personalize=spec.stages[stage_index].kind == "personalize")
         elif (
             latest_state in (None, RoundState.COMMITTED)
             and state == "running"
@@ -204,4 +210,4 @@ class Scheduler:
         log.info(
             "round opened", extra={"experiment": experiment_id, "round": number, "sites": sorted(chosen)}
         )
-        self._closer.submit(round_id, personalize=stage.kind == "personalize")
+        self._drive(round_id, personalize=stage.kind == "personalize")

@@ -16,7 +16,7 @@ from fedtune import limits
 from fedtune.admin.client import AdminClient
 from fedtune.v1 import admin_pb2
 from storage import models
-from tests.coordinator.conftest import ADMIN_TOKEN, Cluster, cluster_factory, spec_yaml  # noqa: F401
+from tests.coordinator.conftest import ADMIN_TOKEN, Cluster, cluster_factory, spec_yaml, wait_for  # noqa: F401
 from tests.coordinator.flow import committed_version, initialize, pull_train, train_update
 
 
@@ -28,6 +28,7 @@ def one_round_done(cluster: Cluster) -> str:
     task = pull_train(a)
     a.push(task.task_id, train_update(a, task, np.random.default_rng(1)), num_examples=4)
     committed_version(admin, experiment_id, 1)
+    wait_for(lambda: len(admin.rounds(experiment_id)) == 2)  # the scheduler opens round 2 after the commit
     return experiment_id
 
 
