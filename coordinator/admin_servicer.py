@@ -157,7 +157,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     async def AddSite(self, request: admin_pb2.AddSiteRequest, context: Context) -> admin_pb2.AddSiteResponse:
         async with self._call(context, "AddSite"):
-            token = await self._run(self._services.auth.add_site, request.name)
+            token = await self._run(self._services.sites.add_site, request.name)
             return admin_pb2.AddSiteResponse(name=request.name.strip(), token=token)
         raise AssertionError("unreachable")
 
@@ -165,13 +165,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListSitesRequest, context: Context
     ) -> admin_pb2.ListSitesResponse:
         async with self._call(context, "ListSites"):
-            records = await self._run(self._services.auth.list_sites)
+            records = await self._run(self._services.sites.list_sites)
             return admin_pb2.ListSitesResponse(sites=[site_to_proto(r) for r in records])
         raise AssertionError("unreachable")
 
     async def RevokeSite(self, request: admin_pb2.SiteRef, context: Context) -> admin_pb2.RevokeSiteResponse:
         async with self._call(context, "RevokeSite"):
-            done = await self._run(self._services.auth.revoke_site, request.name, request.reason)
+            done = await self._run(self._services.sites.revoke_site, request.name, request.reason)
             return admin_pb2.RevokeSiteResponse(
                 site=site_to_proto(done.site),
                 tasks_failed=done.tasks_failed,
@@ -183,7 +183,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.SiteRef, context: Context
     ) -> admin_pb2.AddSiteResponse:
         async with self._call(context, "RotateSiteToken"):
-            token = await self._run(self._services.auth.rotate_token, request.name)
+            token = await self._run(self._services.sites.rotate_token, request.name)
             return admin_pb2.AddSiteResponse(name=request.name, token=token)
         raise AssertionError("unreachable")
 

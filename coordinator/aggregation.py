@@ -12,15 +12,12 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-
+from coordinator import lifecycle
 from coordinator.clock import Clock
-from coordinator.experiments import cancel_live_tasks
-from coordinator.stages import advance_after_round, stage_row
+from coordinator.round_commit import apply_commit, commit_plan, get_round
 from coordinator.strategies.base import RoundInputs, Strategy, UpdateInfo
 from coordinator.strategies.registry import build_strategy
 from fedtune.errors import ErrorCode, FedtuneError
@@ -29,12 +26,11 @@ from fedtune.tensorstream.encoder import manifest_for_file
 from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.blobs import BlobStore
-from storage.registry import record_event, store_model_version
-from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+from storage.registry import store_model_version
+from storage.states import OPEN_ROUND_STATES, RoundState
+from storage.uow import UnitOfWork, UowFactory
 
 log = logging.getLogger("fedtune.coordinator.aggregation")
-
-FOLDABLE = ("verified", "folded")
 
 
 @dataclass
@@ -45,31 +41,18 @@ class _ActiveRound:
     folded: set[str] = field(default_factory=set)
 
 
-def weighted_metric_means(updates: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """Example-count weighted mean of each metric over the updates that reported it."""
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for num_examples, metrics in updates:
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + float(value) * num_examples
-            weights[key] = weights.get(key, 0.0) + num_examples
-    return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
-
-
 class RoundAggregator:
     def __init__(
         self,
-        uow_factory: UnitOfWorkFactory,
+        uow_factory: UowFactory,
         blobs: BlobStore,
         data_dir: Path,
         clock: Clock,
-        on_change: Callable[..., None] = lambda **_: None,
     ) -> None:
         self._uow_factory = uow_factory
         self._blobs = blobs
         self._data_dir = Path(data_dir)
         self._clock = clock
-        self._on_change = on_change
         self._active: dict[str, _ActiveRound] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
@@ -91,23 +74,14 @@ class RoundAggregator:
     # ----------------------------------------------------------------- building
     def _build(self, round_id: str) -> _ActiveRound:
         with self._uow_factory() as uow:
-            rnd = _get_round(uow, round_id)
-            experiment = uow.session.get(models.Experiment, rnd.experiment_id)
+            rnd = get_round(uow, round_id)
+            experiment = uow.experiments.get(rnd.experiment_id)
             assert experiment is not None
             stage = load_spec_json(experiment.spec_json).stages[rnd.stage_index]
-            base = uow.session.get(models.ModelVersion, rnd.base_version_id) if rnd.base_version_id else None
+            base = uow.versions.get(rnd.base_version_id) if rnd.base_version_id else None
             if base is None:
                 raise FedtuneError(ErrorCode.STORAGE, f"round {round_id} has no base model version")
-            state = uow.session.scalars(
-                select(models.StrategyState)
-                .where(
-                    models.StrategyState.experiment_id == rnd.experiment_id,
-                    models.StrategyState.stage_index == rnd.stage_index,
-                    models.StrategyState.round < rnd.round,
-                )
-                .order_by(models.StrategyState.round.desc())
-                .limit(1)
-            ).first()
+            state = uow.versions.strategy_state_before(rnd.experiment_id, rnd.stage_index, rnd.round)
             manifest = Manifest.from_json(base.manifest)
             base_digest, round_number = base.blob_digest, rnd.round
             state_digest = state.blob_digest if state is not None else None
@@ -129,15 +103,9 @@ class RoundAggregator:
     def _refold(self, active: _ActiveRound) -> None:
         """Fold every verified update of the round that the accumulator does not hold yet."""
         with self._uow_factory() as uow:
-            rows = uow.session.execute(
-                select(models.Update, models.Site.name)
-                .join(models.Site, models.Site.id == models.Update.site_id)
-                .where(models.Update.round_id == active.round_id, models.Update.state.in_(FOLDABLE))
-                .order_by(models.Update.created_at, models.Update.id)
-            ).all()
             todo = [
                 (u.id, u.spool_path, u.num_examples, dict(u.metrics), site)
-                for u, site in rows
+                for u, site in uow.rounds.foldable_updates(active.round_id)
                 if u.id not in active.folded
             ]
         for update_id, path, num_examples, metrics, site in todo:
@@ -152,11 +120,9 @@ class RoundAggregator:
         active.strategy.fold(info, weight)
         active.folded.add(update_id)
         with self._uow_factory() as uow:
-            row = uow.session.get(models.Update, update_id)
+            row = uow.updates.get(update_id)
             assert row is not None
-            if row.state == "verified":
-                row.state, row.folded_at = "folded", self._clock.now()
-            row.weight = weight
+            lifecycle.mark_folded(row, weight, self._clock.now())
             uow.commit()
 
     def _ensure(self, round_id: str) -> _ActiveRound:
@@ -178,41 +144,44 @@ class RoundAggregator:
         with self.round_lock(round_id):
             self._ensure(round_id)
             with self._uow_factory() as uow:
-                rnd = _get_round(uow, round_id)
-                if rnd.state != "open":
+                rnd = get_round(uow, round_id)
+                if rnd.state != RoundState.OPEN:
                     return
-                rnd.state = "collecting"
-                sites = list(
-                    uow.session.scalars(select(models.Task.site_id).where(models.Task.round_id == round_id))
-                )
+                lifecycle.start_collecting(uow, rnd)  # their tasks are leasable now
                 uow.commit()
-        self._on_change(sites=sites)  # their tasks are leasable now
 
-    def fold(self, round_id: str, update_id: str) -> None:
-        """Fold a verified update (idempotent). TASK_CLOSED if the round closed without it."""
-        with self.round_lock(round_id):
-            with self._uow_factory() as uow:
-                rnd = _get_round(uow, round_id)
-                update = uow.session.get(models.Update, update_id)
-                if update is not None and update.state == "folded":
-                    return
-                if rnd.state not in ("open", "collecting"):
-                    raise FedtuneError(
-                        ErrorCode.TASK_CLOSED, f"round {rnd.round} is {rnd.state}; update not folded"
-                    )
-            self._ensure(round_id)
-        self._on_change()
+    def fold_new(self, round_id: str, update_id: str, info: UpdateInfo) -> float:
+        """Weigh and fold an update that has no row yet; returns its weight. Call holding the round lock.
+
+        The strategy judges the update here, before anything about it is committed: a FedtuneError from
+        its ``weight`` or ``fold`` is a refusal of this update only (the caller records it as rejected);
+        the accumulator is left without it (dropped and rebuilt from the spool if ``fold`` had started).
+        Once the caller has committed the update's row, the accumulator and the registry agree; if that
+        commit fails, the caller calls ``forget`` so the next use rebuilds from what was committed."""
+        active = self._ensure(round_id)
+        weight = active.strategy.weight(info, active.inputs)  # refuses before touching the accumulator
+        try:
+            active.strategy.fold(info, weight)
+        except BaseException:
+            self._active.pop(round_id, None)  # half-folded: rebuild from the spool next time
+            raise
+        active.folded.add(update_id)
+        return weight
+
+    def forget(self, round_id: str) -> None:
+        """Drop the round's accumulator (it holds an update whose row was not committed)."""
+        self._active.pop(round_id, None)
 
     def commit(self, round_id: str) -> str:
         """Close the round: finish the strategy, store the new version and commit the round at once."""
         with self.round_lock(round_id):
             with self._uow_factory() as uow:
-                rnd = _get_round(uow, round_id)
-                if rnd.state == "committed":
+                rnd = get_round(uow, round_id)
+                if rnd.state == RoundState.COMMITTED:
                     return rnd.model_version_id or ""
-                if rnd.state not in ("collecting", "aggregating", "open"):
+                if rnd.state not in OPEN_ROUND_STATES:
                     raise FedtuneError(ErrorCode.WRONG_STATE, f"round {round_id} is {rnd.state}")
-                rnd.state = "aggregating"
+                lifecycle.begin_aggregating(uow, rnd)
                 uow.commit()
             try:
                 version_id = self._finish_and_store(round_id)
@@ -225,7 +194,6 @@ class RoundAggregator:
                 raise
             self.discard(round_id)
         log.info("round committed", extra={"round": round_id, "version": version_id})
-        self._on_change()
         return version_id
 
     def _finish_and_store(self, round_id: str) -> str:
@@ -234,13 +202,13 @@ class RoundAggregator:
         result = active.strategy.finish_round()
         state_digest = self._blobs.put_file(result.state_path) if result.state_path else None
         with self._uow_factory() as uow:
-            plan = _commit_plan(uow, round_id, self._blobs)
+            plan = commit_plan(uow, round_id, self._blobs)
         metrics = dict(plan.client_metrics)
         metrics.update({f"strategy.{k}": float(v) for k, v in result.metrics.items()})
         now = self._clock.now()
 
-        def extra(uow: SqlUnitOfWork, version: models.ModelVersion) -> None:
-            _apply_commit(uow, round_id, version, metrics, state_digest, dict(result.state_scalars), now)
+        def extra(uow: UnitOfWork, version: models.ModelVersion) -> None:
+            apply_commit(uow, round_id, version, metrics, state_digest, dict(result.state_scalars), now)
 
         version = store_model_version(
             self._uow_factory,
@@ -275,114 +243,7 @@ class RoundAggregator:
             if not parent.is_dir():
                 continue
             with self._uow_factory() as uow:
-                open_ids = set(
-                    uow.session.scalars(
-                        select(models.Round.id).where(
-                            models.Round.state.in_(("open", "collecting", "aggregating"))
-                        )
-                    )
-                )
+                open_ids = uow.rounds.open_ids()
             for child in parent.iterdir():
                 if child.is_dir() and child.name not in open_ids and child.name != "init":
                     shutil.rmtree(child, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class _CommitPlan:
-    experiment_id: str
-    stage_index: int
-    stage_name: str
-    round: int
-    base_version_id: str | None
-    next_version: int
-    files: dict[str, bytes]
-    sites: list[str]
-    num_examples: int
-    client_metrics: dict[str, float]
-
-
-def _get_round(uow: SqlUnitOfWork, round_id: str) -> models.Round:
-    rnd = uow.session.get(models.Round, round_id)
-    if rnd is None:
-        raise FedtuneError(ErrorCode.NOT_FOUND, f"no round {round_id!r}")
-    return rnd
-
-
-def _commit_plan(uow: SqlUnitOfWork, round_id: str, blobs: BlobStore) -> _CommitPlan:
-    rnd = _get_round(uow, round_id)
-    stage = uow.session.scalars(
-        select(models.Stage).where(
-            models.Stage.experiment_id == rnd.experiment_id, models.Stage.stage_index == rnd.stage_index
-        )
-    ).one()
-    base = uow.session.get(models.ModelVersion, rnd.base_version_id) if rnd.base_version_id else None
-    files: dict[str, bytes] = {}
-    for name, digest in (base.files if base is not None else {}).items():
-        with blobs.open(str(digest)) as handle:
-            files[name] = handle.read()
-    rows = uow.session.execute(
-        select(models.Update, models.Site.name)
-        .join(models.Site, models.Site.id == models.Update.site_id)
-        .where(models.Update.round_id == round_id, models.Update.state.in_(FOLDABLE))
-        .order_by(models.Site.name)
-    ).all()
-    top = uow.session.scalar(
-        select(models.ModelVersion.version)
-        .where(models.ModelVersion.experiment_id == rnd.experiment_id)
-        .order_by(models.ModelVersion.version.desc())
-        .limit(1)
-    )
-    return _CommitPlan(
-        experiment_id=rnd.experiment_id,
-        stage_index=rnd.stage_index,
-        stage_name=stage.name,
-        round=rnd.round,
-        base_version_id=rnd.base_version_id,
-        next_version=(top or 0) + 1,
-        files=files,
-        sites=[site for _, site in rows],
-        num_examples=sum(u.num_examples for u, _ in rows),
-        client_metrics=weighted_metric_means([(u.num_examples, dict(u.metrics)) for u, _ in rows]),
-    )
-
-
-def _apply_commit(
-    uow: SqlUnitOfWork,
-    round_id: str,
-    version: models.ModelVersion,
-    metrics: dict[str, float],
-    state_digest: str | None,
-    state_scalars: dict[str, float],
-    now: float,
-) -> None:
-    """Everything that changes with the new version, in its transaction."""
-    session = uow.session
-    rnd = _get_round(uow, round_id)
-    rnd.state, rnd.closed_at, rnd.metrics, rnd.model_version_id = "committed", now, metrics, version.id
-    rnd.reason = ""  # a commit that waited on I/O said why in the reason; it is done now
-    cancel_live_tasks(uow, round_id=round_id)
-    session.add(
-        models.StrategyState(
-            experiment_id=rnd.experiment_id,
-            stage_index=rnd.stage_index,
-            round=rnd.round,
-            blob_digest=state_digest,
-            scalars=state_scalars,
-        )
-    )
-    stage = stage_row(uow, rnd.experiment_id, rnd.stage_index)
-    record_event(
-        uow,
-        "round.committed",
-        f"{stage.name} round {rnd.round} committed as version {version.version}",
-        rnd.experiment_id,
-        {
-            "round_id": rnd.id,
-            "round": rnd.round,
-            "stage": stage.name,
-            "version_id": version.id,
-            "sites": list(version.sites),
-            "num_examples": version.num_examples,
-        },
-    )
-    advance_after_round(uow, rnd, version.id, now)

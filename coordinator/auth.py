@@ -1,4 +1,6 @@
-"""Identity: site tokens (stored as sha256), the admin credential, and the sites' lifecycle.
+"""Authentication: site tokens (stored as sha256), the admin credential, failed-authentication limits.
+
+Adding, re-keying, revoking and listing sites is ``coordinator/sites.py``.
 
 Decision 27: the Admin API accepts the admin token, or under mutual TLS an admin certificate
 (fedtune.identity); a site certificate never. Failed authentications are counted per (peer address,
@@ -12,24 +14,18 @@ import hashlib
 import hmac
 import logging
 import math
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from sqlalchemy import case, func, select, update
 
-from coordinator.clock import Clock, SystemClock
 from coordinator.ratelimit import SlidingWindow
 from fedtune import identity
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.limits import MAX_SITE_NAME_CHARS, control_character
-from fedtune.serde import SiteRecord
-from storage import models
 from storage.registry import record_event
-from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+from storage.uow import UowFactory
 
 log = logging.getLogger("fedtune.coordinator.auth")
 
@@ -103,19 +99,12 @@ def check_certificate_site(auth_context: AuthContext, site: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Revocation:
-    site: SiteRecord
-    tasks_failed: int
-    tasks_cancelled: int
-
-
 class FailedAuthentications:
     """Failures per (peer address, claimed identity): the limit, and the bounded `auth.failed` events."""
 
     def __init__(
         self,
-        uow_factory: UnitOfWorkFactory,
+        uow_factory: UowFactory,
         limit: int,
         window_seconds: float,
         *,
@@ -159,20 +148,16 @@ class FailedAuthentications:
 class SiteAuth:
     def __init__(
         self,
-        uow_factory: UnitOfWorkFactory,
+        uow_factory: UowFactory,
         admin_token: str | None,
         *,
         tls_mode: str = "plaintext",
         failures_per_window: int = 10,
         failure_window_seconds: float = 60.0,
-        clock: Clock | None = None,
-        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._uow_factory = uow_factory
         self._admin_token = admin_token
         self._tls_mode = tls_mode
-        self._clock = clock or SystemClock()
-        self._on_change = on_change
         self._failures = FailedAuthentications(uow_factory, failures_per_window, failure_window_seconds)
 
     # ----------------------------------------------------------------- the admin credential
@@ -238,7 +223,7 @@ class SiteAuth:
             # no site has such a name, and PostgreSQL could not even compare it (NUL)
             raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site[:80]!r} or wrong token")
         with self._uow_factory() as uow:
-            row = uow.session.scalars(select(models.Site).where(models.Site.name == site)).first()
+            row = uow.sites.by_name(site)
             matches = row is not None and hmac.compare_digest(row.token_hash, hash_token(token))
             site_id, revoked = (row.id, row.revoked_at is not None) if row is not None else (0, False)
         if not matches:  # recorded outside the read: SQLite allows one writer at a time
@@ -250,136 +235,3 @@ class SiteAuth:
                 f"site {site!r} was revoked by the coordinator's operator; ask them to add a new site",
             )
         return site_id
-
-    def _find(self, uow: SqlUnitOfWork, name: str) -> models.Site | None:
-        """The site named `name`, compared case-insensitively (older names may hold capitals)."""
-        return uow.session.scalars(
-            select(models.Site).where(func.lower(models.Site.name) == name.lower())
-        ).first()
-
-    def _get(self, uow: SqlUnitOfWork, name: str) -> models.Site:
-        row = uow.session.scalars(select(models.Site).where(models.Site.name == name)).first()
-        if row is None:
-            raise FedtuneError(ErrorCode.NOT_FOUND, f"no site {name!r} (`fedtune admin sites list`)")
-        return row
-
-    def add_site(self, name: str) -> str:
-        """Create a site and return its token (shown once; only the hash is kept)."""
-        name = identity.check_site_name(name.strip())
-        token = secrets.token_urlsafe(32)
-        with self._uow_factory() as uow:
-            exists = self._find(uow, name)
-            if exists is not None:
-                revoked = (
-                    " (revoked: a revoked name is not reused, choose another)" if exists.revoked_at else ""
-                )
-                raise FedtuneError(
-                    ErrorCode.ALREADY_EXISTS,
-                    f"site {exists.name!r} already exists{revoked}; names are compared case-insensitively",
-                )
-            uow.session.add(models.Site(name=name, token_hash=hash_token(token)))
-            record_event(uow, "site.added", f"site {name} added", data={"site": name})
-            uow.commit()
-        return token
-
-    def rotate_token(self, name: str) -> str:
-        """A new token for site `name`, returned once; the old token stops working at once."""
-        token = secrets.token_urlsafe(32)
-        with self._uow_factory() as uow:
-            row = self._get(uow, name)
-            if row.revoked_at is not None:
-                raise FedtuneError(
-                    ErrorCode.WRONG_STATE, f"site {name!r} is revoked; a revoked site gets no new token"
-                )
-            row.token_hash = hash_token(token)
-            record_event(uow, "site.token_rotated", f"token of site {name} rotated", data={"site": name})
-            uow.commit()
-        log.info("site token rotated", extra={"site": name})
-        return token
-
-    def revoke_site(self, name: str, reason: str = "") -> Revocation:
-        """Site `name` can no longer authenticate. Its live round tasks fail (so their rounds close with
-        the other sites), its pending init tasks are cancelled (the scheduler picks another site) and
-        its workers go offline. Updates it sent before stay in their rounds."""
-        now = self._clock.now()
-        with self._uow_factory() as uow:
-            row = self._get(uow, name)
-            if row.revoked_at is not None:
-                raise FedtuneError(ErrorCode.WRONG_STATE, f"site {name!r} is already revoked")
-            row.revoked_at = now
-            live = list(
-                uow.session.scalars(
-                    select(models.Task).where(
-                        models.Task.site_id == row.id, models.Task.state.in_(("pending", "leased"))
-                    )
-                )
-            )
-            failed = cancelled = 0
-            error = f"site {name} was revoked" + (f": {reason}" if reason else "")
-            for task in live:
-                if task.round_id is None:
-                    task.state, cancelled = "cancelled", cancelled + 1
-                else:
-                    task.state, task.error, failed = "failed", error, failed + 1
-                    record_event(
-                        uow,
-                        "task.failed",
-                        f"task {task.id} failed: {error}",
-                        task.experiment_id,
-                        {"task_id": task.id, "error": error},
-                    )
-                task.lease_expires_at, task.updated_at = None, now
-            uow.session.execute(
-                update(models.Worker)
-                .where(models.Worker.site_id == row.id)
-                .values(state="offline", current_task_id=None)
-            )
-            record_event(
-                uow,
-                "site.revoked",
-                f"site {name} revoked" + (f": {reason}" if reason else ""),
-                data={"site": name, "reason": reason, "tasks_failed": failed, "tasks_cancelled": cancelled},
-            )
-            uow.commit()
-            record = SiteRecord(name=row.name, created_unix=row.created_at, revoked_unix=now)
-        log.warning("site revoked", extra={"site": name, "failed": failed, "cancelled": cancelled})
-        self._on_change()
-        return Revocation(record, failed, cancelled)
-
-    def list_sites(self) -> list[SiteRecord]:
-        with self._uow_factory() as uow:
-            workers = {
-                site_id: (int(online or 0), float(last or 0.0))
-                for site_id, online, last in uow.session.execute(
-                    select(
-                        models.Worker.site_id,
-                        func.sum(case((models.Worker.state == "online", 1), else_=0)),
-                        func.max(models.Worker.last_seen_at),
-                    ).group_by(models.Worker.site_id)
-                )
-            }
-            return [
-                SiteRecord(
-                    name=row.name,
-                    created_unix=row.created_at,
-                    revoked_unix=row.revoked_at or 0.0,
-                    workers_online=workers.get(row.id, (0, 0.0))[0],
-                    last_seen_unix=workers.get(row.id, (0, 0.0))[1],
-                )
-                for row in uow.session.scalars(select(models.Site).order_by(models.Site.name))
-            ]
-
-    def seed_sites(self, sites: Mapping[str, str]) -> None:
-        """Create or re-key the sites the settings name (compose installs); a revoked one stays revoked."""
-        with self._uow_factory() as uow:
-            for name, token in sites.items():
-                row = self._find(uow, identity.check_site_name(name))
-                if row is None:
-                    uow.session.add(models.Site(name=name, token_hash=hash_token(token)))
-                elif row.revoked_at is not None:
-                    log.warning("seeded site is revoked; it stays revoked", extra={"site": row.name})
-                else:
-                    row.token_hash = hash_token(token)
-            uow.commit()
-        if sites:
-            log.info("seeded sites from settings", extra={"sites": sorted(sites)})

@@ -17,6 +17,7 @@ from coordinator.notify import Notifier
 from coordinator.queries import AdminQueries
 from coordinator.scheduler import Scheduler
 from coordinator.settings import CoordinatorSettings
+from coordinator.sites import SiteService
 from coordinator.tasks import TaskService
 from coordinator.uploads import UploadService
 from storage.blobs import BlobStore, LocalBlobStore
@@ -35,6 +36,7 @@ class Services:
     clock: Clock
     notifier: Notifier
     auth: SiteAuth
+    sites: SiteService
     experiments: ExperimentService
     aggregator: RoundAggregator
     scheduler: Scheduler
@@ -44,6 +46,7 @@ class Services:
     queries: AdminQueries
 
     def close(self) -> None:
+        self.scheduler.close()
         self.notifier.close()
         self.engine.dispose()
 
@@ -56,17 +59,18 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
     blobs = LocalBlobStore(data_dir / "blobs")
     blobs.cleanup_partial()
     notifier = Notifier()
+    # every committed change wakes whoever it names (the scheduler, event watchers, sites' long-polls)
+    uow_factory.after_commit = lambda wakeups: notifier.notify(wakeups.sites, all_sites=wakeups.all_sites)
     auth = SiteAuth(
         uow_factory,
         settings.admin_token,
         tls_mode=settings.tls_mode,
         failures_per_window=settings.auth_failures_per_window,
         failure_window_seconds=settings.auth_failure_window_seconds,
-        clock=clock,
-        on_change=notifier.notify,
     )
-    auth.seed_sites(settings.seeded_sites())
-    aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock, on_change=notifier.notify)
+    sites = SiteService(uow_factory, clock)
+    sites.seed_sites(settings.seeded_sites())
+    aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock)
     aggregator.cleanup_closed_rounds()
     services = Services(
         settings=settings,
@@ -76,11 +80,12 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         clock=clock,
         notifier=notifier,
         auth=auth,
-        experiments=ExperimentService(uow_factory, clock, notifier),
+        sites=sites,
+        experiments=ExperimentService(uow_factory, clock),
         aggregator=aggregator,
         scheduler=Scheduler(uow_factory, clock, settings, aggregator, notifier),
         tasks=TaskService(uow_factory, clock, settings, notifier),
-        uploads=UploadService(uow_factory, blobs, aggregator, clock, settings, notifier),
+        uploads=UploadService(uow_factory, blobs, aggregator, clock, settings),
         downloads=DownloadService(uow_factory, blobs, settings.chunk_bytes, settings.max_chunk_bytes),
         queries=AdminQueries(uow_factory, clock, settings.worker_offline_after_seconds),
     )

@@ -19,6 +19,7 @@ The retry book is in memory: a restarted coordinator tries a waiting round at it
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from sqlalchemy.exc import OperationalError
@@ -87,23 +88,30 @@ class _Waiting:
 
 
 class CommitRetries:
-    """Per round: how often its commit failed on I/O and when to try next."""
+    """Per round: how often its commit failed on I/O and when to try next (shared by the round jobs)."""
 
     def __init__(self, initial_seconds: float, max_seconds: float) -> None:
         self._initial = initial_seconds
         self._max = max(max_seconds, initial_seconds)
         self._waiting: dict[str, _Waiting] = {}
+        self._lock = threading.Lock()
 
     def due(self, round_id: str, now: float) -> bool:
         """Whether the round may be driven now (False while it waits for its next attempt)."""
-        waiting = self._waiting.get(round_id)
-        return waiting is None or now >= waiting.next_at
+        with self._lock:
+            waiting = self._waiting.get(round_id)
+            return waiting is None or now >= waiting.next_at
 
     def waiting(self, round_id: str) -> bool:
-        return round_id in self._waiting
+        with self._lock:
+            return round_id in self._waiting
 
     def failed(self, round_id: str, now: float, error: str) -> RetryDecision:
         """Record a transient failure; returns the attempt number, the wait and whether to announce it."""
+        with self._lock:
+            return self._failed(round_id, now, error)
+
+    def _failed(self, round_id: str, now: float, error: str) -> RetryDecision:
         waiting = self._waiting.get(round_id)
         if waiting is None:
             waiting = self._waiting[round_id] = _Waiting(0, now, float("-inf"), "")
@@ -119,5 +127,6 @@ class CommitRetries:
 
     def forget(self, round_id: str) -> int:
         """The round committed or failed: drop its record; returns how many failures it had."""
-        waiting = self._waiting.pop(round_id, None)
+        with self._lock:
+            waiting = self._waiting.pop(round_id, None)
         return waiting.attempts if waiting is not None else 0

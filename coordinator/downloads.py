@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, iter_chunks_from_file, manifest_for_arrays
 from fedtune.tensorstream.manifest import Chunk, Manifest
@@ -20,23 +18,18 @@ from fedtune.tensorstream.safetensors_file import read_arrays, read_header
 from storage import models
 from storage.blobs import BlobStore
 from storage.registry import get_model_version
-from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+from storage.uow import UnitOfWork, UowFactory
 
 # Side file of an FFA-LoRA version (worker.tasks.FROZEN_ADAPTER_FILE): the frozen lora_A tensors,
 # never exchanged in rounds, merged into the exported tensors so the export is a complete adapter.
 FROZEN_ADAPTER_FILE = "frozen_adapter.safetensors"
 
 
-def _site_may_fetch(uow: SqlUnitOfWork, version: models.ModelVersion, site_id: int) -> bool:
-    """A task of the site in the version's experiment; for a personalized version, the site's own."""
+def _site_may_fetch(uow: UnitOfWork, version: models.ModelVersion, site_id: int) -> bool:
+    """A task of the site in the version's experiment; for a version of one site, that site's own."""
     if version.site_id is not None and version.site_id != site_id:
         return False
-    task = uow.session.scalars(
-        select(models.Task.id)
-        .where(models.Task.experiment_id == version.experiment_id, models.Task.site_id == site_id)
-        .limit(1)
-    ).first()
-    return task is not None
+    return uow.tasks.site_has_task_in(version.experiment_id, site_id)
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,7 @@ class SideFile:
 
 class DownloadService:
     def __init__(
-        self, uow_factory: UnitOfWorkFactory, blobs: BlobStore, default_chunk_bytes: int, max_chunk_bytes: int
+        self, uow_factory: UowFactory, blobs: BlobStore, default_chunk_bytes: int, max_chunk_bytes: int
     ) -> None:
         self._uow_factory = uow_factory
         self._blobs = blobs

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from sqlalchemy import select, update
-
+from coordinator import lifecycle
 from coordinator.clock import Clock
-from coordinator.notify import Notifier
 from coordinator.strategies.registry import build_strategy
 from coordinator.waiting import check_selection_sites_known
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, load_spec_yaml
 from storage import models
-from storage.registry import record_event
-from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+from storage.uow import UnitOfWork, UowFactory
 
 log = logging.getLogger("fedtune.coordinator.experiments")
 
 SUPPORTED_STAGE_KINDS = {"global", "finetune", "personalize"}
-LIVE_TASK_STATES = ("pending", "leased")
-OPEN_ROUND_STATES = ("open", "collecting", "aggregating")
 
 
 def validate_spec(spec_yaml: str) -> ExperimentSpec:
@@ -86,8 +82,8 @@ def _check_stage_order(spec: ExperimentSpec) -> None:
             )
 
 
-def get_experiment_row(uow: SqlUnitOfWork, experiment_id: str) -> models.Experiment:
-    row = uow.session.get(models.Experiment, experiment_id)
+def get_experiment_row(uow: UnitOfWork, experiment_id: str) -> models.Experiment:
+    row = uow.experiments.get(experiment_id)
     if row is None:
         raise FedtuneError(
             ErrorCode.NOT_FOUND, f"no experiment {experiment_id!r} (see `fedtune admin experiment list`)"
@@ -95,115 +91,42 @@ def get_experiment_row(uow: SqlUnitOfWork, experiment_id: str) -> models.Experim
     return row
 
 
-def cancel_live_tasks(
-    uow: SqlUnitOfWork, *, experiment_id: str | None = None, round_id: str | None = None
-) -> int:
-    stmt = update(models.Task).where(models.Task.state.in_(LIVE_TASK_STATES))
-    if experiment_id is not None:
-        stmt = stmt.where(models.Task.experiment_id == experiment_id)
-    if round_id is not None:
-        stmt = stmt.where(models.Task.round_id == round_id)
-    result = uow.session.execute(stmt.values(state="cancelled", lease_expires_at=None))
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 class ExperimentService:
-    def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock, notifier: Notifier) -> None:
+    def __init__(self, uow_factory: UowFactory, clock: Clock) -> None:
         self._uow_factory = uow_factory
         self._clock = clock
-        self._notifier = notifier
 
     def submit(self, spec_yaml: str, *, start: bool = False) -> str:
         spec = validate_spec(spec_yaml)
-        experiment_id = models.new_id("exp")
-        now = self._clock.now()
         with self._uow_factory() as uow:
             check_selection_sites_known(uow, spec)  # a site no round can ever have: refuse now
-            uow.session.add(
-                models.Experiment(
-                    id=experiment_id,
-                    name=spec.name,
-                    spec_yaml=spec_yaml,
-                    spec_json=spec.to_json(),
-                    state="submitted",
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            uow.flush()
-            for index, stage in enumerate(spec.stages):
-                uow.session.add(
-                    models.Stage(
-                        experiment_id=experiment_id,
-                        stage_index=index,
-                        name=stage.stage_name,
-                        kind=stage.kind,
-                        rounds_total=stage.rounds,
-                    )
-                )
-            record_event(uow, "experiment.submitted", f"experiment {spec.name} submitted", experiment_id)
+            experiment_id = lifecycle.submit_experiment(uow, spec, spec_yaml, self._clock.now()).id
             uow.commit()
         log.info("experiment submitted", extra={"experiment": experiment_id, "spec_name": spec.name})
         if start:
             self.start(experiment_id)
         return experiment_id
 
-    def _transition(
-        self, experiment_id: str, allowed: tuple[str, ...], target: str, event: str, reason: str
+    def _command(
+        self, experiment_id: str, move: Callable[[UnitOfWork, models.Experiment, float], bool]
     ) -> None:
         with self._uow_factory() as uow:
-            row = get_experiment_row(uow, experiment_id)
-            if row.state == target:
-                return  # idempotent
-            if row.state not in allowed:
-                raise FedtuneError(
-                    ErrorCode.WRONG_STATE,
-                    f"experiment {experiment_id} is {row.state}; "
-                    f"it must be one of {list(allowed)} to become {target}",
-                )
-            row.state = target
-            row.updated_at = self._clock.now()
-            message = f"experiment {row.name} {event}" + (f": {reason}" if reason else "")
-            record_event(
-                uow, f"experiment.{event}", message, experiment_id, {"reason": reason} if reason else None
-            )
-            uow.commit()
-        self._notifier.notify(all_sites=True)  # tasks of a running or paused experiment are leasable
+            if move(uow, get_experiment_row(uow, experiment_id), self._clock.now()):
+                uow.commit()
 
     def start(self, experiment_id: str) -> None:
-        self._transition(experiment_id, ("submitted",), "running", "started", "")
+        self._command(experiment_id, lifecycle.start_experiment)
 
     def pause(self, experiment_id: str, reason: str = "") -> None:
-        self._transition(experiment_id, ("running",), "paused", "paused", reason)
+        self._command(experiment_id, lambda uow, row, now: lifecycle.pause_experiment(uow, row, reason, now))
 
     def resume(self, experiment_id: str) -> None:
-        self._transition(experiment_id, ("paused",), "running", "resumed", "")
+        self._command(experiment_id, lifecycle.resume_experiment)
 
     def abort(self, experiment_id: str, reason: str = "") -> list[str]:
         """Cancel live tasks and open rounds; returns the ids of rounds that were open."""
-        now = self._clock.now()
         with self._uow_factory() as uow:
             row = get_experiment_row(uow, experiment_id)
-            if row.state == "aborted":
-                return []
-            if row.state in ("completed", "failed"):
-                raise FedtuneError(
-                    ErrorCode.WRONG_STATE, f"experiment {experiment_id} is already {row.state}"
-                )
-            cancel_live_tasks(uow, experiment_id=experiment_id)
-            open_rounds = uow.session.scalars(
-                select(models.Round).where(
-                    models.Round.experiment_id == experiment_id, models.Round.state.in_(OPEN_ROUND_STATES)
-                )
-            ).all()
-            for rnd in open_rounds:
-                rnd.state, rnd.closed_at, rnd.reason = "failed", now, "experiment aborted"
-            row.state, row.updated_at = "aborted", now
-            row.error = f"aborted: {reason}" if reason else "aborted"
-            record_event(
-                uow, "experiment.aborted", f"experiment {row.name} aborted", experiment_id, {"reason": reason}
-            )
+            round_ids = lifecycle.abort_experiment(uow, row, reason, self._clock.now())
             uow.commit()
-            round_ids = [r.id for r in open_rounds]
-        self._notifier.notify()
         return round_ids

@@ -6,8 +6,6 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import func, select
-
 from coordinator.clock import Clock
 from coordinator.waiting import current_waiting_reason
 from fedtune.errors import ErrorCode, FedtuneError
@@ -31,7 +29,8 @@ from fedtune.serde import (
 from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.registry import events_after, get_model_version, latest_model_version
-from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+from storage.states import WorkerState
+from storage.uow import UnitOfWork, UowFactory
 
 DEFAULT_ROUNDS_PAGE = 100
 MAX_ROUNDS_PAGE = 1000
@@ -40,15 +39,9 @@ ROUNDS_PAGE_BYTES = 4 << 20  # a ListRounds page ends after the round that passe
 MAX_LISTED_SITE_UPDATES = 2000
 
 
-def _accepted_updates(uow: SqlUnitOfWork, round_id: str) -> tuple[SiteUpdateRecord, ...]:
+def _accepted_updates(uow: UnitOfWork, round_id: str) -> tuple[SiteUpdateRecord, ...]:
     """The round's verified or folded updates, by site name."""
-    rows = uow.session.execute(
-        select(models.Update, models.Site.name)
-        .join(models.Site, models.Site.id == models.Update.site_id)
-        .where(models.Update.round_id == round_id, models.Update.state.in_(("verified", "folded")))
-        .order_by(models.Site.name)
-        .limit(MAX_LISTED_SITE_UPDATES)
-    ).all()
+    rows = uow.rounds.foldable_updates(round_id, by_site=True, limit=MAX_LISTED_SITE_UPDATES)
     return tuple(
         SiteUpdateRecord(
             site=site,
@@ -62,12 +55,8 @@ def _accepted_updates(uow: SqlUnitOfWork, round_id: str) -> tuple[SiteUpdateReco
     )
 
 
-def _experiment_record(uow: SqlUnitOfWork, row: models.Experiment) -> ExperimentRecord:
-    stage = uow.session.scalars(
-        select(models.Stage).where(
-            models.Stage.experiment_id == row.id, models.Stage.stage_index == row.current_stage_index
-        )
-    ).first()
+def _experiment_record(uow: UnitOfWork, row: models.Experiment) -> ExperimentRecord:
+    stage = uow.stages.current(row)
     latest = latest_model_version(uow, row.id)
     return ExperimentRecord(
         experiment_id=row.id,
@@ -107,7 +96,7 @@ def _version_record(row: models.ModelVersion) -> ModelVersionRecord:
 class AdminQueries:
     EVENT_PAGE = 500  # events per read
 
-    def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock, offline_after: float) -> None:
+    def __init__(self, uow_factory: UowFactory, clock: Clock, offline_after: float) -> None:
         self._uow_factory = uow_factory
         self._clock = clock
         self._offline_after = offline_after
@@ -115,15 +104,14 @@ class AdminQueries:
 
     def experiment(self, experiment_id: str) -> ExperimentRecord:
         with self._uow_factory() as uow:
-            row = uow.session.get(models.Experiment, experiment_id)
+            row = uow.experiments.get(experiment_id)
             if row is None:
                 raise FedtuneError(ErrorCode.NOT_FOUND, f"no experiment {experiment_id!r}")
             return _experiment_record(uow, row)
 
     def experiments(self) -> list[ExperimentRecord]:
         with self._uow_factory() as uow:
-            rows = uow.session.scalars(select(models.Experiment).order_by(models.Experiment.created_at)).all()
-            return [_experiment_record(uow, row) for row in rows]
+            return [_experiment_record(uow, row) for row in uow.experiments.all()]
 
     def rounds(self, experiment_id: str) -> list[RoundRecord]:
         """Every round (tests and small experiments; the Admin API pages with `rounds_page`)."""
@@ -150,35 +138,19 @@ class AdminQueries:
         offset = int(page_token or 0)
         with self._uow_factory() as uow:
             _require_experiment(uow, experiment_id)
-            stage_rows = uow.session.execute(
-                select(models.Stage.stage_index, models.Stage.name, models.Stage.kind).where(
-                    models.Stage.experiment_id == experiment_id
-                )
-            ).all()
-            stages = {index: name for index, name, _ in stage_rows}
-            kinds = {index: kind for index, _, kind in stage_rows}
-            rows = uow.session.scalars(
-                select(models.Round)
-                .where(models.Round.experiment_id == experiment_id)
-                .order_by(models.Round.stage_index, models.Round.round)
-                .offset(offset)
-                .limit(limit + 1)
-            ).all()
+            stage_rows = uow.stages.for_experiment(experiment_id)
+            stages = {stage.stage_index: stage.name for stage in stage_rows}
+            kinds = {stage.stage_index: stage.kind for stage in stage_rows}
+            rows = uow.rounds.page(experiment_id, offset, limit + 1)
             more = len(rows) > limit
             rows = rows[:limit]
             records: list[RoundRecord] = []
             page_bytes = 0
             for rnd in rows:
-                tasks = uow.session.scalar(
-                    select(func.count(models.Task.id)).where(models.Task.round_id == rnd.id)
-                )
+                tasks = uow.tasks.count_in_round(rnd.id)
                 site_updates: tuple[SiteUpdateRecord, ...] = ()
                 if kinds.get(rnd.stage_index) == "personalize":  # results, not updates
-                    updates = uow.session.scalar(
-                        select(func.count(models.Task.id)).where(
-                            models.Task.round_id == rnd.id, models.Task.state == "done"
-                        )
-                    )
+                    updates = uow.tasks.count_done_in_round(rnd.id)
                 else:
                     site_updates = _accepted_updates(uow, rnd.id)
                     updates = len(site_updates)
@@ -210,14 +182,11 @@ class AdminQueries:
     def workers(self) -> list[WorkerRecord]:
         now = self._clock.now()
         with self._uow_factory() as uow:
-            rows = uow.session.execute(
-                select(models.Worker, models.Site.name)
-                .join(models.Site, models.Site.id == models.Worker.site_id)
-                .order_by(models.Site.name, models.Worker.registered_at)
-            ).all()
             records = []
-            for worker, site in rows:
-                online = worker.state == "online" and worker.last_seen_at >= now - self._offline_after
+            for worker, site in uow.workers.with_site_names():
+                online = (
+                    worker.state == WorkerState.ONLINE and worker.last_seen_at >= now - self._offline_after
+                )
                 state = ("busy" if worker.current_task_id else "online") if online else "offline"
                 device = worker.device or {}
                 label = " ".join(str(device.get(k, "")) for k in ("kind", "name")).strip()
@@ -239,14 +208,9 @@ class AdminQueries:
 
     def models(self, experiment_id: str = "") -> list[ModelVersionRecord]:
         with self._uow_factory() as uow:
-            query = select(models.ModelVersion)
             if experiment_id:
                 _require_experiment(uow, experiment_id)
-                query = query.where(models.ModelVersion.experiment_id == experiment_id)
-            rows = uow.session.scalars(
-                query.order_by(models.ModelVersion.experiment_id, models.ModelVersion.version)
-            ).all()
-            return [_version_record(row) for row in rows]
+            return [_version_record(row) for row in uow.versions.ordered(experiment_id or None)]
 
     def model(self, version_id: str) -> ModelVersionRecord:
         with self._uow_factory() as uow:
@@ -275,16 +239,8 @@ class AdminQueries:
     def status(self) -> dict[str, int | float]:
         now = self._clock.now()
         with self._uow_factory() as uow:
-            running = uow.session.scalar(
-                select(func.count(models.Experiment.id)).where(
-                    models.Experiment.state.in_(("running", "paused"))
-                )
-            )
-            online = uow.session.scalar(
-                select(func.count(models.Worker.id)).where(
-                    models.Worker.state == "online", models.Worker.last_seen_at >= now - self._offline_after
-                )
-            )
+            running = uow.experiments.count_live()
+            online = uow.workers.count_online(now - self._offline_after)
         return {
             "uptime_seconds": time.monotonic() - self._started,
             "experiments_running": int(running or 0),
@@ -298,9 +254,9 @@ def _bounded_data(data: dict[str, Any]) -> dict[str, Any]:
     return data if size <= MAX_EVENT_DATA_BYTES else {"truncated": True, "data_bytes": size}
 
 
-def _require_experiment(uow: SqlUnitOfWork, experiment_id: str) -> None:
+def _require_experiment(uow: UnitOfWork, experiment_id: str) -> None:
     """NOT_FOUND for a mistyped id, so a filter never silently answers with nothing."""
-    if uow.session.get(models.Experiment, experiment_id) is None:
+    if uow.experiments.get(experiment_id) is None:
         raise FedtuneError(
             ErrorCode.NOT_FOUND, f"no experiment {experiment_id!r}; see `fedtune admin experiment list`"
         )

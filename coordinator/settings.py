@@ -59,6 +59,9 @@ class CoordinatorSettings(BaseModel):
     # max (coordinator/commit_retry.py, docs/decisions.md 26).
     commit_retry_initial_seconds: float = Field(1.0, gt=0)
     commit_retry_max_seconds: float = Field(60.0, gt=0)
+    # Threads that drive and commit rounds off the scheduler thread (a commit of a large model takes
+    # seconds); one job per round at a time, so this bounds how many rounds commit at once.
+    commit_threads: int = Field(2, ge=1, le=64)
     # Failed authentications allowed per (peer address, claimed site) - or per peer for the admin token -
     # in a sliding window; beyond it calls fail RESOURCE_EXHAUSTED without the token being checked.
     auth_failures_per_window: int = Field(10, ge=1)

@@ -8,25 +8,14 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import select
-
-from coordinator.experiments import cancel_live_tasks
+from coordinator import lifecycle
 from fedtune.spec import ExperimentSpec
 from storage import models
-from storage.registry import record_event
-from storage.uow import SqlUnitOfWork
+from storage.uow import UnitOfWork
 
 # Side file of every version built on a global stage's output (docs/decisions.md 11): which base
 # version (the global-stage LoRA, merged into the site's base model) the adapter needs.
 BASE_VERSION_FILE = "base_version.json"
-
-
-def stage_row(uow: SqlUnitOfWork, experiment_id: str, stage_index: int) -> models.Stage:
-    return uow.session.scalars(
-        select(models.Stage).where(
-            models.Stage.experiment_id == experiment_id, models.Stage.stage_index == stage_index
-        )
-    ).one()
 
 
 def stage_needs_init(spec: ExperimentSpec, stage_index: int) -> bool:
@@ -37,22 +26,11 @@ def stage_needs_init(spec: ExperimentSpec, stage_index: int) -> bool:
     return spec.stages[stage_index - 1].kind == "global" and spec.stages[stage_index].kind != "global"
 
 
-def base_version_for_stage(uow: SqlUnitOfWork, experiment_id: str, stage_index: int) -> str | None:
+def base_version_for_stage(uow: UnitOfWork, experiment_id: str, stage_index: int) -> str | None:
     """The last global-stage version a non-global stage builds on (None: the sites' own base model)."""
-    this = stage_row(uow, experiment_id, stage_index)
-    if this.kind == "global":
+    if uow.stages.get(experiment_id, stage_index).kind == "global":
         return None
-    return uow.session.scalar(
-        select(models.Stage.output_version_id)
-        .where(
-            models.Stage.experiment_id == experiment_id,
-            models.Stage.kind == "global",
-            models.Stage.stage_index < stage_index,
-            models.Stage.state == "completed",
-        )
-        .order_by(models.Stage.stage_index.desc())
-        .limit(1)
-    )
+    return uow.stages.latest_global_output(experiment_id, stage_index)
 
 
 def base_version_json(base: models.ModelVersion) -> bytes:
@@ -68,44 +46,22 @@ def base_version_json(base: models.ModelVersion) -> bytes:
 
 
 def advance_after_round(
-    uow: SqlUnitOfWork, rnd: models.Round, output_version_id: str | None, now: float
+    uow: UnitOfWork, rnd: models.Round, output_version_id: str | None, now: float
 ) -> None:
     """After `rnd` committed: complete its stage when it was the last round, then move on or finish."""
-    session = uow.session
-    experiment = session.get(models.Experiment, rnd.experiment_id)
+    experiment = uow.experiments.get(rnd.experiment_id)
     assert experiment is not None
-    stage = stage_row(uow, rnd.experiment_id, rnd.stage_index)
+    stage = uow.stages.get(rnd.experiment_id, rnd.stage_index)
     experiment.current_round = rnd.round
     experiment.updated_at = now
     if rnd.round < stage.rounds_total:
         return
-    stage.state, stage.finished_at, stage.output_version_id = "completed", now, output_version_id
-    record_event(
-        uow,
-        "stage.completed",
-        f"stage {stage.name} ({stage.kind}) completed",
-        rnd.experiment_id,
-        {"stage": stage.name, "stage_index": stage.stage_index, "version_id": output_version_id or ""},
-    )
-    last_stage = session.scalar(
-        select(models.Stage.stage_index)
-        .where(models.Stage.experiment_id == rnd.experiment_id)
-        .order_by(models.Stage.stage_index.desc())
-        .limit(1)
-    )
-    if rnd.stage_index < (last_stage or 0):
+    lifecycle.complete_stage(uow, stage, output_version_id, now)
+    if rnd.stage_index < uow.stages.last_index(rnd.experiment_id):
         experiment.current_stage_index = rnd.stage_index + 1
         experiment.current_round = 0
         return
-    if experiment.state in ("running", "paused"):
-        experiment.state = "completed"
-        record_event(
-            uow,
-            "experiment.completed",
-            f"experiment {experiment.name} completed",
-            experiment.id,
-            {"version_id": output_version_id or ""},
-        )
+    lifecycle.complete_experiment(uow, experiment, output_version_id, now)
 
 
 def personalize_metrics(results: list[tuple[str, int, dict[str, float]]]) -> dict[str, float]:
@@ -134,27 +90,20 @@ def personalize_metrics(results: list[tuple[str, int, dict[str, float]]]) -> dic
     return out
 
 
-def commit_personalize_round(uow: SqlUnitOfWork, round_id: str, now: float) -> dict[str, float]:
+def commit_personalize_round(uow: UnitOfWork, rnd: models.Round, now: float) -> dict[str, float]:
     """Close a personalize round: per-site metrics into the round, no aggregation, no new version."""
-    rnd = uow.session.get(models.Round, round_id)
-    assert rnd is not None
-    rows = uow.session.execute(
-        select(models.Task, models.Site.name)
-        .join(models.Site, models.Site.id == models.Task.site_id)
-        .where(models.Task.round_id == round_id, models.Task.state == "done")
-    ).all()
+    rows = uow.tasks.done_in_round(rnd.id)
     metrics = personalize_metrics(
         [(site, task.num_examples, {k: float(v) for k, v in task.metrics.items()}) for task, site in rows]
     )
-    rnd.state, rnd.closed_at, rnd.metrics = "committed", now, metrics
-    cancel_live_tasks(uow, round_id=round_id)
-    stage = stage_row(uow, rnd.experiment_id, rnd.stage_index)
-    record_event(
+    stage = uow.stages.get(rnd.experiment_id, rnd.stage_index)
+    lifecycle.commit_round(
         uow,
-        "round.committed",
-        f"{stage.name} round {rnd.round} closed with {len(rows)} personalized site(s)",
-        rnd.experiment_id,
-        {"round_id": rnd.id, "round": rnd.round, "stage": stage.name, "sites": sorted(s for _, s in rows)},
+        rnd,
+        now,
+        metrics=metrics,
+        message=f"{stage.name} round {rnd.round} closed with {len(rows)} personalized site(s)",
+        data={"stage": stage.name, "sites": sorted(s for _, s in rows)},
     )
     advance_after_round(uow, rnd, None, now)
     return metrics

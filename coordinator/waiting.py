@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
-
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, SelectionSpec
-from storage import models
 from storage.registry import record_event
-from storage.uow import SqlUnitOfWork
+from storage.uow import UnitOfWork
 
 log = logging.getLogger("fedtune.coordinator.waiting")
 
@@ -32,11 +29,11 @@ PROGRESS_EVENTS = ("round.opened", "task.created")
 MAX_LISTED_SITES = 10
 
 
-def registered_site_names(uow: SqlUnitOfWork) -> list[str]:
-    return sorted(uow.session.scalars(select(models.Site.name)))
+def registered_site_names(uow: UnitOfWork) -> list[str]:
+    return uow.sites.names()
 
 
-def check_selection_sites_known(uow: SqlUnitOfWork, spec: ExperimentSpec) -> None:
+def check_selection_sites_known(uow: UnitOfWork, spec: ExperimentSpec) -> None:
     """INVALID_SPEC when a stage's selection.sites names a site the coordinator does not know."""
     registered = set(registered_site_names(uow))
     for index, stage in enumerate(spec.stages):
@@ -50,7 +47,7 @@ def check_selection_sites_known(uow: SqlUnitOfWork, spec: ExperimentSpec) -> Non
             )
 
 
-def round_waiting_reason(uow: SqlUnitOfWork, selection: SelectionSpec, online: list[str], what: str) -> str:
+def round_waiting_reason(uow: UnitOfWork, selection: SelectionSpec, online: list[str], what: str) -> str:
     """Why `what` (e.g. "finetune round 1") cannot start: counts of eligible online and registered sites."""
     registered = registered_site_names(uow)
     if selection.sites is not None:
@@ -74,23 +71,15 @@ def round_waiting_reason(uow: SqlUnitOfWork, selection: SelectionSpec, online: l
     return reason
 
 
-def current_waiting_reason(uow: SqlUnitOfWork, experiment_id: str) -> str:
+def current_waiting_reason(uow: UnitOfWork, experiment_id: str) -> str:
     """The reason of the latest experiment.waiting event, unless the experiment moved on since."""
-    latest = uow.session.scalars(
-        select(models.Event)
-        .where(
-            models.Event.experiment_id == experiment_id,
-            models.Event.kind.in_((WAITING_EVENT, *PROGRESS_EVENTS)),
-        )
-        .order_by(models.Event.id.desc())
-        .limit(1)
-    ).first()
+    latest = uow.events.latest_of_kinds(experiment_id, (WAITING_EVENT, *PROGRESS_EVENTS))
     if latest is None or latest.kind != WAITING_EVENT:
         return ""
     return str(latest.data.get("reason", latest.message))
 
 
-def announce_waiting(uow: SqlUnitOfWork, experiment_id: str, reason: str) -> bool:
+def announce_waiting(uow: UnitOfWork, experiment_id: str, reason: str) -> bool:
     """Record an experiment.waiting event when `reason` differs from the current one; True if recorded."""
     if current_waiting_reason(uow, experiment_id) == reason:
         return False

@@ -22,7 +22,7 @@ from coordinator.blocking import BlockingPool
 from coordinator.bootstrap import Services
 from coordinator.site_limits import DOWNLOAD, PULL, UPLOAD, SiteCallLimits
 from coordinator.streaming import send
-from coordinator.uploads import UploadItem
+from coordinator.upload_session import UploadItem
 from fedtune.errors import ErrorCode, FedtuneError, aio_rpc_errors
 from fedtune.serde import UpdateHeaderRecord, task_to_proto, update_header_from_proto
 from fedtune.tensorstream.manifest import Manifest

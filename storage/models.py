@@ -55,7 +55,7 @@ class Worker(Base):
     __tablename__ = "workers"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
-    state: Mapped[str] = mapped_column(String(32), default="online")  # online, offline
+    state: Mapped[str] = mapped_column(String(32), default="online")  # storage.states.WorkerState
     device: Mapped[dict[str, Any]] = mapped_column(default=dict)
     dataset_sizes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     worker_version: Mapped[str] = mapped_column(String(64), default="")
@@ -70,7 +70,7 @@ class Experiment(Base):
     name: Mapped[str] = mapped_column(String(200))
     spec_yaml: Mapped[str] = mapped_column(Text)
     spec_json: Mapped[str] = mapped_column(Text)
-    # submitted, initializing, running, paused, completed, failed, aborted
+    # storage.states.ExperimentState: submitted, running, paused, completed, failed, aborted
     state: Mapped[str] = mapped_column(String(32), default="submitted", index=True)
     current_stage_index: Mapped[int] = mapped_column(Integer, default=0)
     current_round: Mapped[int] = mapped_column(Integer, default=0)
@@ -87,7 +87,9 @@ class Stage(Base):
     stage_index: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(100))
     kind: Mapped[str] = mapped_column(String(32))  # global, finetune, personalize
-    state: Mapped[str] = mapped_column(String(32), default="pending")  # pending, running, completed, failed
+    state: Mapped[str] = mapped_column(
+        String(32), default="pending"
+    )  # StageState: pending, running, completed
     rounds_total: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -101,7 +103,7 @@ class Round(Base):
     experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id"), index=True)
     stage_index: Mapped[int] = mapped_column(Integer)
     round: Mapped[int] = mapped_column(Integer)  # 1-based within the stage
-    # open, collecting, aggregating, committed, failed
+    # storage.states.RoundState: open, collecting, aggregating, committed, failed
     state: Mapped[str] = mapped_column(String(32), default="open", index=True)
     base_version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # version trained from
     selected_sites: Mapped[list[Any]] = mapped_column(default=list)
@@ -120,9 +122,9 @@ class Task(Base):
     experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id"), index=True)
     round_id: Mapped[str | None] = mapped_column(ForeignKey("rounds.id"), nullable=True, index=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(32))  # init, train, personalize, evaluate
+    kind: Mapped[str] = mapped_column(String(32))  # init, train, personalize
     stage_index: Mapped[int] = mapped_column(Integer, default=0)
-    # pending, leased, done, failed, expired, cancelled
+    # storage.states.TaskState: pending, leased, done, failed, cancelled
     state: Mapped[str] = mapped_column(String(32), default="pending", index=True)
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # start from
@@ -144,8 +146,8 @@ class Update(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), unique=True)
     round_id: Mapped[str | None] = mapped_column(ForeignKey("rounds.id"), nullable=True, index=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
-    # receiving, verified, folded, rejected
-    state: Mapped[str] = mapped_column(String(32), default="receiving")
+    # storage.states.UpdateState: verified, folded, rejected (a row is made only for a complete upload)
+    state: Mapped[str] = mapped_column(String(32), default="verified")
     num_examples: Mapped[int] = mapped_column(BigInteger, default=0)
     weight: Mapped[float] = mapped_column(Float, default=0.0)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -168,8 +170,8 @@ class ModelVersion(Base):
     stage_index: Mapped[int] = mapped_column(Integer, default=0)
     stage_name: Mapped[str] = mapped_column(String(100), default="")
     round: Mapped[int] = mapped_column(Integer, default=0)
-    kind: Mapped[str] = mapped_column(String(32), default="adapter")  # adapter, base, personalized
-    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"), nullable=True)  # personalized
+    kind: Mapped[str] = mapped_column(String(32), default="adapter")  # storage.states.VersionKind
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"), nullable=True)  # one site's only
     blob_digest: Mapped[str] = mapped_column(String(64))
     manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)  # side file name -> blob digest

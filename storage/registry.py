@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,10 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.sanitize import ERROR_TEXT_LIMIT, EVENT_MESSAGE_LIMIT, public_data, public_text
 from storage.blobs import BlobStore
-from storage.models import Event, Experiment, ModelVersion, StrategyState, Update, new_id
-from storage.uow import SqlUnitOfWork, UnitOfWorkFactory
+from storage.models import Event, ModelVersion, StrategyState, Update, new_id
+from storage.states import VersionKind
+from storage.uow import SqlUnitOfWork, UnitOfWork
 
-MODEL_KINDS = ("adapter", "base", "personalized")
+MODEL_KINDS = tuple(kind.value for kind in VersionKind)
+U = TypeVar("U", bound=UnitOfWork)
 
 
 def _check_side_file_name(name: str) -> None:
@@ -37,7 +39,7 @@ def _check_side_file_name(name: str) -> None:
 
 
 def store_model_version(
-    uow_factory: UnitOfWorkFactory,
+    uow_factory: Callable[[], U],
     blobs: BlobStore,
     *,
     tensors_path: Path,
@@ -54,7 +56,7 @@ def store_model_version(
     sites: list[str],
     num_examples: int,
     site_id: int | None = None,
-    extra: Callable[[SqlUnitOfWork, ModelVersion], None] | None = None,
+    extra: Callable[[U, ModelVersion], None] | None = None,
     move: bool = False,
 ) -> ModelVersion:
     """Store a model version: blobs first (durable), then its row, committed in one unit of work.
@@ -77,21 +79,17 @@ def store_model_version(
     file_digests = {name: blobs.put_bytes(data) for name, data in sorted(files.items())}
 
     # 2. The row (and the caller's changes), in one transaction.
-    with uow_factory() as uow:
-        session = uow.session
-        if session.get(Experiment, experiment_id) is None:
+    uow = uow_factory()
+    with uow:
+        if uow.experiments.get(experiment_id) is None:
             raise FedtuneError(ErrorCode.NOT_FOUND, f"experiment {experiment_id!r} does not exist")
-        if parent_id is not None and session.get(ModelVersion, parent_id) is None:
+        if parent_id is not None and uow.versions.get(parent_id) is None:
             raise FedtuneError(ErrorCode.NOT_FOUND, f"parent model version {parent_id!r} does not exist")
-        taken = session.scalar(
-            select(ModelVersion.id).where(
-                ModelVersion.experiment_id == experiment_id, ModelVersion.version == version
-            )
-        )
+        taken = uow.versions.numbered(experiment_id, version)
         if taken is not None:
             raise FedtuneError(
                 ErrorCode.ALREADY_EXISTS,
-                f"experiment {experiment_id!r} already has model version {version} ({taken})",
+                f"experiment {experiment_id!r} already has model version {version} ({taken.id})",
             )
         row = ModelVersion(
             id=new_id("mv"),
@@ -110,9 +108,9 @@ def store_model_version(
             sites=list(sites),
             num_examples=num_examples,
         )
-        session.add(row)
+        uow.versions.add(row)
         try:
-            session.flush()
+            uow.flush()
             if extra is not None:
                 extra(uow, row)
             uow.commit()
@@ -126,7 +124,7 @@ def store_model_version(
 
 
 def record_event(
-    uow: SqlUnitOfWork,
+    uow: UnitOfWork,
     kind: str,
     message: str,
     experiment_id: str | None = None,
@@ -136,6 +134,7 @@ def record_event(
 
     Messages and data often carry what a site sent (a task's error, an upload's rejection): every
     string is made one printable line and bounded here, once for all callers (fedtune/sanitize.py).
+    An event means something changed: the commit wakes the scheduler and the event watchers.
     """
     event = Event(
         kind=kind,
@@ -143,46 +142,38 @@ def record_event(
         experiment_id=experiment_id,
         data=public_data(dict(data or {}), ERROR_TEXT_LIMIT),
     )
-    uow.session.add(event)
+    uow.events.add(event)
+    uow.wake()
     return event
 
 
 def events_after(
-    uow: SqlUnitOfWork, after_id: int = 0, *, experiment_id: str | None = None, limit: int = 100
+    uow: UnitOfWork, after_id: int = 0, *, experiment_id: str | None = None, limit: int = 100
 ) -> list[Event]:
     """Events with id > `after_id`, oldest first (what `fedtune admin watch` polls)."""
-    query = select(Event).where(Event.id > after_id)
-    if experiment_id is not None:
-        query = query.where(Event.experiment_id == experiment_id)
-    return list(uow.session.scalars(query.order_by(Event.id).limit(limit)))
+    return uow.events.after(after_id, experiment_id=experiment_id, limit=limit)
 
 
-def get_model_version(uow: SqlUnitOfWork, version_id: str) -> ModelVersion:
-    row = uow.session.get(ModelVersion, version_id)
+def get_model_version(uow: UnitOfWork, version_id: str) -> ModelVersion:
+    row = uow.versions.get(version_id)
     if row is None:
         raise FedtuneError(ErrorCode.NOT_FOUND, f"model version {version_id!r} does not exist")
     return row
 
 
-def list_model_versions(uow: SqlUnitOfWork, experiment_id: str) -> list[ModelVersion]:
+def list_model_versions(uow: UnitOfWork, experiment_id: str) -> list[ModelVersion]:
     """The experiment's model versions, by version number."""
-    query = select(ModelVersion).where(ModelVersion.experiment_id == experiment_id)
-    return list(uow.session.scalars(query.order_by(ModelVersion.version)))
+    return uow.versions.ordered(experiment_id)
 
 
 def latest_model_version(
-    uow: SqlUnitOfWork, experiment_id: str, *, kind: str | None = None, stage_index: int | None = None
+    uow: UnitOfWork, experiment_id: str, *, stage_index: int | None = None
 ) -> ModelVersion | None:
-    """The experiment's highest-numbered version (optionally of one kind / stage), or None."""
-    query = select(ModelVersion).where(ModelVersion.experiment_id == experiment_id)
-    if kind is not None:
-        query = query.where(ModelVersion.kind == kind)
-    if stage_index is not None:
-        query = query.where(ModelVersion.stage_index == stage_index)
-    return uow.session.scalars(query.order_by(ModelVersion.version.desc()).limit(1)).first()
+    """The experiment's highest-numbered version (optionally of one stage), or None."""
+    return uow.versions.latest(experiment_id, stage_index=stage_index)
 
 
-def model_version_lineage(uow: SqlUnitOfWork, version_id: str) -> list[ModelVersion]:
+def model_version_lineage(uow: UnitOfWork, version_id: str) -> list[ModelVersion]:
     """The chain of versions from the root ancestor down to `version_id` (root first)."""
     chain: list[ModelVersion] = []
     seen: set[str] = set()

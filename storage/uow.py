@@ -2,22 +2,131 @@
 
 Leaving the block without ``commit()`` (or with an exception) rolls back. Nothing opens a
 session at import time; ``SqlUnitOfWork`` takes a session factory from ``storage.db``.
+
+A unit of work carries the repositories (``uow.tasks``, ``uow.rounds`` ...: the registry's named
+queries, ``storage.repositories``) and collects *wake-ups*: who should hear of the change once it is
+committed (``uow.wake(sites=[...])``: those sites may have a new leasable task; ``all_sites=True``:
+every site may). ``commit()`` hands them to the factory's ``after_commit`` hook (the coordinator's
+notifier); a rollback drops them, so nobody is woken for a change that did not happen.
 """
 
 from __future__ import annotations
 
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.repositories import (
+    EventRepository,
+    ExperimentRepository,
+    RoundRepository,
+    SiteRepository,
+    SqlEventRepository,
+    SqlExperimentRepository,
+    SqlRoundRepository,
+    SqlSiteRepository,
+    SqlStageRepository,
+    SqlTaskRepository,
+    SqlUpdateRepository,
+    SqlVersionRepository,
+    SqlWorkerRepository,
+    StageRepository,
+    TaskRepository,
+    UpdateRepository,
+    VersionRepository,
+    WorkerRepository,
+)
 
-class SqlUnitOfWork:
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+log = logging.getLogger("fedtune.storage.uow")
+
+
+@dataclass(frozen=True)
+class Wakeups:
+    """What a committed unit of work asks to be woken: every watcher, and these sites' long-polls."""
+
+    sites: frozenset[int] = frozenset()
+    all_sites: bool = False
+
+
+AfterCommit = Callable[[Wakeups], None]
+
+
+class UnitOfWork(ABC):
+    """The interface services use; ``SqlUnitOfWork`` and ``storage.memory.FakeUnitOfWork`` implement it."""
+
+    sites: SiteRepository
+    workers: WorkerRepository
+    experiments: ExperimentRepository
+    stages: StageRepository
+    rounds: RoundRepository
+    tasks: TaskRepository
+    updates: UpdateRepository
+    versions: VersionRepository
+    events: EventRepository
+
+    def __init__(self, after_commit: AfterCommit | None = None) -> None:
+        self._after_commit = after_commit
+        self._wake_sites: set[int] = set()
+        self._wake_all = False
+        self._wake_any = False
+
+    def wake(self, sites: Iterable[int] = (), *, all_sites: bool = False) -> None:
+        """After the next commit, wake the watchers and the long-polls of `sites` (or of all sites)."""
+        self._wake_any = True
+        self._wake_sites.update(sites)
+        self._wake_all = self._wake_all or all_sites
+
+    def _drop_wakeups(self) -> None:
+        self._wake_sites, self._wake_all, self._wake_any = set(), False, False
+
+    def _fire_wakeups(self) -> None:
+        if not self._wake_any:
+            return
+        wakeups = Wakeups(frozenset(self._wake_sites), self._wake_all)
+        self._drop_wakeups()
+        if self._after_commit is not None:
+            try:
+                self._after_commit(wakeups)
+            except Exception:  # the change is committed; a failed wake-up only delays someone
+                log.exception("after-commit wake-up failed")
+
+    @abstractmethod
+    def __enter__(self) -> UnitOfWork: ...
+
+    @abstractmethod
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def rollback(self) -> None: ...
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Send pending changes (so generated ids are set) without committing."""
+
+
+class SqlUnitOfWork(UnitOfWork):
+    def __init__(
+        self, session_factory: sessionmaker[Session], after_commit: AfterCommit | None = None
+    ) -> None:
+        super().__init__(after_commit)
         self._session_factory = session_factory
         self._session: Session | None = None
 
     @property
     def session(self) -> Session:
+        """The open session: for storage's own code and tests, never for services (use repositories)."""
         if self._session is None:
             raise RuntimeError("use the unit of work inside `with uow:`")
         return self._session
@@ -25,7 +134,16 @@ class SqlUnitOfWork:
     def __enter__(self) -> SqlUnitOfWork:
         if self._session is not None:
             raise RuntimeError("this unit of work is already open; make a new one per thread/block")
-        self._session = self._session_factory()
+        session = self._session = self._session_factory()
+        self.sites = SqlSiteRepository(session)
+        self.workers = SqlWorkerRepository(session)
+        self.experiments = SqlExperimentRepository(session)
+        self.stages = SqlStageRepository(session)
+        self.rounds = SqlRoundRepository(session)
+        self.tasks = SqlTaskRepository(session)
+        self.updates = SqlUpdateRepository(session)
+        self.versions = SqlVersionRepository(session)
+        self.events = SqlEventRepository(session)
         return self
 
     def __exit__(
@@ -38,24 +156,38 @@ class SqlUnitOfWork:
         try:
             self._session.rollback()
         finally:
+            self._drop_wakeups()
             self._session.close()
             self._session = None
 
     def commit(self) -> None:
         self.session.commit()
+        self._fire_wakeups()
 
     def rollback(self) -> None:
         self.session.rollback()
+        self._drop_wakeups()
 
     def flush(self) -> None:
         self.session.flush()
 
 
 class UnitOfWorkFactory:
-    """Makes a fresh unit of work per use: ``with uow_factory() as uow:``."""
+    """Makes a fresh unit of work per use: ``with uow_factory() as uow:``.
 
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    ``after_commit`` (set once at wiring, e.g. to the coordinator's notifier) hears each commit's
+    wake-ups."""
+
+    def __init__(
+        self, session_factory: sessionmaker[Session], after_commit: AfterCommit | None = None
+    ) -> None:
         self.session_factory = session_factory
+        self.after_commit = after_commit
 
     def __call__(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.session_factory)
+        return SqlUnitOfWork(self.session_factory, self.after_commit)
+
+
+# What services take: anything that makes a unit of work (a ``UnitOfWorkFactory``, or the in-memory
+# ``storage.memory.FakeUnitOfWorkFactory`` in tests).
+UowFactory = Callable[[], UnitOfWork]

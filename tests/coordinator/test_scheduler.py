@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_a
 from storage import models
 from tests.support.cluster import SITES, make_settings, spec_yaml
 from tests.support.fake_worker import initial_arrays
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -262,3 +264,44 @@ def test_fraction_selection_is_seeded_and_respects_min_sites() -> None:
     assert select_sites(online[:1], selection, seed=7, round_number=3) is None
     restricted = SelectionSpec(sites=["s1", "s2", "zz"], min_sites=2)
     assert select_sites(online, restricted, seed=0, round_number=1) == ["s1", "s2"]
+
+
+def test_a_slow_round_commit_does_not_stall_lease_expiry_or_other_experiments(
+    services: Services, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: experiment 1's round has every update, and its commit blocks until released
+    first, workers = initialized(services, spec_yaml(rounds=1, min_sites=3))
+    for site in ("a", "b", "c"):
+        task = services.tasks.pull(site_id(services, site), workers[site], 0)
+        assert task is not None
+        push(services, site, task.task_id, initial_arrays(), 10)
+    entered, release = threading.Event(), threading.Event()
+    commit = services.aggregator.commit
+
+    def slow_commit(round_id: str) -> str:
+        entered.set()
+        release.wait(30)
+        return commit(round_id)
+
+    monkeypatch.setattr(services.aggregator, "commit", slow_commit)
+    second = services.experiments.submit(spec_yaml(rounds=1, min_sites=1, sites=["a"]), start=True)
+    stop = threading.Event()
+    loop = threading.Thread(target=services.scheduler.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        # Execute: while experiment 1 commits, experiment 2 gets its INIT task, whose lease runs out
+        assert entered.wait(10)
+        init = wait_for(lambda: services.tasks.pull(site_id(services, "a"), workers["a"], 0.1))
+        assert init is not None and init.kind == "init"
+        clock.advance(21)
+        services.notifier.notify()
+
+        # Assert: the scheduler thread went on (the old synchronous commit held it until release)
+        wait_for(lambda: task_state(services, init.task_id) == "pending")
+        assert [r.state for r in rounds(services, first)] == ["collecting"]  # its commit still waits
+        assert experiment(services, second).state == "running"
+    finally:
+        release.set()
+        wait_for(lambda: [r.state for r in rounds(services, first)] == ["committed"])
+        stop.set()
+        loop.join(10)

@@ -18,6 +18,7 @@ from fedtune.v1 import admin_pb2
 from storage import models
 from tests.support.cluster import ADMIN_TOKEN, Cluster, spec_yaml
 from tests.support.flow import committed_version, initialize, pull_train, train_update
+from tests.support.waiting import wait_for
 
 
 def one_round_done(cluster: Cluster) -> str:
@@ -28,6 +29,7 @@ def one_round_done(cluster: Cluster) -> str:
     task = pull_train(a)
     a.push(task.task_id, train_update(a, task, np.random.default_rng(1)), num_examples=4)
     committed_version(admin, experiment_id, 1)
+    wait_for(lambda: len(admin.rounds(experiment_id)) == 2)  # the scheduler opens round 2 after the commit
     return experiment_id
 
 

@@ -190,8 +190,8 @@ def test_rejects_a_version_number_already_taken(
 def test_lineage_runs_from_root_to_version_and_latest_is_highest(
     uow_factory: UnitOfWorkFactory, blobs: LocalBlobStore, tmp_path: Path, experiment_id: str
 ) -> None:
-    # Prepare: base v0 -> adapter round 1 -> round 2, plus a personalized branch off round 1
-    base = _store(uow_factory, blobs, tmp_path, experiment_id, kind="base")
+    # Prepare: v0 -> round 1 -> round 2, plus a branch off round 1 (a later stage)
+    base = _store(uow_factory, blobs, tmp_path, experiment_id)
     round1 = _store(uow_factory, blobs, tmp_path, experiment_id, version=1, parent_id=base.id, round=1)
     round2 = _store(uow_factory, blobs, tmp_path, experiment_id, version=2, parent_id=round1.id, round=2)
     personal = _store(
@@ -201,7 +201,6 @@ def test_lineage_runs_from_root_to_version_and_latest_is_highest(
         experiment_id,
         version=3,
         parent_id=round1.id,
-        kind="personalized",
         stage_index=1,
         stage_name="personalize",
     )
@@ -210,7 +209,7 @@ def test_lineage_runs_from_root_to_version_and_latest_is_highest(
         assert [v.id for v in model_version_lineage(uow, round2.id)] == [base.id, round1.id, round2.id]
         assert [v.id for v in model_version_lineage(uow, personal.id)] == [base.id, round1.id, personal.id]
         assert latest_model_version(uow, experiment_id).id == personal.id  # type: ignore[union-attr]
-        assert latest_model_version(uow, experiment_id, kind="adapter").id == round2.id  # type: ignore[union-attr]
+        assert latest_model_version(uow, experiment_id, stage_index=0).id == round2.id  # type: ignore[union-attr]
         assert latest_model_version(uow, "exp-none") is None
         assert [v.version for v in list_model_versions(uow, experiment_id)] == [0, 1, 2, 3]
         assert referenced_blob_digests(uow) == set(blobs.iter_digests())
