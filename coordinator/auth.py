@@ -222,7 +222,7 @@ class SiteAuth:
         if len(site) > MAX_SITE_NAME_CHARS or control_character(site) is not None:
             # no site has such a name, and PostgreSQL could not even compare it (NUL)
             raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site[:80]!r} or wrong token")
-        with self._uow_factory() as uow:
+        with self._uow_factory.reader() as uow:
             row = uow.sites.by_name(site)
             matches = row is not None and hmac.compare_digest(row.token_hash, hash_token(token))
             site_id, revoked = (row.id, row.revoked_at is not None) if row is not None else (0, False)

@@ -126,10 +126,43 @@ class TaskService:
         if worker.state != WorkerState.ONLINE:
             lifecycle.worker_online(uow, worker)
 
+    def _needs_write(
+        self, worker: models.Worker, task_id: str, task: models.Task | None, cancel: bool
+    ) -> bool:
+        """Whether a heartbeat must write: the worker comes back online or changes task, its last-seen
+        time is getting stale, or its task's lease is past half (docs/decisions.md 28: most heartbeats
+        of a thousand sites then only read, and take no write lock)."""
+        settings, now = self._settings, self._clock.now()
+        if worker.state != WorkerState.ONLINE:
+            return True
+        if task_id and worker.current_task_id != (None if cancel else task_id):
+            return True
+        # refresh last-seen while at least two more heartbeats fit before the worker counts as offline
+        stale_after = settings.worker_offline_after_seconds - 2 * settings.heartbeat_seconds
+        if now - worker.last_seen_at >= min(stale_after, settings.worker_offline_after_seconds / 3):
+            return True
+        if task is not None and task_id and not cancel:
+            lease_left = (task.lease_expires_at or 0.0) - now
+            # extend at half the lease, or at every heartbeat when the lease is short
+            if lease_left < max(settings.task_lease_seconds / 2, 3 * settings.heartbeat_seconds):
+                return True
+        return False
+
     def heartbeat(self, site_id: int, worker_id: str, task_id: str = "", progress: str = "") -> bool:
         """Refresh the worker (and the lease of its task); True = stop working on that task."""
         limits.check_id("task_id", task_id)
         limits.check_text("progress", progress, limits.MAX_PROGRESS_CHARS)
+        with self._uow_factory.reader() as uow:  # most heartbeats change nothing worth a write
+            worker = self._own_worker(uow, site_id, worker_id)
+            task = uow.tasks.get(task_id) if task_id else None
+            cancel = bool(task_id) and (
+                task is None
+                or task.site_id != site_id
+                or task.state != TaskState.LEASED
+                or task.worker_id != worker_id
+            )
+            if not self._needs_write(worker, task_id, task, cancel):
+                return cancel
         with self._uow_factory() as uow:
             worker = self._own_worker(uow, site_id, worker_id)
             self._touch(uow, worker)
@@ -153,6 +186,9 @@ class TaskService:
     # ----------------------------------------------------------------- tasks
     def begin_pull(self, site_id: int, worker_id: str) -> float:
         """Mark the worker seen (NOT_FOUND / PERMISSION_DENIED for a stranger); the long-poll's cap."""
+        with self._uow_factory.reader() as uow:
+            if not self._needs_write(self._own_worker(uow, site_id, worker_id), "", None, False):
+                return self._settings.max_pull_wait_seconds
         with self._uow_factory() as uow:
             self._touch(uow, self._own_worker(uow, site_id, worker_id))
             uow.commit()

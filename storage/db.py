@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from storage.uow import UnitOfWorkFactory
+from storage.uow import READ_ONLY_OPTION, UnitOfWorkFactory
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -58,7 +58,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only unit of work (``UnitOfWorkFactory.reader``) takes no write lock: in WAL mode it
+        # reads a snapshot while a writer commits, so authentication and checks do not queue behind
+        # commits. Everything that may write begins IMMEDIATE (one writer at a time, no upgrade race).
+        read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -373,8 +373,11 @@ class FakeEventRepository(_Repo, EventRepository):
 
 
 class FakeUnitOfWork(UnitOfWork):
-    def __init__(self, registry: InMemoryRegistry, after_commit: AfterCommit | None = None) -> None:
+    def __init__(
+        self, registry: InMemoryRegistry, after_commit: AfterCommit | None = None, *, read_only: bool = False
+    ) -> None:
         super().__init__(after_commit)
+        self._read_only = read_only
         self.registry = registry
         self.sites = FakeSiteRepository(registry)
         self.workers = FakeWorkerRepository(registry)
@@ -399,6 +402,8 @@ class FakeUnitOfWork(UnitOfWork):
         self._drop_wakeups()
 
     def commit(self) -> None:
+        if self._read_only:
+            raise RuntimeError("a read-only unit of work (reader) cannot commit")
         self.committed += 1
         self._fire_wakeups()
 
@@ -421,6 +426,10 @@ class FakeUnitOfWorkFactory:
         uow = FakeUnitOfWork(self.registry, self.after_commit)
         self._made.append(uow)
         return uow
+
+    def reader(self) -> FakeUnitOfWork:
+        """A unit of work that cannot commit, like ``UnitOfWorkFactory.reader``."""
+        return FakeUnitOfWork(self.registry, self.after_commit, read_only=True)
 
     @property
     def commits(self) -> int:

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +43,7 @@ from storage.repositories import (
 )
 
 log = logging.getLogger("fedtune.storage.uow")
+READ_ONLY_OPTION = "fedtune_read_only"  # an engine execution option: SQLite begins without the write lock
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,16 @@ class UnitOfWork(ABC):
 
 class SqlUnitOfWork(UnitOfWork):
     def __init__(
-        self, session_factory: sessionmaker[Session], after_commit: AfterCommit | None = None
+        self,
+        session_factory: sessionmaker[Session],
+        after_commit: AfterCommit | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
         super().__init__(after_commit)
         self._session_factory = session_factory
         self._session: Session | None = None
+        self._read_only = read_only
 
     @property
     def session(self) -> Session:
@@ -134,7 +141,13 @@ class SqlUnitOfWork(UnitOfWork):
     def __enter__(self) -> SqlUnitOfWork:
         if self._session is not None:
             raise RuntimeError("this unit of work is already open; make a new one per thread/block")
-        session = self._session = self._session_factory()
+        if self._read_only:
+            bind = self._session_factory.kw["bind"]
+            session = self._session = self._session_factory(
+                bind=bind.execution_options(**{READ_ONLY_OPTION: True})
+            )
+        else:
+            session = self._session = self._session_factory()
         self.sites = SqlSiteRepository(session)
         self.workers = SqlWorkerRepository(session)
         self.experiments = SqlExperimentRepository(session)
@@ -161,6 +174,8 @@ class SqlUnitOfWork(UnitOfWork):
             self._session = None
 
     def commit(self) -> None:
+        if self._read_only:
+            raise RuntimeError("a read-only unit of work (UnitOfWorkFactory.reader) cannot commit")
         self.session.commit()
         self._fire_wakeups()
 
@@ -187,7 +202,17 @@ class UnitOfWorkFactory:
     def __call__(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.session_factory, self.after_commit)
 
+    def reader(self) -> SqlUnitOfWork:
+        """A unit of work that only reads (it cannot commit): on SQLite it takes no write lock, so
+        lookups (authentication, a heartbeat that changes nothing) never wait behind a commit."""
+        return SqlUnitOfWork(self.session_factory, self.after_commit, read_only=True)
+
 
 # What services take: anything that makes a unit of work (a ``UnitOfWorkFactory``, or the in-memory
 # ``storage.memory.FakeUnitOfWorkFactory`` in tests).
-UowFactory = Callable[[], UnitOfWork]
+class UowFactory(Protocol):
+    def __call__(self) -> UnitOfWork: ...
+
+    def reader(self) -> UnitOfWork:
+        """A unit of work for reads only (cannot commit)."""
+        ...
