@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import click
+from cryptography import x509
 
 from admin.certs import issue
 from fedtune.errors import FedtuneError
@@ -48,8 +51,28 @@ coordinator: it may call the Admin API without the admin token. A site certifica
 """
 
 
-def _fail(err: FedtuneError) -> None:
+def _fail(err: FedtuneError) -> NoReturn:
     raise click.ClickException(err.message)
+
+
+def _sign_with_ca(
+    ca_dir: Path,
+    force: bool,
+    bundle_for: Callable[[], issue.Bundle],
+    make: Callable[[x509.Certificate, issue.Key, str, int], tuple[x509.Certificate, issue.Key]],
+    name: str,
+    days: int,
+) -> issue.Bundle:
+    """One more leaf certificate signed by the CA in `ca_dir`, written to its bundle folder."""
+    try:
+        bundle = bundle_for()
+        issue.refuse_existing(bundle.files(), force)
+        ca_cert, ca_key = issue.load_ca(ca_dir)
+        cert, key = make(ca_cert, ca_key, name, days)
+        issue.write_bundle(bundle, ca_cert, cert, key)
+    except FedtuneError as err:
+        _fail(err)
+    return bundle
 
 
 @click.group("certs")
@@ -132,14 +155,9 @@ def init_command(
 @click.option("--force", is_flag=True, help="Replace the site's existing files.")
 def add_site_command(ca_dir: Path, name: str, days: int, force: bool) -> None:
     """Make the client cert of one more site NAME (its CN), signed by the existing CA."""
-    try:
-        bundle = issue.site_bundle(ca_dir, name)
-        issue.refuse_existing(bundle.files(), force)
-        ca_cert, ca_key = issue.load_ca(ca_dir)
-        cert, key = issue.make_leaf(ca_cert, ca_key, name, days)
-        issue.write_bundle(bundle, ca_cert, cert, key)
-    except FedtuneError as err:
-        _fail(err)
+    bundle = _sign_with_ca(
+        ca_dir, force, lambda: issue.site_bundle(ca_dir, name), issue.make_leaf, name, days
+    )
     click.echo(f"site: {bundle.folder}/ (give this folder to {name})")
 
 
@@ -157,12 +175,7 @@ def add_site_command(ca_dir: Path, name: str, days: int, force: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace the admin's existing files.")
 def add_admin_command(ca_dir: Path, name: str, days: int, force: bool) -> None:
     """Make an admin client cert for operator NAME (CN fedtune-admin:NAME), signed by the existing CA."""
-    try:
-        bundle = issue.admin_bundle(ca_dir, name)
-        issue.refuse_existing(bundle.files(), force)
-        ca_cert, ca_key = issue.load_ca(ca_dir)
-        cert, key = issue.make_admin_leaf(ca_cert, ca_key, name, days)
-        issue.write_bundle(bundle, ca_cert, cert, key)
-    except FedtuneError as err:
-        _fail(err)
+    bundle = _sign_with_ca(
+        ca_dir, force, lambda: issue.admin_bundle(ca_dir, name), issue.make_admin_leaf, name, days
+    )
     click.echo(f"admin: {bundle.folder}/ (give this folder to {name}; it is an admin credential)")
