@@ -22,6 +22,8 @@
 #   SMOKE_BUILD_TIMEOUT=3600   seconds for step 1 (the first build installs torch, transformers ...)
 #   SMOKE_ROUND_TIMEOUT=600    seconds to wait for the round to commit (within SMOKE_TIMEOUT)
 #   SMOKE_DEBIAN_MIRROR        mirror for debootstrap (default: this host's apt mirror, else deb.debian.org)
+#   SMOKE_CA_BUNDLE            CA bundle whose extra certificates (a TLS proxy's) the base image trusts
+#                              too (default /etc/ssl/certs/ca-certificates.crt; pip uses it: PIP_CERT)
 #   SMOKE_TORCH_WHEEL          path of torch-2.13.0+cpu-cp311-*.whl (default: found in docker/wheels/,
 #                              pip's find-links, or downloaded from the PyPI CPU index by pip)
 #   SMOKE_KEEP=1               leave the deployment running for a look (tear down by hand: see README)
@@ -34,6 +36,7 @@ SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-900}
 SMOKE_BUILD_TIMEOUT=${SMOKE_BUILD_TIMEOUT:-3600}
 SMOKE_ROUND_TIMEOUT=${SMOKE_ROUND_TIMEOUT:-600}
 PYTHON=${PYTHON:-python3}
+SMOKE_CA_BUNDLE=${SMOKE_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 TAG=smoke
 BASE_IMAGE=fedtune-smoke-base:bookworm
 POSTGRES_IMAGE=fedtune-smoke-postgres:$TAG
@@ -127,9 +130,30 @@ if [[ ${SMOKE_REBUILD_BASE:-0} == 1 ]] || ! docker image inspect "$BASE_IMAGE" >
         bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || { tail -20 "$rootfs.log"; rm -rf "$rootfs"; die "debootstrap failed"; }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     chmod 0755 "$rootfs"   # mktemp made it 0700: it becomes the image's /, which everyone must enter
+    # CA certificates this host trusts beyond Debian's (e.g. a TLS-intercepting proxy in front of
+    # PyPI): the image builds must trust them too, or pip cannot install anything.
+    extra=$("$PYTHON" - "$SMOKE_CA_BUNDLE" "$rootfs" <<'PY'
+import re, sys
+from pathlib import Path
+pem = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+bundle, root = Path(sys.argv[1]), Path(sys.argv[2])
+known = set(pem.findall((root / "etc/ssl/certs/ca-certificates.crt").read_text()))
+extra = [c for c in pem.findall(bundle.read_text()) if c not in known] if bundle.is_file() else []
+folder = root / "usr/local/share/ca-certificates"
+folder.mkdir(parents=True, exist_ok=True)
+for i, cert in enumerate(extra):
+    (folder / f"smoke-host-{i}.crt").write_text(cert + "\n")
+print(len(extra))
+PY
+)
+    if ((extra > 0)); then
+        say "base image: + $extra CA certificate(s) of this host's $SMOKE_CA_BUNDLE"
+        chroot "$rootfs" update-ca-certificates >/dev/null 2>&1
+    fi
     say "base image: docker import -> $BASE_IMAGE"
     tar -C "$rootfs" -c . | bounded docker import \
         -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+        -c 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
         -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
     rm -rf "$rootfs" "$rootfs.log"
 else
@@ -166,7 +190,7 @@ build() {  # build NAME IMAGE ARGS...
     shift 2
     log=$(mktemp /tmp/fedtune-smoke-build.XXXXXX)
     say "build $name -> $image ..."
-    if ! bounded docker build -q -t "$image" "$@" >"$log" 2>&1; then
+    if ! bounded docker build -q --force-rm -t "$image" "$@" >"$log" 2>&1; then
         tail -40 "$log"
         rm -f "$log"
         die "building $image failed"
