@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/fedtune/v1/*.proto)
 PYTEST_ARGS ?= -rfE
 
-.PHONY: install test test-fast demo proto check-protos lint bench clean help
+.PHONY: install test test-fast demo proto check-protos lint bench compose-smoke clean help
 
 help:
 	@echo "make install       create $(VENV) with the coordinator, worker, demo and dev dependencies"
@@ -16,6 +16,8 @@ help:
 	@echo "make proto         regenerate fedtune/v1/ from proto/fedtune/v1/*.proto"
 	@echo "make lint          ruff + mypy + the layer contract (import-linter, .importlinter)"
 	@echo "make bench         run the benchmarks in bench/ (figures land in bench/results/)"
+	@echo "make compose-smoke start docker/docker-compose.yml for real (CPU workers), run one round, tear down"
+	@echo "                   (slow, not part of 'make test'; needs a Docker engine; see docker/README.md)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +57,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/aggregate.py
+
+# Not part of `test`: it builds images (the first time several minutes) and needs a Docker engine.
+# Bounded: SMOKE_BUILD_TIMEOUT for the image builds, SMOKE_TIMEOUT for the run (docker/smoke.sh).
+compose-smoke:
+	docker/smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
 
 from tests.deploy.helpers import (
     DOCKER_DIR,
     REPO_ROOT,
+    Dockerfile,
     copy_sources,
     dockerignore_excludes,
     parse_dockerfile,
@@ -38,20 +40,56 @@ def test_coordinator_image_never_installs_torch_or_the_worker_extra() -> None:
         )
 
 
+def _arg_defaults(dockerfile: Dockerfile) -> dict[str, str]:
+    """`ARG NAME=default` of every stage (quotes removed), as the builder reads them without --build-arg."""
+    defaults = {}
+    for name, args in dockerfile.all_instructions:
+        if name == "ARG" and "=" in args:
+            key, _, value = args.partition("=")
+            defaults[key.strip()] = shlex.split(value)[0] if value.strip() else ""
+    return defaults
+
+
 def test_worker_image_installs_cuda_torch_before_the_project_and_keeps_it() -> None:
     # Prepare
     installs = _pip_installs(WORKER.runs())
-    torch_at = next(i for i, c in enumerate(installs) if "download.pytorch.org/whl/" in c and "torch" in c)
+    torch_at = next(i for i, c in enumerate(installs) if "torch==${TORCH_VERSION}" in c)
     project_at = next(i for i, c in enumerate(installs) if ".[worker]" in c)
+    defaults = _arg_defaults(WORKER)
 
-    # Assert: CUDA index first, then the project constrained to the torch already there
+    # Assert: by default the CUDA index first, then the project constrained to the torch already there
     assert torch_at < project_at
-    assert "/cpu" not in installs[torch_at]
+    assert "${TORCH_PIP_ARGS}" in installs[torch_at]
+    assert defaults["TORCH_PIP_ARGS"] == "--index-url https://download.pytorch.org/whl/${TORCH_CUDA}"
+    assert defaults["TORCH_CUDA"].startswith("cu"), "the default worker image must be a CUDA build"
     assert "--constraint" in installs[project_at] or "-c " in installs[project_at]
     assert any("torch.version.cuda" in run for run in WORKER.runs()), "no build-time check of the CUDA build"
     assert WORKER.all_instructions[0][0] in ("ARG", "FROM")
-    base = WORKER.last("FROM") or ""
-    assert "cuda" in base.lower() or "CUDA_IMAGE" in base
+    assert "cuda" in defaults["BASE_IMAGE"].lower()
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "default"),
+    [(COORDINATOR, "python:3.11-slim"), (WORKER, "nvidia/cuda:")],
+    ids=["coordinator", "worker"],
+)
+def test_base_image_is_a_build_arg_with_a_registry_default(dockerfile: Dockerfile, default: str) -> None:
+    # Prepare
+    froms = [args.split()[0] for name, args in dockerfile.all_instructions if name == "FROM"]
+
+    # Assert: every stage starts FROM ${BASE_IMAGE} (so a host without a registry can pass its own)
+    assert dockerfile.all_instructions[0][0] == "ARG"
+    assert _arg_defaults(dockerfile)["BASE_IMAGE"].startswith(default)
+    assert froms and all(f == "${BASE_IMAGE}" for f in froms), froms
+
+
+def test_worker_build_checks_that_a_cpu_build_stays_cpu() -> None:
+    # Prepare: the check after `.[worker]` must hold both ways (TORCH_CUDA=cpu for the smoke test)
+    check = next(run for run in WORKER.runs() if "torch.version.cuda" in run)
+
+    # Assert
+    assert "os.environ['TORCH_CUDA'] != 'cpu'" in check
+    assert "(torch.version.cuda is not None) != want_cuda" in check
 
 
 @pytest.mark.parametrize("dockerfile", [COORDINATOR, WORKER], ids=["coordinator", "worker"])
@@ -86,8 +124,9 @@ def test_copied_sources_exist_and_are_not_dockerignored(dockerfile) -> None:  # 
     for source in copy_sources(dockerfile):
         path = REPO_ROOT / source
         assert path.exists(), f"{dockerfile.path.name}: COPY {source}: no such file in the build context"
-        files = [path] if path.is_file() else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
-        assert files, f"{dockerfile.path.name}: COPY {source} copies no Python files"
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        files = [p for p in files if "__pycache__" not in p.parts]
+        assert files, f"{dockerfile.path.name}: COPY {source} copies nothing"
         for file in files:
             relative = file.relative_to(REPO_ROOT).as_posix()
             assert not dockerignore_excludes(relative, patterns), f".dockerignore drops {relative}"
