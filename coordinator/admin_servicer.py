@@ -46,7 +46,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     @contextlib.asynccontextmanager
     async def _call(self, context: Context, method: str) -> AsyncIterator[None]:
-        async with aio_rpc_errors(context, method):
+        async with aio_rpc_errors(context, method, self._services.metrics.rpc_error):
             _, token = bearer(context.invocation_metadata() or ())
             self._services.auth.check_admin(token, peer=context.peer(), auth_context=context.auth_context())
             log.debug("admin call", extra={"method": method})
@@ -221,6 +221,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 else:
                     message = admin_pb2.ExportModelResponse(chunk=chunk_to_proto(item))
                 await send(context, message, self._idle, "export the version again")
+                self._services.metrics.bytes_sent.labels(method="ExportModel").inc(message.ByteSize())
 
     async def WatchEvents(self, request: admin_pb2.WatchEventsRequest, context: Context) -> None:
         """Past events after `after_id`; with `follow`, new ones until the client goes away (which

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coordinator import lifecycle
 from coordinator.clock import Clock
@@ -29,6 +31,9 @@ from storage.blobs import BlobStore
 from storage.registry import store_model_version
 from storage.states import OPEN_ROUND_STATES, RoundState
 from storage.uow import UnitOfWork, UowFactory
+
+if TYPE_CHECKING:  # coordinator.metrics imports this module's callers
+    from coordinator.metrics import CoordinatorMetrics
 
 log = logging.getLogger("fedtune.coordinator.aggregation")
 
@@ -48,11 +53,14 @@ class RoundAggregator:
         blobs: BlobStore,
         data_dir: Path,
         clock: Clock,
+        *,
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
         self._uow_factory = uow_factory
         self._blobs = blobs
         self._data_dir = Path(data_dir)
         self._clock = clock
+        self._metrics = metrics  # fold and commit durations (None: not measured)
         self._active: dict[str, _ActiveRound] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
@@ -159,6 +167,7 @@ class RoundAggregator:
         Once the caller has committed the update's row, the accumulator and the registry agree; if that
         commit fails, the caller calls ``forget`` so the next use rebuilds from what was committed."""
         active = self._ensure(round_id)
+        started = time.perf_counter()
         weight = active.strategy.weight(info, active.inputs)  # refuses before touching the accumulator
         try:
             active.strategy.fold(info, weight)
@@ -166,6 +175,8 @@ class RoundAggregator:
             self._active.pop(round_id, None)  # half-folded: rebuild from the spool next time
             raise
         active.folded.add(update_id)
+        if self._metrics is not None:
+            self._metrics.fold_seconds.observe(time.perf_counter() - started)
         return weight
 
     def forget(self, round_id: str) -> None:
@@ -183,6 +194,7 @@ class RoundAggregator:
                     raise FedtuneError(ErrorCode.WRONG_STATE, f"round {round_id} is {rnd.state}")
                 lifecycle.begin_aggregating(uow, rnd)
                 uow.commit()
+            started = time.perf_counter()
             try:
                 version_id = self._finish_and_store(round_id)
             except BaseException:
@@ -192,6 +204,8 @@ class RoundAggregator:
                 self._active.pop(round_id, None)
                 shutil.rmtree(self.work_dir(round_id), ignore_errors=True)
                 raise
+            if self._metrics is not None:
+                self._metrics.commit_seconds.observe(time.perf_counter() - started)
             self.discard(round_id)
         log.info("round committed", extra={"round": round_id, "version": version_id})
         return version_id

@@ -13,6 +13,7 @@ from coordinator.auth import SiteAuth
 from coordinator.clock import Clock, SystemClock
 from coordinator.downloads import DownloadService
 from coordinator.experiments import ExperimentService
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.notify import Notifier
 from coordinator.queries import AdminQueries
 from coordinator.scheduler import Scheduler
@@ -44,6 +45,7 @@ class Services:
     uploads: UploadService
     downloads: DownloadService
     queries: AdminQueries
+    metrics: CoordinatorMetrics
 
     def close(self) -> None:
         self.scheduler.close()
@@ -70,7 +72,8 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
     )
     sites = SiteService(uow_factory, clock)
     sites.seed_sites(settings.seeded_sites())
-    aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock)
+    metrics = CoordinatorMetrics()
+    aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock, metrics=metrics)
     aggregator.cleanup_closed_rounds()
     services = Services(
         settings=settings,
@@ -88,7 +91,9 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         uploads=UploadService(uow_factory, blobs, aggregator, clock, settings),
         downloads=DownloadService(uow_factory, blobs, settings.chunk_bytes, settings.max_chunk_bytes),
         queries=AdminQueries(uow_factory, clock, settings.worker_offline_after_seconds),
+        metrics=metrics,
     )
+    metrics.watch_registry(lambda: _rounds_by_state(uow_factory), sites.list_sites, clock.now)
     if auth.admin_open:
         log.warning("no admin token set: the Admin API is open to anyone who can reach this port")
     elif settings.admin_token is None and settings.tls_mode == "tls":
@@ -96,3 +101,8 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
     else:
         log.info("admin credential: %s", auth.admin_credential())
     return services
+
+
+def _rounds_by_state(uow_factory: UnitOfWorkFactory) -> dict[str, int]:
+    with uow_factory() as uow:
+        return uow.rounds.count_by_state()

@@ -53,6 +53,14 @@ def coordinator_group() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="CA of client certs: mutual TLS, a worker cert CN must be its site [env FEDTUNE_TLS_CLIENT_CA].",
 )
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve Prometheus metrics on this port (default off; 0: a free one) [env FEDTUNE_METRICS_PORT].",
+)
+@click.option(
+    "--metrics-host", help="Interface of the metrics endpoint (default 127.0.0.1) [env FEDTUNE_METRICS_HOST]."
+)
 @click.option("--log-level", help="DEBUG, INFO, WARNING ...")
 @click.option("--log-json/--no-log-json", default=None, help="One JSON object per log line.")
 def serve(
@@ -65,6 +73,8 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
     log_level: str | None,
     log_json: bool | None,
 ) -> None:
@@ -95,6 +105,8 @@ def serve(
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
             log_level=log_level,
             log_json=log_json,
         )

@@ -18,6 +18,7 @@ from coordinator.clock import Clock
 from coordinator.settings import CoordinatorSettings
 from coordinator.worker_servicer import WorkerServicer
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.metrics_http import MetricsEndpoint, serve_metrics
 from fedtune.tls import read_pem
 from fedtune.v1 import admin_pb2, admin_pb2_grpc, worker_pb2, worker_pb2_grpc
 
@@ -42,6 +43,8 @@ class CoordinatorServer:
         self.worker_pool = BlockingPool(settings.rpc_threads, "fedtune-rpc")
         self.admin_pool = BlockingPool(settings.admin_threads, "fedtune-admin")
         self.worker_servicer = WorkerServicer(services, self.worker_pool)
+        services.metrics.watch_calls(self.worker_servicer.limits.open_calls)
+        self.metrics: MetricsEndpoint | None = None  # the Prometheus endpoint, when metrics_port is set
         self._loop = asyncio.new_event_loop()
         self._server: grpc.aio.Server | None = None
         self._loop_thread = threading.Thread(target=self._run_loop, name="fedtune-grpc", daemon=True)
@@ -65,7 +68,16 @@ class CoordinatorServer:
         started = asyncio.run_coroutine_threadsafe(self._serve(credentials), self._loop)
         try:
             self.port = started.result(timeout=START_TIMEOUT_SECONDS)
+            settings = self.services.settings
+            if settings.metrics_port is not None:
+                self.metrics = serve_metrics(
+                    self.services.metrics.registry,
+                    settings.metrics_host,
+                    settings.metrics_port,
+                    setting="metrics_port",
+                )
         except BaseException:
+            self._stop_grpc(0)
             self._close_loop()
             raise
         self._scheduler_thread.start()
@@ -109,9 +121,9 @@ class CoordinatorServer:
                 return
             self._stop_scheduler.set()
             self.services.notifier.close()  # wakes long-polls and watchers
-            if self._server is not None:
-                stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
-                stopping.result()
+            self._stop_grpc(grace)
+            if self.metrics is not None:
+                self.metrics.close()
             self._scheduler_thread.join(timeout=10)
             self._close_loop()
             self.worker_pool.shutdown()
@@ -119,6 +131,10 @@ class CoordinatorServer:
             self.services.close()
             self._stopped.set()
         log.info("coordinator stopped")
+
+    def _stop_grpc(self, grace: float | None) -> None:
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result()
 
     def _close_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

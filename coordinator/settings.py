@@ -72,12 +72,16 @@ class CoordinatorSettings(BaseModel):
     workers_kept_per_site: int = Field(20, ge=1)
     log_level: str = "INFO"
     log_json: bool = False
+    # Prometheus scrape endpoint (docs/decisions.md 32): off unless a port is set (0 = any free port);
+    # loopback unless a host is set, since it names the sites and is plain HTTP without authentication.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     # TLS (design.md section 7): server TLS when cert and key are set; mutual TLS when client_ca is set.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
 
-    @field_validator("tls_cert", "tls_key", "tls_client_ca", mode="before")
+    @field_validator("tls_cert", "tls_key", "tls_client_ca", "metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value

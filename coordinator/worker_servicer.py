@@ -40,6 +40,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def __init__(self, services: Services, pool: BlockingPool) -> None:
         self._services = services
         self._pool = pool
+        self._on_error = services.metrics.rpc_error
+        self._metrics = services.metrics
+        self._received = services.metrics.bytes_received.labels(method="PushUpdate")
+        self._sent = services.metrics.bytes_sent.labels(method="FetchTensors")
         settings = services.settings
         self._idle = settings.stream_idle_seconds
         self.limits = SiteCallLimits(
@@ -67,7 +71,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Register(
         self, request: worker_pb2.RegisterRequest, context: Context
     ) -> worker_pb2.RegisterResponse:
-        async with aio_rpc_errors(context, "Register"):
+        async with aio_rpc_errors(context, "Register", self._on_error):
             site_id = await self._pool.run(self._authenticate_blocking, context, request.site, request.token)
             device = {
                 "kind": request.device.kind,
@@ -90,7 +94,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Heartbeat(
         self, request: worker_pb2.HeartbeatRequest, context: Context
     ) -> worker_pb2.HeartbeatResponse:
-        async with aio_rpc_errors(context, "Heartbeat"):
+        async with aio_rpc_errors(context, "Heartbeat", self._on_error):
             site_id, _ = await self._site(context)
             cancel = await self._pool.run(
                 self._services.tasks.heartbeat, site_id, request.worker_id, request.task_id, request.progress
@@ -103,7 +107,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     ) -> worker_pb2.PullTaskResponse:
         """Long-poll: lease a task now, or wait (no thread) for the site's wake-up, up to the wait asked.
         A client that goes away cancels the wait at once."""
-        async with aio_rpc_errors(context, "PullTask"):
+        async with aio_rpc_errors(context, "PullTask", self._on_error):
             site_id, site = await self._site(context)
             tasks, notifier = self._services.tasks, self._services.notifier
             with self.limits.hold(site_id, site, PULL):
@@ -127,7 +131,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def GetUploadStatus(
         self, request: worker_pb2.GetUploadStatusRequest, context: Context
     ) -> worker_pb2.GetUploadStatusResponse:
-        async with aio_rpc_errors(context, "GetUploadStatus"):
+        async with aio_rpc_errors(context, "GetUploadStatus", self._on_error):
             site_id, _ = await self._site(context)
             status = await self._pool.run(self._services.uploads.status, site_id, request.task_id)
             return worker_pb2.GetUploadStatusResponse(
@@ -141,7 +145,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def ReportResult(
         self, request: worker_pb2.ReportResultRequest, context: Context
     ) -> worker_pb2.ReportResultResponse:
-        async with aio_rpc_errors(context, "ReportResult"):
+        async with aio_rpc_errors(context, "ReportResult", self._on_error):
             site_id, _ = await self._site(context)
             await self._pool.run(
                 self._services.tasks.report_result,
@@ -157,7 +161,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     # -- streams --------------------------------------------------------------------------------------
     async def FetchTensors(self, request: worker_pb2.FetchTensorsRequest, context: Context) -> None:
-        async with aio_rpc_errors(context, "FetchTensors"):
+        async with aio_rpc_errors(context, "FetchTensors", self._on_error):
             site_id, site = await self._site(context)
             with self.limits.hold(site_id, site, DOWNLOAD):
                 items = await self._pool.run(
@@ -179,14 +183,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                         self._idle,
                         "fetch again from where it stopped (start_tensor, start_offset)",
                     )
+                    self._sent.inc(message.ByteSize())
 
     async def PushUpdate(
         self, request_iterator: AsyncIterator[worker_pb2.PushUpdateRequest], context: Context
     ) -> worker_pb2.PushUpdateResponse:
-        async with aio_rpc_errors(context, "PushUpdate"):
+        async with aio_rpc_errors(context, "PushUpdate", self._on_error):
             site_id, site = await self._site(context)
             uploads = self._services.uploads
-            with self.limits.hold(site_id, site, UPLOAD):
+            with self.limits.hold(site_id, site, UPLOAD), self._metrics.counting_upload():
                 messages = aiter(request_iterator)
                 header = await self._next_item(messages)
                 if not isinstance(header, UpdateHeaderRecord):
@@ -238,6 +243,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 raise FedtuneError(
                     ErrorCode.INCOMPLETE_STREAM, f"the client stream broke off: {type(err).__name__}"
                 ) from None
+            self._received.inc(request.ByteSize())
             which = request.WhichOneof("item")
             if which == "header":
                 return update_header_from_proto(request.header)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
@@ -109,20 +109,40 @@ def rpc_errors(context: grpc.ServicerContext, method: str) -> Iterator[None]:
         context.abort(grpc.StatusCode.INTERNAL, internal_message(method))
 
 
+# Hears each error status a call ends with: (method, gRPC status, reason = the ErrorCode's value, or
+# "internal"): a bounded set of values, e.g. for the coordinator's metrics (coordinator/metrics.py).
+ErrorObserver = Callable[[str, grpc.StatusCode, str], None]
+INTERNAL_REASON = "internal"
+
+
+def _observe(on_error: ErrorObserver | None, method: str, status: grpc.StatusCode, reason: str) -> None:
+    if on_error is None:
+        return
+    try:
+        on_error(method, status, reason)
+    except Exception:  # counting an error must never change the answer
+        log.exception("error observer failed for %s", method)
+
+
 @contextlib.asynccontextmanager
-async def aio_rpc_errors(context: grpc.aio.ServicerContext[Any, Any], method: str) -> AsyncIterator[None]:
-    """``rpc_errors`` for asyncio servicers (``grpc.aio``): the same table, the same messages."""
+async def aio_rpc_errors(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, on_error: ErrorObserver | None = None
+) -> AsyncIterator[None]:
+    """``rpc_errors`` for asyncio servicers (``grpc.aio``): the same table, the same messages.
+    `on_error` hears every error status the call ends with (not a client that left)."""
     try:
         yield
     except grpc.aio.AbortError:
         raise  # already aborted with its status
     except FedtuneError as err:
         log.info("%s rejected: %s", method, err)
+        _observe(on_error, method, grpc_status_for(err.code), err.code.value)
         await context.abort(*public_status(err))
     except ClientGone:  # e.g. a worker that will resume its download: no fault here, nobody to tell
         log.info("%s ended: the client left the call", method)
     except Exception:
         log.exception("%s failed", method)
+        _observe(on_error, method, grpc.StatusCode.INTERNAL, INTERNAL_REASON)
         await context.abort(grpc.StatusCode.INTERNAL, internal_message(method))
 
 

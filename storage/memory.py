@@ -234,6 +234,12 @@ class FakeRoundRepository(_Repo, RoundRepository):
     def count_foldable(self, round_id: str) -> int:
         return len(self.foldable_updates(round_id))
 
+    def count_by_state(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for rnd in self._db.rows(Round):
+            counts[str(rnd.state)] = counts.get(str(rnd.state), 0) + 1
+        return counts
+
 
 class FakeTaskRepository(_Repo, TaskRepository):
     def add(self, task: Task) -> None:

@@ -122,6 +122,17 @@ def worker_group() -> None:
 
 @worker_group.command("run", epilog=RUN_EXAMPLE)
 @_common_options
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (default off; 0: a free one) [env FEDTUNE_METRICS_PORT].",
+)
+@click.option(
+    "--metrics-host",
+    default=None,
+    help="Interface of the metrics endpoint (default 127.0.0.1) [env FEDTUNE_METRICS_HOST].",
+)
 def run_command(config_file: Path | None, **flags: Any) -> None:
     """Run the worker until SIGTERM / Ctrl-C (exit 0); data never leaves this machine."""
     from worker.daemon import WorkerDaemon

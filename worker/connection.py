@@ -58,9 +58,16 @@ class Connection:
 
     backoff_base_seconds = 0.5
 
-    def __init__(self, settings: WorkerSettings, stop_event: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        stop_event: threading.Event | None = None,
+        *,
+        on_rpc_error: Callable[[str, grpc.StatusCode], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.stop_event = stop_event or threading.Event()
+        self._on_rpc_error = on_rpc_error  # hears each failed attempt of a call (the worker's metrics)
         self.worker_id = ""
         self.heartbeat_seconds = settings.heartbeat_seconds
         self.metadata = (("x-fedtune-site", settings.site), ("authorization", f"Bearer {settings.token}"))
@@ -115,6 +122,8 @@ class Connection:
                 return attempt()
             except grpc.RpcError as err:
                 code, details = rpc_status(err)
+                if self._on_rpc_error is not None:
+                    self._on_rpc_error(method, code)
                 if not is_transient(code, details):
                     raise RpcFailure(method, code, details) from None
                 if max_attempts is not None and backoff.attempt + 1 >= max_attempts:

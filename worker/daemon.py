@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.metrics_http import MetricsEndpoint, serve_metrics
 from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.serde import TaskRecord
 from fedtune.spec import ExperimentSpec, load_spec_json
 from fedtune.tensorstream.manifest import Manifest
 from worker.connection import Connection, UnreadableTask
 from worker.interrupt import TaskAbandoned, interruptible
+from worker.metrics import WorkerMetrics
 from worker.retry import RpcFailure, Stopped
 from worker.settings import WorkerSettings
 
@@ -105,6 +107,8 @@ class WorkerDaemon:
         self._register_lock = threading.Lock()
         self._capabilities: tuple[dict[str, Any], dict[str, int]] | None = None
         self._models: ModelFactory | None = None
+        self.metrics = WorkerMetrics(settings.site, worker_version())
+        self.metrics_endpoint: MetricsEndpoint | None = None  # while running, when metrics_port is set
 
     @property
     def models(self) -> ModelFactory:
@@ -122,9 +126,10 @@ class WorkerDaemon:
         if stop_event is not None:
             self.stop_event = stop_event
         self._prepare()
-        self.connection = Connection(self.settings, self.stop_event)
+        self.connection = Connection(self.settings, self.stop_event, on_rpc_error=self.metrics.rpc_error)
         heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         try:
+            self._serve_metrics()
             self._register()
             heartbeats.start()
             self._pull_loop()
@@ -138,6 +143,8 @@ class WorkerDaemon:
             if heartbeats.is_alive():
                 heartbeats.join(timeout=5)
             self.connection.close()
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.close()
         log.info("worker stopped")
         return 0
 
@@ -148,6 +155,13 @@ class WorkerDaemon:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
+
+    def _serve_metrics(self) -> None:
+        s = self.settings
+        if s.metrics_port is not None:
+            self.metrics_endpoint = serve_metrics(
+                self.metrics.registry, s.metrics_host, s.metrics_port, setting="--metrics-port"
+            )
 
     def capabilities(self) -> tuple[dict[str, Any], dict[str, int]]:
         if self._capabilities is None:
@@ -248,7 +262,10 @@ class WorkerDaemon:
         )
         started = time.monotonic()
         try:
-            with interruptible(lambda: state.cancel.is_set() or self.stop_event.is_set()):
+            with (
+                self.metrics.running_task(kind),
+                interruptible(lambda: state.cancel.is_set() or self.stop_event.is_set()),
+            ):
                 self._execute(task, state)
             log.info("task %s done in %.1fs", task.task_id, time.monotonic() - started)
         except (TaskAbandoned, Stopped):
@@ -301,7 +318,9 @@ class WorkerDaemon:
             task.model_manifest or Manifest(tensors=()),  # none named: the coordinator's is fetched
             self.settings.downloads_dir,
             cancel=state.cancel,
-            progress=_PercentLogger(f"download {task.model_version_id}", state),
+            progress=self.metrics.counting(
+                self.metrics.bytes_received, _PercentLogger(f"download {task.model_version_id}", state)
+            ),
         )
 
     def _fetch_base(self, task: TaskRecord, state: RunningTask) -> Path | None:
@@ -314,17 +333,22 @@ class WorkerDaemon:
             Manifest(tensors=()),  # no digest: the coordinator's manifest is fetched first
             self.settings.downloads_dir,
             cancel=state.cancel,
-            progress=_PercentLogger(f"download base {task.base_version_id}", state),
+            progress=self.metrics.counting(
+                self.metrics.bytes_received, _PercentLogger(f"download base {task.base_version_id}", state)
+            ),
         )
 
     def _push(self, task: TaskRecord, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None
         self._check(state)
+        self.metrics.task_output(output.metrics)
         answer = self.connection.push_update(
             task.task_id,
             output,
             cancel=state.cancel,
-            progress=_PercentLogger(f"upload {task.task_id}", state),
+            progress=self.metrics.counting(
+                self.metrics.bytes_sent, _PercentLogger(f"upload {task.task_id}", state)
+            ),
         )
         self._check(state)
         log.info(
@@ -403,6 +427,7 @@ class WorkerDaemon:
     def _finish_with_metrics(self, task: TaskRecord, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None
         self._check(state)
+        self.metrics.task_output(output.metrics)
         self.connection.report_result(
             task.task_id, True, metrics=output.metrics, num_examples=output.num_examples
         )

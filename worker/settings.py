@@ -48,6 +48,13 @@ class WorkerSettings(BaseModel):
     tls_cert: Path | None = Field(None, description="this site's client certificate (mutual TLS)")
     tls_key: Path | None = Field(None, description="its private key")
     tls_server_name: str | None = Field(None, description="name to verify the coordinator's cert for")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus metrics on this port (off when unset; 0: a free one)",
+    )
+    metrics_host: str = Field("127.0.0.1", description="interface of the metrics endpoint")
 
     @field_validator("coordinator")
     @classmethod

@@ -44,6 +44,10 @@ class RoundRepository(ABC):
     @abstractmethod
     def count_foldable(self, round_id: str) -> int: ...
 
+    @abstractmethod
+    def count_by_state(self) -> dict[str, int]:
+        """How many rounds are in each state, over every experiment (states with none are left out)."""
+
 
 class SqlRoundRepository(RoundRepository):
     def __init__(self, session: Session) -> None:
@@ -104,3 +108,7 @@ class SqlRoundRepository(RoundRepository):
             )
         )
         return int(count or 0)
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._session.execute(select(Round.state, func.count(Round.id)).group_by(Round.state))
+        return {str(state): int(count) for state, count in rows}

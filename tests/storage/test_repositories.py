@@ -149,6 +149,31 @@ def test_foldable_updates_leave_out_rejected_ones_and_keep_their_order(
     assert count == 2 and rejected_state == UpdateState.REJECTED
 
 
+def test_rounds_are_counted_by_state(uows: Callable[[], UnitOfWork]) -> None:
+    # Prepare: r-1 collects (from _seed); two more rounds, one committed and one failed
+    _seed(uows)
+    with uows() as uow:
+        for number, state in ((2, RoundState.COMMITTED), (3, RoundState.FAILED)):
+            uow.rounds.add(
+                models.Round(
+                    id=f"r-{number}",
+                    experiment_id="exp-1",
+                    stage_index=1,
+                    round=number,
+                    state=state,
+                    deadline_at=NOW,
+                )
+            )
+        uow.commit()
+
+    # Execute
+    with uows() as uow:
+        counts = uow.rounds.count_by_state()
+
+    # Assert
+    assert counts == {"collecting": 1, "committed": 1, "failed": 1}
+
+
 def test_leasable_tasks_and_the_compare_and_set_that_leases_one(uows: Callable[[], UnitOfWork]) -> None:
     # Prepare
     ids = _seed(uows)
