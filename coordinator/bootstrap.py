@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from coordinator.aggregation import RoundAggregator
 from coordinator.auth import SiteAuth
 from coordinator.clock import Clock, SystemClock
+from coordinator.collector import StorageCollector
 from coordinator.downloads import DownloadService
 from coordinator.experiments import ExperimentService
 from coordinator.notify import Notifier
@@ -44,9 +45,11 @@ class Services:
     uploads: UploadService
     downloads: DownloadService
     queries: AdminQueries
+    collector: StorageCollector
 
     def close(self) -> None:
         self.scheduler.close()
+        self.collector.close()
         self.notifier.close()
         self.engine.dispose()
 
@@ -72,6 +75,14 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
     sites.seed_sites(settings.seeded_sites())
     aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock)
     aggregator.cleanup_closed_rounds()
+    collector = StorageCollector(
+        uow_factory,
+        blobs,
+        data_dir,
+        clock,
+        keep_last=settings.retention_keep_last,
+        grace_seconds=settings.gc_grace_seconds,
+    )
     services = Services(
         settings=settings,
         engine=engine,
@@ -83,11 +94,12 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         sites=sites,
         experiments=ExperimentService(uow_factory, clock),
         aggregator=aggregator,
-        scheduler=Scheduler(uow_factory, clock, settings, aggregator, notifier),
+        scheduler=Scheduler(uow_factory, clock, settings, aggregator, notifier, collector),
         tasks=TaskService(uow_factory, clock, settings, notifier),
         uploads=UploadService(uow_factory, blobs, aggregator, clock, settings),
         downloads=DownloadService(uow_factory, blobs, settings.chunk_bytes, settings.max_chunk_bytes),
         queries=AdminQueries(uow_factory, clock, settings.worker_offline_after_seconds),
+        collector=collector,
     )
     if auth.admin_open:
         log.warning("no admin token set: the Admin API is open to anyone who can reach this port")
