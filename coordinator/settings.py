@@ -76,7 +76,7 @@ class CoordinatorSettings(BaseModel):
     # grace period; the scheduler collects every gc_interval_seconds (0 = only `fedtune admin storage gc`).
     retention_keep_last: int = Field(5, ge=0)
     gc_interval_seconds: float = Field(0.0, ge=0)
-    gc_grace_seconds: float = Field(3600.0, ge=0)
+    gc_grace_seconds: float = Field(600.0, ge=0)
     log_level: str = "INFO"
     log_json: bool = False
     # TLS (design.md section 7): server TLS when cert and key are set; mutual TLS when client_ca is set.
