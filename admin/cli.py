@@ -14,6 +14,7 @@ import click
 from admin.cmd_experiments import experiment_group, round_group, rounds_list
 from admin.cmd_models import models_group
 from admin.cmd_ops import sites_group, status, watch, workers
+from admin.cmd_storage import storage_group
 from admin.context import AdminContext, AdminGroup
 from admin.options import connection_options
 from fedtune.errors import FedtuneError
@@ -46,6 +47,7 @@ def admin_group(
       fedtune admin sites revoke hospital-a --reason "token leaked"
       fedtune admin experiment submit spec.yaml --start
       fedtune admin watch
+      fedtune admin storage usage
       fedtune admin --json experiment list | jq -r '.experiments[].state'
       fedtune admin --coordinator coord.example.org:50051 --admin-token "$TOKEN" workers
       fedtune admin --tls-ca certs/admin/ca.pem --tls-cert certs/admin/cert.pem \\
@@ -71,6 +73,7 @@ for _command in (
     sites_group,
     workers,
     models_group,
+    storage_group,
     watch,
     status,
 ):

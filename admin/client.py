@@ -226,6 +226,19 @@ class AdminClient:
         model = self.get_model(version_id)
         return write_export(model.kind, self.export_stream(version_id), Path(out_dir))
 
+    def pin_model(self, version_id: str, pinned: bool = True, reason: str = "") -> admin_pb2.ModelVersion:
+        request = admin_pb2.PinModelRequest(version_id=version_id, pinned=pinned, reason=reason)
+        return self._unary("PinModel", request, admin_pb2.ModelVersion)
+
+    # ---- storage --------------------------------------------------------------------------------
+
+    def storage_usage(self) -> admin_pb2.StorageUsage:
+        return self._unary("GetStorageUsage", admin_pb2.GetStorageUsageRequest(), admin_pb2.StorageUsage)
+
+    def collect_garbage(self, dry_run: bool = False) -> admin_pb2.CollectGarbageReport:
+        request = admin_pb2.CollectGarbageRequest(dry_run=dry_run)
+        return self._unary("CollectGarbage", request, admin_pb2.CollectGarbageReport)
+
     # ---- events and status ----------------------------------------------------------------------
 
     def watch_events(

@@ -13,13 +13,14 @@ from admin.context import AdminContext, pass_admin
 
 @click.group("models")
 def models_group() -> None:
-    """List, inspect and export model versions.
+    """List, inspect, export and pin model versions.
 
     \b
     Examples:
       fedtune admin models list --experiment exp-3f2a
       fedtune admin models show mv-91c0
       fedtune admin models export mv-91c0 --out ./adapter
+      fedtune admin models pin mv-91c0 --reason "paper baseline"
     """
 
 
@@ -93,3 +94,36 @@ def models_export(admin: AdminContext, version_id: str, out_dir: Path) -> None:
         render.plain(f"Exported model {version_id} to {out_dir}"),
         render.table(None, ["FILE", "SIZE"], rows),
     )
+
+
+@models_group.command("pin")
+@click.argument("version_id")
+@click.option("--reason", default="", help="Why; kept with the pin and in the audit log.")
+@pass_admin
+def models_pin(admin: AdminContext, version_id: str, reason: str) -> None:
+    """Keep a version's tensors whatever the retention policy says.
+
+    The policy (`retention_keep_last`) keeps each experiment's last versions, every stage's
+    final version and every pinned one; an export pins what it exports.
+
+    \b
+    Examples:
+      fedtune admin models pin mv-91c0 --reason "paper baseline"
+    """
+    model = admin.client().pin_model(version_id, True, reason)
+    admin.output(render.to_jsonable(model), render.plain(f"Pinned model {version_id}: {model.pinned}"))
+
+
+@models_group.command("unpin")
+@click.argument("version_id")
+@click.option("--reason", default="", help="Why; kept in the audit log.")
+@pass_admin
+def models_unpin(admin: AdminContext, version_id: str, reason: str) -> None:
+    """Hand a pinned version back to the retention policy.
+
+    \b
+    Examples:
+      fedtune admin models unpin mv-91c0
+    """
+    model = admin.client().pin_model(version_id, False, reason)
+    admin.output(render.to_jsonable(model), render.plain(f"Unpinned model {version_id}"))

@@ -184,7 +184,18 @@ def experiment_details(e: admin_pb2.Experiment) -> Table:
 def rounds_table(rounds: Sequence[admin_pb2.RoundInfo]) -> Table:
     return table(
         None,
-        ["STAGE", "ROUND", "STATE", "UPDATES", "OPENED", "CLOSED", "METRICS", "MODEL", "REASON"],
+        [
+            "STAGE",
+            "ROUND",
+            "STATE",
+            "UPDATES",
+            "OPENED",
+            "CLOSED",
+            "METRICS",
+            "MODEL",
+            "WAITING FOR",
+            "REASON",
+        ],
         (
             [
                 r.stage,
@@ -195,7 +206,8 @@ def rounds_table(rounds: Sequence[admin_pb2.RoundInfo]) -> Table:
                 _closed_or_due(r),
                 fmt_metrics(r.metrics),
                 r.model_version_id,
-                r.reason,
+                _names(r.waiting_for),
+                "; ".join(text for text in (r.reason, r.waiting_reason) if text),
             ]
             for r in rounds
         ),
@@ -221,6 +233,10 @@ def site_updates_table(rounds: Sequence[admin_pb2.RoundInfo]) -> Table:
             for u in r.site_updates
         ),
     )
+
+
+def _names(names: Sequence[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" +{len(names) - shown}" if len(names) > shown else "")
 
 
 def _closed_or_due(r: admin_pb2.RoundInfo) -> str:
@@ -269,7 +285,7 @@ def workers_table(workers: Sequence[admin_pb2.WorkerInfo]) -> Table:
 def models_table(models: Sequence[admin_pb2.ModelVersion]) -> Table:
     return table(
         None,
-        ["VERSION ID", "EXPERIMENT", "KIND", "STAGE", "ROUND", "EXAMPLES", "METRICS", "CREATED"],
+        ["VERSION ID", "EXPERIMENT", "KIND", "STAGE", "ROUND", "EXAMPLES", "METRICS", "CREATED", "KEPT"],
         (
             [
                 m.version_id,
@@ -280,9 +296,63 @@ def models_table(models: Sequence[admin_pb2.ModelVersion]) -> Table:
                 m.num_examples or "-",
                 fmt_metrics(m.metrics),
                 fmt_time_short(m.created_unix),
+                _retention(m),
             ]
             for m in models
         ),
+    )
+
+
+def _retention(m: admin_pb2.ModelVersion) -> str:
+    if m.pruned_unix:
+        return f"pruned {fmt_time_short(m.pruned_unix)}"
+    return f"pinned: {m.pinned}" if m.pinned else "-"
+
+
+def storage_usage_details(u: admin_pb2.StorageUsage) -> list[Table]:
+    keep = f"last {u.retention_keep_last} + stage finals, pinned, in use" if u.retention_keep_last else "all"
+    summary = key_values(
+        "Storage",
+        [
+            ("blobs", f"{u.blob_count} ({fmt_bytes(u.blob_bytes)})"),
+            ("unreferenced blobs", f"{u.unreferenced_blobs} ({fmt_bytes(u.unreferenced_bytes)})"),
+            ("spool", fmt_bytes(u.spool_bytes)),
+            ("stale spool", fmt_bytes(u.stale_spool_bytes)),
+            ("work", fmt_bytes(u.work_bytes)),
+            ("retention keeps", keep),
+            ("versions to prune", u.versions_to_prune),
+        ],
+    )
+    experiments = table(
+        "By experiment",
+        ["EXPERIMENT", "NAME", "VERSIONS", "PRUNED", "VERSION BYTES", "SPOOL"],
+        (
+            [
+                e.experiment_id,
+                e.name,
+                e.versions,
+                e.versions_pruned,
+                fmt_bytes(e.version_bytes),
+                fmt_bytes(e.spool_bytes),
+            ]
+            for e in u.experiments
+        ),
+    )
+    return [summary, experiments] if u.experiments else [summary]
+
+
+def gc_report_details(r: admin_pb2.CollectGarbageReport) -> Table:
+    title = "Garbage collection (dry run: nothing deleted)" if r.dry_run else "Garbage collection"
+    return key_values(
+        title,
+        [
+            ("versions pruned", r.versions_pruned),
+            ("strategy states deleted", r.strategy_states_deleted),
+            ("blobs deleted", f"{r.blobs_deleted} ({fmt_bytes(r.blob_bytes_freed)})"),
+            ("blobs kept (grace period)", r.blobs_kept_young),
+            ("spool entries deleted", f"{r.spool_entries_deleted} ({fmt_bytes(r.spool_bytes_freed)})"),
+            ("took", fmt_duration(r.seconds)),
+        ],
     )
 
 
@@ -304,6 +374,7 @@ def model_details(m: admin_pb2.ModelVersion) -> list[Table]:
             ("tensors", f"{len(m.manifest.tensors)} ({fmt_bytes(total)})"),
             ("files", ", ".join(m.files)),
             ("created", fmt_time(m.created_unix)),
+            ("retention", _retention(m)),
         ],
     )
     tensors = table(

@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, TypeAlias, TypeVar
 import grpc
 import grpc.aio
 
+from coordinator.admin_storage import StorageAdminMixin
 from coordinator.auth import bearer
 from coordinator.blocking import BlockingPool
 from coordinator.bootstrap import Services
@@ -38,7 +39,7 @@ T = TypeVar("T")
 WATCH_POLL_SECONDS = 0.3
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):
+class AdminServicer(StorageAdminMixin, admin_pb2_grpc.AdminServicer):
     def __init__(self, services: Services, pool: BlockingPool) -> None:
         self._services = services
         self._pool = pool

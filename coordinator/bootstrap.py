@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from coordinator.aggregation import RoundAggregator
 from coordinator.auth import SiteAuth
 from coordinator.clock import Clock, SystemClock
+from coordinator.collector import StorageCollector
 from coordinator.downloads import DownloadService
 from coordinator.experiments import ExperimentService
 from coordinator.metrics import CoordinatorMetrics
@@ -46,9 +47,11 @@ class Services:
     downloads: DownloadService
     queries: AdminQueries
     metrics: CoordinatorMetrics
+    collector: StorageCollector
 
     def close(self) -> None:
         self.scheduler.close()
+        self.collector.close()
         self.notifier.close()
         self.engine.dispose()
 
@@ -75,6 +78,14 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
     metrics = CoordinatorMetrics()
     aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock, metrics=metrics)
     aggregator.cleanup_closed_rounds()
+    collector = StorageCollector(
+        uow_factory,
+        blobs,
+        data_dir,
+        clock,
+        keep_last=settings.retention_keep_last,
+        grace_seconds=settings.gc_grace_seconds,
+    )
     services = Services(
         settings=settings,
         engine=engine,
@@ -86,12 +97,13 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         sites=sites,
         experiments=ExperimentService(uow_factory, clock),
         aggregator=aggregator,
-        scheduler=Scheduler(uow_factory, clock, settings, aggregator, notifier),
+        scheduler=Scheduler(uow_factory, clock, settings, aggregator, notifier, collector),
         tasks=TaskService(uow_factory, clock, settings, notifier),
         uploads=UploadService(uow_factory, blobs, aggregator, clock, settings),
         downloads=DownloadService(uow_factory, blobs, settings.chunk_bytes, settings.max_chunk_bytes),
         queries=AdminQueries(uow_factory, clock, settings.worker_offline_after_seconds),
         metrics=metrics,
+        collector=collector,
     )
     metrics.watch_registry(lambda: _rounds_by_state(uow_factory), sites.list_sites, clock.now)
     if auth.admin_open:

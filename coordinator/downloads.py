@@ -2,15 +2,18 @@
 
 A site may fetch only versions of experiments in which it has (or had) a task, and of personalized
 versions only its own. Any other version id answers NOT_FOUND with the same message as an id that
-does not exist, so a site cannot confirm which ids exist (decision 27).
+does not exist, so a site cannot confirm which ids exist (decision 27). A version pruned by the
+retention policy answers NOT_FOUND; an export pins the version it streams (decision 33).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.retention import pin_version
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, iter_chunks_from_file, manifest_for_arrays
 from fedtune.tensorstream.manifest import Chunk, Manifest
@@ -47,11 +50,21 @@ class DownloadService:
         self._default_chunk_bytes = default_chunk_bytes
         self._max_chunk_bytes = max_chunk_bytes
 
-    def _version(self, version_id: str, site_id: int | None = None) -> tuple[Manifest, str, dict[str, str]]:
+    def _version(
+        self, version_id: str, site_id: int | None = None, pin_as: str | None = None
+    ) -> tuple[Manifest, str, dict[str, str]]:
         with self._uow_factory() as uow:
             row = get_model_version(uow, version_id)
             if site_id is not None and not _site_may_fetch(uow, row, site_id):
                 raise FedtuneError(ErrorCode.NOT_FOUND, f"model version {version_id!r} does not exist")
+            if row.pruned_at is not None:
+                raise FedtuneError(
+                    ErrorCode.NOT_FOUND,
+                    f"model version {version_id!r} was pruned by the retention policy: its tensors are "
+                    "gone (pin versions to keep them: `fedtune admin models pin`)",
+                )
+            if pin_as is not None and pin_version(uow, row, pin_as, time.time()):
+                uow.commit()
             return (
                 Manifest.from_json(row.manifest),
                 row.blob_digest,
@@ -89,7 +102,7 @@ class DownloadService:
         tensors, sorted by name, as one stream (with that union's digest); the frozen file itself
         is not sent. Adapters are small, so the union is built in memory.
         """
-        _, digest, files = self._version(version_id)
+        _, digest, files = self._version(version_id, pin_as="exported")  # kept by retention from now
         frozen_digest = files.pop(FROZEN_ADAPTER_FILE, None)
         if frozen_digest is None:
             yield from self.fetch(version_id, site_id=None)

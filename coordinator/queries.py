@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from coordinator.clock import Clock
+from coordinator.round_waiting import describe_wait
 from coordinator.waiting import current_waiting_reason
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.limits import (
@@ -29,7 +30,7 @@ from fedtune.serde import (
 from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.registry import events_after, get_model_version, latest_model_version
-from storage.states import WorkerState
+from storage.states import OPEN_ROUND_STATES, WorkerState
 from storage.uow import UnitOfWork, UowFactory
 
 DEFAULT_ROUNDS_PAGE = 100
@@ -90,6 +91,8 @@ def _version_record(row: models.ModelVersion) -> ModelVersionRecord:
         num_examples=row.num_examples,
         created_unix=row.created_at,
         files=tuple(sorted(row.files)),
+        pinned=row.pin_reason or ("pinned" if row.pinned_at is not None else ""),
+        pruned_unix=row.pruned_at or 0.0,
     )
 
 
@@ -146,6 +149,7 @@ class AdminQueries:
             rows = rows[:limit]
             records: list[RoundRecord] = []
             page_bytes = 0
+            names = {site.id: site.name for site in uow.sites.all()} if any_open(rows) else {}
             for rnd in rows:
                 tasks = uow.tasks.count_in_round(rnd.id)
                 site_updates: tuple[SiteUpdateRecord, ...] = ()
@@ -171,6 +175,7 @@ class AdminQueries:
                         metrics=bounded_metrics(rnd.metrics),
                         model_version_id=rnd.model_version_id or "",
                         site_updates=site_updates,
+                        **_waiting(uow, rnd, updates or 0, names, self._clock.now()),
                     )
                 )
                 page_bytes += round_to_proto(records[-1]).ByteSize()
@@ -246,6 +251,20 @@ class AdminQueries:
             "experiments_running": int(running or 0),
             "workers_online": int(online or 0),
         }
+
+
+def any_open(rounds: list[models.Round]) -> bool:
+    return any(rnd.state in OPEN_ROUND_STATES for rnd in rounds)
+
+
+def _waiting(
+    uow: UnitOfWork, rnd: models.Round, received: int, names: dict[int, str], now: float
+) -> dict[str, Any]:
+    """waiting_for / waiting_reason of an open round (nothing for a closed one)."""
+    if rnd.state not in OPEN_ROUND_STATES:
+        return {}
+    wait = describe_wait(uow, rnd, received, names, now)
+    return {"waiting_for": wait.waiting_for, "waiting_reason": wait.reason}
 
 
 def _bounded_data(data: dict[str, Any]) -> dict[str, Any]:

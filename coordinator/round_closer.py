@@ -1,12 +1,14 @@
 """Driving and closing rounds off the scheduler thread: a small pool, one job per round at a time.
 
-A job starts the round's accumulator (open -> collecting), and closes the round when every task has
-ended or at its deadline: a commit (the strategy's ``finish_round``, the new version's blobs, one SQL
-transaction, under the round lock as before) with >= min_sites updates, else the round and its
-experiment fail. A personalize round has no accumulator: it closes the same way, counting reported
-results, and stores per-site metrics but no version. A commit that fails on I/O waits and is retried
-(``coordinator/commit_retry.py``, docs/decisions.md 26). The scheduler submits a job for every open
-round on each pass; a round whose job still runs is skipped, so a large commit stalls nothing else.
+A job starts the round's accumulator (open -> collecting), stops waiting for sites that went away
+when the round reaches min_sites without them (``round_waiting.py``, decision 33), and closes the
+round when every task has ended or at its deadline: a commit (the strategy's ``finish_round``, the
+new version's blobs, one SQL transaction, under the round lock as before) with >= min_sites
+updates, else the round and its experiment fail. A personalize round has no accumulator: it closes
+the same way, counting reported results, and stores per-site metrics but no version. A commit that
+fails on I/O waits and is retried (``coordinator/commit_retry.py``, docs/decisions.md 26). The
+scheduler submits a job for every open round on each pass; a round whose job still runs is skipped,
+so a large commit stalls nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from coordinator import lifecycle
 from coordinator.aggregation import RoundAggregator
 from coordinator.clock import Clock
 from coordinator.commit_retry import CommitRetries, describe_error, is_transient_io_error
+from coordinator.round_waiting import drop_lost_sites
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import commit_personalize_round
 from fedtune.errors import FedtuneError
@@ -93,6 +96,8 @@ class RoundCloser:
             assert rnd is not None
             if rnd.state not in OPEN_ROUND_STATES:
                 return
+            if drop_lost_sites(uow, rnd, uow.tasks.count_done_in_round(round_id), now):
+                uow.commit()  # the round stops waiting for sites that went away (decision 33)
             states = uow.tasks.states_in_round(round_id)
             done = sum(1 for s in states if s == TaskState.DONE)
             all_ended = all(s not in LIVE_TASK_STATES for s in states)
@@ -120,13 +125,15 @@ class RoundCloser:
                 self.fail_round(round_id, f"could not start aggregation: {_message(err)}")
             return
         now = self._clock.now()
-        with self._uow_factory() as uow:
+        with self._aggregator.round_lock(round_id), self._uow_factory() as uow:
             rnd = uow.rounds.get(round_id)
             assert rnd is not None
             if rnd.state not in OPEN_ROUND_STATES:
                 return
-            states = uow.tasks.states_in_round(round_id)
             received = uow.rounds.count_foldable(round_id)
+            if drop_lost_sites(uow, rnd, received, now):
+                uow.commit()  # the round stops waiting for sites that went away (decision 33)
+            states = uow.tasks.states_in_round(round_id)
             min_updates, deadline = rnd.min_updates, rnd.deadline_at
             aggregating = rnd.state == RoundState.AGGREGATING
         all_ended = all(s not in LIVE_TASK_STATES for s in states)

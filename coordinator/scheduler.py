@@ -20,6 +20,7 @@ from concurrent.futures import Future, wait
 from coordinator import lifecycle
 from coordinator.aggregation import RoundAggregator
 from coordinator.clock import Clock
+from coordinator.collector import StorageCollector
 from coordinator.notify import Notifier
 from coordinator.round_closer import RoundCloser
 from coordinator.selection import select_sites
@@ -42,6 +43,7 @@ class Scheduler:
         settings: CoordinatorSettings,
         aggregator: RoundAggregator,
         notifier: Notifier,
+        collector: StorageCollector | None = None,
     ) -> None:
         self._uow_factory = uow_factory
         self._clock = clock
@@ -51,6 +53,8 @@ class Scheduler:
         self._tick_lock = threading.Lock()
         self._closer = RoundCloser(uow_factory, clock, settings, aggregator)
         self._started: list[Future[None]] = []  # round jobs of the current pass
+        self._collector = collector
+        self._next_gc = clock.now() + settings.gc_interval_seconds  # periodic GC (0 = off)
 
     # ----------------------------------------------------------------- loop
     def run(self, stop: threading.Event) -> None:
@@ -77,6 +81,7 @@ class Scheduler:
             self._started = []
             self._mark_offline_workers()
             self._expire_leases()
+            self._maybe_collect()
             with self._uow_factory() as uow:
                 live = uow.experiments.live_ids()
             for experiment_id in live:
@@ -98,6 +103,14 @@ class Scheduler:
             for worker in uow.workers.stale(cutoff):
                 lifecycle.worker_offline(uow, worker, f"worker {worker.id} went offline")
             uow.commit()
+
+    def _maybe_collect(self) -> None:
+        """Every `gc_interval_seconds`, a garbage collection on the collector's thread (decision 33)."""
+        interval, now = self._settings.gc_interval_seconds, self._clock.now()
+        if self._collector is None or interval <= 0 or now < self._next_gc:
+            return
+        self._next_gc = now + interval
+        self._collector.submit_periodic()
 
     def _expire_leases(self) -> None:
         now = self._clock.now()

@@ -70,6 +70,13 @@ class CoordinatorSettings(BaseModel):
     registrations_per_window: int = Field(30, ge=1)
     registration_window_seconds: float = Field(60.0, gt=0)
     workers_kept_per_site: int = Field(20, ge=1)
+    # Retention and garbage collection (coordinator/retention.py, collector.py; docs/decisions.md 33):
+    # keep each experiment's last N versions' tensors (0 = all; stage finals, pinned and in-use versions
+    # are always kept); a collection deletes blobs and spool files nothing needs once untouched for the
+    # grace period; the scheduler collects every gc_interval_seconds (0 = only `fedtune admin storage gc`).
+    retention_keep_last: int = Field(5, ge=0)
+    gc_interval_seconds: float = Field(0.0, ge=0)
+    gc_grace_seconds: float = Field(600.0, ge=0)
     log_level: str = "INFO"
     log_json: bool = False
     # Prometheus scrape endpoint (docs/decisions.md 32): off unless a port is set (0 = any free port);

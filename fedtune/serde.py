@@ -117,6 +117,8 @@ class RoundRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     model_version_id: str = ""
     site_updates: tuple[SiteUpdateRecord, ...] = ()
+    waiting_for: tuple[str, ...] = ()  # an open round: sites whose tasks it still waits for
+    waiting_reason: str = ""
 
 
 def round_to_proto(rec: RoundRecord) -> admin_pb2.RoundInfo:
@@ -136,6 +138,8 @@ def round_to_proto(rec: RoundRecord) -> admin_pb2.RoundInfo:
         metrics=rec.metrics,
         model_version_id=rec.model_version_id,
         site_updates=[site_update_to_proto(u) for u in rec.site_updates],
+        waiting_for=list(rec.waiting_for),
+        waiting_reason=rec.waiting_reason,
     )
 
 
@@ -156,6 +160,8 @@ def round_from_proto(msg: admin_pb2.RoundInfo) -> RoundRecord:
         metrics=dict(msg.metrics),
         model_version_id=msg.model_version_id,
         site_updates=tuple(site_update_from_proto(u) for u in msg.site_updates),
+        waiting_for=tuple(msg.waiting_for),
+        waiting_reason=msg.waiting_reason,
     )
 
 
@@ -239,6 +245,8 @@ class ModelVersionRecord:
     num_examples: int = 0
     created_unix: float = 0.0
     files: tuple[str, ...] = ()
+    pinned: str = ""  # why it is pinned ("" = not pinned)
+    pruned_unix: float = 0.0  # 0 = its tensors are kept
 
 
 def model_version_to_proto(rec: ModelVersionRecord) -> admin_pb2.ModelVersion:
@@ -257,6 +265,8 @@ def model_version_to_proto(rec: ModelVersionRecord) -> admin_pb2.ModelVersion:
         num_examples=rec.num_examples,
         created_unix=rec.created_unix,
         files=list(rec.files),
+        pinned=rec.pinned,
+        pruned_unix=rec.pruned_unix,
     )
 
 
@@ -276,6 +286,8 @@ def model_version_from_proto(msg: admin_pb2.ModelVersion) -> ModelVersionRecord:
         num_examples=msg.num_examples,
         created_unix=msg.created_unix,
         files=tuple(msg.files),
+        pinned=msg.pinned,
+        pruned_unix=msg.pruned_unix,
     )
 
 
@@ -403,3 +415,78 @@ def update_header_from_proto(msg: worker_pb2.UpdateHeader) -> UpdateHeaderRecord
         files=dict(msg.files),
         resume=msg.resume,
     )
+
+
+@dataclass(frozen=True)
+class ExperimentStorageRecord:
+    experiment_id: str
+    name: str
+    versions: int
+    versions_pruned: int
+    version_bytes: int
+    spool_bytes: int
+
+
+@dataclass(frozen=True)
+class StorageUsageRecord:
+    blob_bytes: int
+    blob_count: int
+    unreferenced_bytes: int
+    unreferenced_blobs: int
+    spool_bytes: int
+    stale_spool_bytes: int
+    work_bytes: int
+    retention_keep_last: int
+    versions_to_prune: int
+    experiments: tuple[ExperimentStorageRecord, ...] = ()
+
+
+def storage_usage_to_proto(rec: StorageUsageRecord) -> admin_pb2.StorageUsage:
+    fields = {k: v for k, v in rec.__dict__.items() if k != "experiments"}
+    return admin_pb2.StorageUsage(
+        **fields, experiments=[admin_pb2.ExperimentStorage(**e.__dict__) for e in rec.experiments]
+    )
+
+
+def storage_usage_from_proto(msg: admin_pb2.StorageUsage) -> StorageUsageRecord:
+    experiment_fields = ExperimentStorageRecord.__dataclass_fields__
+    return StorageUsageRecord(
+        blob_bytes=msg.blob_bytes,
+        blob_count=msg.blob_count,
+        unreferenced_bytes=msg.unreferenced_bytes,
+        unreferenced_blobs=msg.unreferenced_blobs,
+        spool_bytes=msg.spool_bytes,
+        stale_spool_bytes=msg.stale_spool_bytes,
+        work_bytes=msg.work_bytes,
+        retention_keep_last=msg.retention_keep_last,
+        versions_to_prune=msg.versions_to_prune,
+        experiments=tuple(
+            ExperimentStorageRecord(**{name: getattr(e, name) for name in experiment_fields})
+            for e in msg.experiments
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class GcReportRecord:
+    dry_run: bool
+    versions_pruned: int = 0
+    pruned_version_ids: tuple[str, ...] = ()
+    strategy_states_deleted: int = 0
+    blobs_deleted: int = 0
+    blob_bytes_freed: int = 0
+    blobs_kept_young: int = 0
+    spool_entries_deleted: int = 0
+    spool_bytes_freed: int = 0
+    seconds: float = 0.0
+
+
+def gc_report_to_proto(rec: GcReportRecord) -> admin_pb2.CollectGarbageReport:
+    fields = dict(rec.__dict__, pruned_version_ids=list(rec.pruned_version_ids))
+    return admin_pb2.CollectGarbageReport(**fields)
+
+
+def gc_report_from_proto(msg: admin_pb2.CollectGarbageReport) -> GcReportRecord:
+    values = {name: getattr(msg, name) for name in GcReportRecord.__dataclass_fields__}
+    values["pruned_version_ids"] = tuple(msg.pruned_version_ids)
+    return GcReportRecord(**values)

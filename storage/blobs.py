@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -78,6 +79,24 @@ class BlobStore(ABC):
     def cleanup_partial(self) -> int:
         """Remove leftovers of puts that died midway; return how many were removed."""
 
+    @abstractmethod
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        """Every stored blob with its size and the last time it was put (for usage and collection)."""
+
+    @abstractmethod
+    def delete_if_older(self, digest: str, cutoff: float) -> int | None:
+        """Delete the blob if nobody put it since `cutoff` (unix seconds): its size, or None if kept.
+
+        A put of content already stored refreshes that time under the same lock, so a collector
+        that decided from an older list of references never deletes a blob a commit just put."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+    put_at: float  # unix seconds of the last put of this content
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -99,6 +118,8 @@ class LocalBlobStore(BlobStore):
         self._tmp_dir = self.root / "tmp"
         self._blobs_dir.mkdir(parents=True, exist_ok=True)
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Held (flock, so across threads and processes) while a put installs or a collector deletes.
+        self._lock_path = self.root / "install.lock"
 
     def __repr__(self) -> str:
         return f"LocalBlobStore({str(self.root)!r})"
@@ -181,10 +202,24 @@ class LocalBlobStore(BlobStore):
         except OSError as err:
             raise _storage_error(f"move {source} into the store", err) from err
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def _install(self, path: Path, digest: str) -> None:
         """Rename the complete, fsynced file `path` to the blob path of `digest`, durably."""
+        with self._locked():
+            self._install_locked(path, digest)
+
+    def _install_locked(self, path: Path, digest: str) -> None:
         target = self._path(digest)
         if target.exists():
+            os.utime(target)  # put again: a collector keeps it for its grace period from now
             path.unlink()  # same content is already stored: puts are idempotent
             return
         shard = target.parent
@@ -204,6 +239,26 @@ class LocalBlobStore(BlobStore):
         except OSError as err:
             raise _storage_error(f"delete blob {digest}", err) from err
         _fsync_dir(path.parent)
+
+    def delete_if_older(self, digest: str, cutoff: float) -> int | None:
+        path = self._path(digest)
+        with self._locked():
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                return 0
+            if stat.st_mtime >= cutoff:
+                return None
+            self.delete(digest)
+        return stat.st_size
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        for digest in self.iter_digests():
+            try:
+                stat = self._path(digest).stat()
+            except FileNotFoundError:
+                continue  # collected meanwhile
+            yield BlobInfo(digest, stat.st_size, stat.st_mtime)
 
     def cleanup_partial(self) -> int:
         removed = 0

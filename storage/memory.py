@@ -39,6 +39,7 @@ from storage.repositories import (
     VersionRepository,
     WorkerRepository,
 )
+from storage.repositories.versions import _older_states
 from storage.states import (
     FOLDABLE_UPDATE_STATES,
     LIVE_EXPERIMENT_STATES,
@@ -149,6 +150,12 @@ class FakeWorkerRepository(_Repo, WorkerRepository):
         return sum(
             1 for w in self._db.rows(Worker) if w.state == WorkerState.ONLINE and w.last_seen_at >= cutoff
         )
+
+    def online_site_ids(self, site_ids: Sequence[int]) -> set[int]:
+        wanted = set(site_ids)
+        return {
+            w.site_id for w in self._db.rows(Worker) if w.site_id in wanted and w.state == WorkerState.ONLINE
+        }
 
     def with_site_names(self) -> list[tuple[Worker, str]]:
         sites = self._db.table(Site)
@@ -359,6 +366,25 @@ class FakeVersionRepository(_Repo, VersionRepository):
             if s.experiment_id == experiment_id and s.stage_index == stage_index and s.round < round
         ]
         return max(states, key=lambda s: s.round, default=None)
+
+    def prune_strategy_states(self, *, dry_run: bool = False) -> int:
+        rows = self._db.rows(StrategyState)
+        stale = _older_states([(s.id, (s.experiment_id, s.stage_index), s.round) for s in rows])
+        if not dry_run:
+            for state_id in stale:
+                del self._db.table(StrategyState)[state_id]
+        return len(stale)
+
+    def referenced_blob_digests(self) -> set[str]:
+        digests: set[str] = set()
+        for version in self._db.rows(ModelVersion):
+            if version.pruned_at is None:
+                digests.add(version.blob_digest)
+                digests.update(str(d) for d in (version.files or {}).values())
+        digests.update(s.blob_digest for s in self._db.rows(StrategyState) if s.blob_digest)
+        for update in self._db.rows(Update):
+            digests.update(str(d) for d in (update.files or {}).values())
+        return digests
 
 
 class FakeEventRepository(_Repo, EventRepository):

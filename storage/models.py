@@ -179,6 +179,11 @@ class ModelVersion(Base):
     sites: Mapped[list[Any]] = mapped_column(default=list)  # contributing site names
     num_examples: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+    # Retention (coordinator/retention.py): a pinned version is never pruned; a pruned one keeps its row
+    # (metrics, lineage) but its blobs may be collected (its tensors can no longer be fetched or exported).
+    pinned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    pin_reason: Mapped[str] = mapped_column(Text, default="")
+    pruned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class StrategyState(Base):

@@ -14,15 +14,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.sanitize import ERROR_TEXT_LIMIT, EVENT_MESSAGE_LIMIT, public_data, public_text
 from storage.blobs import BlobStore
-from storage.models import Event, ModelVersion, StrategyState, Update, new_id
+from storage.models import Event, ModelVersion, new_id
 from storage.states import VersionKind
-from storage.uow import SqlUnitOfWork, UnitOfWork
+from storage.uow import UnitOfWork
 
 MODEL_KINDS = tuple(kind.value for kind in VersionKind)
 U = TypeVar("U", bound=UnitOfWork)
@@ -189,14 +188,7 @@ def model_version_lineage(uow: UnitOfWork, version_id: str) -> list[ModelVersion
     return chain
 
 
-def referenced_blob_digests(uow: SqlUnitOfWork) -> set[str]:
-    """Every digest a row names (model versions, their side files, strategy states, update side
-    files): what a blob garbage collector must keep."""
-    digests: set[str] = set()
-    for blob_digest, files in uow.session.execute(select(ModelVersion.blob_digest, ModelVersion.files)):
-        digests.add(blob_digest)
-        digests.update(str(d) for d in (files or {}).values())
-    digests.update(d for d in uow.session.scalars(select(StrategyState.blob_digest)) if d)
-    for update_files in uow.session.scalars(select(Update.files)):
-        digests.update(str(d) for d in (update_files or {}).values())
-    return digests
+def referenced_blob_digests(uow: UnitOfWork) -> set[str]:
+    """Every digest a row names and needs (model versions not pruned, their side files, strategy
+    states, update side files): what a blob garbage collector must keep (coordinator/retention.py)."""
+    return uow.versions.referenced_blob_digests()

@@ -130,6 +130,24 @@ def cancel_task(uow: UnitOfWork, task: models.Task, now: float) -> None:
     uow.wake()
 
 
+def drop_task(uow: UnitOfWork, task: models.Task, now: float, why: str) -> None:
+    """pending/leased -> cancelled while its round goes on: the round stops waiting for this site
+    (no worker online, and the others can reach min_sites; docs/decisions.md 33). `why` is the event's."""
+    cancel_task(uow, task, now)
+    task.error = public_text(why, ERROR_TEXT_LIMIT)
+    if task.worker_id:
+        worker = uow.workers.get(task.worker_id)
+        if worker is not None and worker.current_task_id == task.id:
+            worker.current_task_id = None
+    record_event(
+        uow,
+        "task.dropped",
+        f"task {task.id} cancelled: {why}",
+        task.experiment_id,
+        {"task_id": task.id, "round_id": task.round_id, "reason": why},
+    )
+
+
 def cancel_live_tasks(
     uow: UnitOfWork, now: float, *, experiment_id: str | None = None, round_id: str | None = None
 ) -> int:

@@ -72,7 +72,7 @@ class ListRoundsRequest(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class RoundInfo(_message.Message):
-    __slots__ = ("round_id", "experiment_id", "stage", "stage_index", "round", "state", "tasks_total", "updates_received", "opened_unix", "deadline_unix", "closed_unix", "reason", "metrics", "model_version_id", "site_updates")
+    __slots__ = ("round_id", "experiment_id", "stage", "stage_index", "round", "state", "tasks_total", "updates_received", "opened_unix", "deadline_unix", "closed_unix", "reason", "metrics", "model_version_id", "site_updates", "waiting_for", "waiting_reason")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,8 @@ class RoundInfo(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     experiment_id: str
     stage: str
@@ -110,7 +112,9 @@ class RoundInfo(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     model_version_id: str
     site_updates: _containers.RepeatedCompositeFieldContainer[SiteUpdate]
-    def __init__(self, round_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., stage: _Optional[str] = ..., stage_index: _Optional[int] = ..., round: _Optional[int] = ..., state: _Optional[str] = ..., tasks_total: _Optional[int] = ..., updates_received: _Optional[int] = ..., opened_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., closed_unix: _Optional[float] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., model_version_id: _Optional[str] = ..., site_updates: _Optional[_Iterable[_Union[SiteUpdate, _Mapping]]] = ...) -> None: ...
+    waiting_for: _containers.RepeatedScalarFieldContainer[str]
+    waiting_reason: str
+    def __init__(self, round_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., stage: _Optional[str] = ..., stage_index: _Optional[int] = ..., round: _Optional[int] = ..., state: _Optional[str] = ..., tasks_total: _Optional[int] = ..., updates_received: _Optional[int] = ..., opened_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., closed_unix: _Optional[float] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., model_version_id: _Optional[str] = ..., site_updates: _Optional[_Iterable[_Union[SiteUpdate, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[str]] = ..., waiting_reason: _Optional[str] = ...) -> None: ...
 
 class SiteUpdate(_message.Message):
     __slots__ = ("site", "num_examples", "weight", "metrics", "received_bytes", "state")
@@ -253,7 +257,7 @@ class ModelRef(_message.Message):
     def __init__(self, version_id: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version_id", "experiment_id", "version", "parent_id", "stage", "round", "kind", "blob_digest", "manifest", "metrics", "sites", "num_examples", "created_unix", "files")
+    __slots__ = ("version_id", "experiment_id", "version", "parent_id", "stage", "round", "kind", "blob_digest", "manifest", "metrics", "sites", "num_examples", "created_unix", "files", "pinned", "pruned_unix")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +279,8 @@ class ModelVersion(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_UNIX_FIELD_NUMBER: _ClassVar[int]
     version_id: str
     experiment_id: str
     version: int
@@ -289,7 +295,93 @@ class ModelVersion(_message.Message):
     num_examples: int
     created_unix: float
     files: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., version: _Optional[int] = ..., parent_id: _Optional[str] = ..., stage: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., blob_digest: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sites: _Optional[_Iterable[str]] = ..., num_examples: _Optional[int] = ..., created_unix: _Optional[float] = ..., files: _Optional[_Iterable[str]] = ...) -> None: ...
+    pinned: str
+    pruned_unix: float
+    def __init__(self, version_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., version: _Optional[int] = ..., parent_id: _Optional[str] = ..., stage: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., blob_digest: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sites: _Optional[_Iterable[str]] = ..., num_examples: _Optional[int] = ..., created_unix: _Optional[float] = ..., files: _Optional[_Iterable[str]] = ..., pinned: _Optional[str] = ..., pruned_unix: _Optional[float] = ...) -> None: ...
+
+class PinModelRequest(_message.Message):
+    __slots__ = ("version_id", "pinned", "reason")
+    VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    version_id: str
+    pinned: bool
+    reason: str
+    def __init__(self, version_id: _Optional[str] = ..., pinned: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetStorageUsageRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExperimentStorage(_message.Message):
+    __slots__ = ("experiment_id", "name", "versions", "versions_pruned", "version_bytes", "spool_bytes")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_PRUNED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    name: str
+    versions: int
+    versions_pruned: int
+    version_bytes: int
+    spool_bytes: int
+    def __init__(self, experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., versions: _Optional[int] = ..., versions_pruned: _Optional[int] = ..., version_bytes: _Optional[int] = ..., spool_bytes: _Optional[int] = ...) -> None: ...
+
+class StorageUsage(_message.Message):
+    __slots__ = ("blob_bytes", "blob_count", "unreferenced_bytes", "unreferenced_blobs", "spool_bytes", "stale_spool_bytes", "work_bytes", "retention_keep_last", "versions_to_prune", "experiments")
+    BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOB_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNREFERENCED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UNREFERENCED_BLOBS_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STALE_SPOOL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WORK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_KEEP_LAST_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_TO_PRUNE_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    blob_bytes: int
+    blob_count: int
+    unreferenced_bytes: int
+    unreferenced_blobs: int
+    spool_bytes: int
+    stale_spool_bytes: int
+    work_bytes: int
+    retention_keep_last: int
+    versions_to_prune: int
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentStorage]
+    def __init__(self, blob_bytes: _Optional[int] = ..., blob_count: _Optional[int] = ..., unreferenced_bytes: _Optional[int] = ..., unreferenced_blobs: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stale_spool_bytes: _Optional[int] = ..., work_bytes: _Optional[int] = ..., retention_keep_last: _Optional[int] = ..., versions_to_prune: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentStorage, _Mapping]]] = ...) -> None: ...
+
+class CollectGarbageRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class CollectGarbageReport(_message.Message):
+    __slots__ = ("dry_run", "versions_pruned", "pruned_version_ids", "strategy_states_deleted", "blobs_deleted", "blob_bytes_freed", "blobs_kept_young", "spool_entries_deleted", "spool_bytes_freed", "seconds")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_PRUNED_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_VERSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_STATES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    BLOB_BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_KEPT_YOUNG_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_ENTRIES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    versions_pruned: int
+    pruned_version_ids: _containers.RepeatedScalarFieldContainer[str]
+    strategy_states_deleted: int
+    blobs_deleted: int
+    blob_bytes_freed: int
+    blobs_kept_young: int
+    spool_entries_deleted: int
+    spool_bytes_freed: int
+    seconds: float
+    def __init__(self, dry_run: _Optional[bool] = ..., versions_pruned: _Optional[int] = ..., pruned_version_ids: _Optional[_Iterable[str]] = ..., strategy_states_deleted: _Optional[int] = ..., blobs_deleted: _Optional[int] = ..., blob_bytes_freed: _Optional[int] = ..., blobs_kept_young: _Optional[int] = ..., spool_entries_deleted: _Optional[int] = ..., spool_bytes_freed: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class ExportedFile(_message.Message):
     __slots__ = ("name", "content")

@@ -127,6 +127,21 @@ class AdminStub:
                 request_serializer=fedtune_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=fedtune_dot_v1_dot_admin__pb2.CoordinatorStatus.FromString,
                 _registered_method=True)
+        self.PinModel = channel.unary_unary(
+                '/fedtune.v1.Admin/PinModel',
+                request_serializer=fedtune_dot_v1_dot_admin__pb2.PinModelRequest.SerializeToString,
+                response_deserializer=fedtune_dot_v1_dot_admin__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.GetStorageUsage = channel.unary_unary(
+                '/fedtune.v1.Admin/GetStorageUsage',
+                request_serializer=fedtune_dot_v1_dot_admin__pb2.GetStorageUsageRequest.SerializeToString,
+                response_deserializer=fedtune_dot_v1_dot_admin__pb2.StorageUsage.FromString,
+                _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/fedtune.v1.Admin/CollectGarbage',
+                request_serializer=fedtune_dot_v1_dot_admin__pb2.CollectGarbageRequest.SerializeToString,
+                response_deserializer=fedtune_dot_v1_dot_admin__pb2.CollectGarbageReport.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -247,6 +262,29 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PinModel(self, request, context):
+        """Retention and garbage collection (docs/decisions.md 33). A pinned version is never pruned;
+        pinned=false releases it to the policy. ExportModel pins what it exports ("exported").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStorageUsage(self, request, context):
+        """Bytes of blobs, spool and work folders, and per experiment; what a collection would free.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CollectGarbage(self, request, context):
+        """Apply the retention policy, then delete blobs no row needs and stale spool files (dry_run:
+        only report). RESOURCE_EXHAUSTED `busy:` while another collection runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -339,6 +377,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=fedtune_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=fedtune_dot_v1_dot_admin__pb2.CoordinatorStatus.SerializeToString,
+            ),
+            'PinModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinModel,
+                    request_deserializer=fedtune_dot_v1_dot_admin__pb2.PinModelRequest.FromString,
+                    response_serializer=fedtune_dot_v1_dot_admin__pb2.ModelVersion.SerializeToString,
+            ),
+            'GetStorageUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStorageUsage,
+                    request_deserializer=fedtune_dot_v1_dot_admin__pb2.GetStorageUsageRequest.FromString,
+                    response_serializer=fedtune_dot_v1_dot_admin__pb2.StorageUsage.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=fedtune_dot_v1_dot_admin__pb2.CollectGarbageRequest.FromString,
+                    response_serializer=fedtune_dot_v1_dot_admin__pb2.CollectGarbageReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -830,6 +883,87 @@ class Admin:
             '/fedtune.v1.Admin/GetStatus',
             fedtune_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             fedtune_dot_v1_dot_admin__pb2.CoordinatorStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtune.v1.Admin/PinModel',
+            fedtune_dot_v1_dot_admin__pb2.PinModelRequest.SerializeToString,
+            fedtune_dot_v1_dot_admin__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStorageUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtune.v1.Admin/GetStorageUsage',
+            fedtune_dot_v1_dot_admin__pb2.GetStorageUsageRequest.SerializeToString,
+            fedtune_dot_v1_dot_admin__pb2.StorageUsage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtune.v1.Admin/CollectGarbage',
+            fedtune_dot_v1_dot_admin__pb2.CollectGarbageRequest.SerializeToString,
+            fedtune_dot_v1_dot_admin__pb2.CollectGarbageReport.FromString,
             options,
             channel_credentials,
             insecure,

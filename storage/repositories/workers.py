@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
@@ -32,6 +33,10 @@ class WorkerRepository(ABC):
     @abstractmethod
     def count_online(self, cutoff: float) -> int:
         """Online workers seen since `cutoff`."""
+
+    @abstractmethod
+    def online_site_ids(self, site_ids: Sequence[int]) -> set[int]:
+        """Those of `site_ids` that have a worker marked online (the scheduler marks silent ones offline)."""
 
     @abstractmethod
     def with_site_names(self) -> list[tuple[Worker, str]]:
@@ -86,6 +91,14 @@ class SqlWorkerRepository(WorkerRepository):
             )
         )
         return int(count or 0)
+
+    def online_site_ids(self, site_ids: Sequence[int]) -> set[int]:
+        if not site_ids:
+            return set()
+        query = select(Worker.site_id).where(
+            Worker.site_id.in_(set(site_ids)), Worker.state == WorkerState.ONLINE
+        )
+        return set(self._session.scalars(query.distinct()))
 
     def with_site_names(self) -> list[tuple[Worker, str]]:
         rows = self._session.execute(

@@ -169,3 +169,31 @@ def test_experiment_commands_move_the_state_and_wake_every_site(world: World) ->
     assert [w.all_sites for w in world.woken] == [True, True, False]
     kinds = [e.kind for e in world.uows.rows(models.Event)]
     assert kinds[-3:] == ["experiment.started", "experiment.paused", "experiment.aborted"]
+
+
+def test_the_scheduler_collects_garbage_every_gc_interval_seconds(tmp_path: Path) -> None:
+    # Prepare: a collector that counts, a 60 s interval
+    class CountingCollector:
+        calls = 0
+
+        def submit_periodic(self) -> None:
+            self.calls += 1
+
+    collector = CountingCollector()
+    uows, clock = FakeUnitOfWorkFactory(), FakeClock()
+    settings = make_settings(tmp_path, "sqlite://", gc_interval_seconds=60)
+    scheduler = Scheduler(uows, clock, settings, _IdleAggregator(), Notifier(), collector)  # type: ignore[arg-type]
+
+    # Execute / Assert: nothing before the interval, then once per interval
+    try:
+        scheduler.tick()
+        assert collector.calls == 0
+        clock.advance(61)
+        scheduler.tick()
+        scheduler.tick()
+        assert collector.calls == 1
+        clock.advance(61)
+        scheduler.tick()
+        assert collector.calls == 2
+    finally:
+        scheduler.close()

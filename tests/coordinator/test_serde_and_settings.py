@@ -44,6 +44,8 @@ MANIFEST = Manifest.of(
                     serde.SiteUpdateRecord("a", 40, 40.0, {"eval_accuracy": 0.75}, 1024, "folded"),
                     serde.SiteUpdateRecord("b", 7, 0.0, {}, 3 << 31, "verified"),
                 ),
+                ("c",),
+                "1 update(s) in, min_sites=2; offline: c",
             ),
             serde.round_to_proto,
             serde.round_from_proto,
@@ -74,9 +76,23 @@ MANIFEST = Manifest.of(
                 12,
                 4.0,
                 ("adapter_config.json",),
+                "exported",
+                7.0,
             ),
             serde.model_version_to_proto,
             serde.model_version_from_proto,
+        ),
+        (
+            serde.StorageUsageRecord(
+                10, 2, 4, 1, 3, 1, 2, 5, 1, (serde.ExperimentStorageRecord("e", "n", 4, 1, 6 << 31, 7),)
+            ),
+            serde.storage_usage_to_proto,
+            serde.storage_usage_from_proto,
+        ),
+        (
+            serde.GcReportRecord(False, 2, ("mv1", "mv2"), 1, 3, 3 << 31, 1, 2, 200, 0.5),
+            serde.gc_report_to_proto,
+            serde.gc_report_from_proto,
         ),
         (
             serde.EventRecord(1, 2.0, "e", "round.opened", "msg", {"round": 1}),

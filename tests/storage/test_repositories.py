@@ -291,3 +291,51 @@ def test_wakeups_reach_the_hook_only_after_a_commit(uows: Callable[[], UnitOfWor
 
     # Assert
     assert heard == [Wakeups(frozenset({2}), all_sites=True)]
+
+
+def test_online_site_ids_and_what_a_collector_must_keep(uows: Callable[[], UnitOfWork]) -> None:
+    # Prepare: a has an online worker, b only an offline one; a pruned version, a kept one sharing
+    # a side file with it, three server states of one stage
+    ids = _seed(uows)
+    with uows() as uow:
+        uow.workers.add(models.Worker(id="w-a", site_id=ids["a"], state=WorkerState.ONLINE))
+        uow.workers.add(models.Worker(id="w-b", site_id=ids["b"], state=WorkerState.OFFLINE))
+        uow.versions.add(
+            models.ModelVersion(
+                id="mv-old",
+                experiment_id="exp-1",
+                version=1,
+                blob_digest="old",
+                files={"cfg": "shared", "x": "old-only"},
+                pruned_at=NOW,
+            )
+        )
+        uow.versions.add(
+            models.ModelVersion(
+                id="mv-new", experiment_id="exp-1", version=2, blob_digest="new", files={"cfg": "shared"}
+            )
+        )
+        for number in (1, 2, 3):
+            uow.versions.add_strategy_state(
+                models.StrategyState(
+                    experiment_id="exp-1", stage_index=1, round=number, blob_digest=f"s{number}"
+                )
+            )
+        uow.commit()
+
+    # Execute
+    with uows() as uow:
+        online = uow.workers.online_site_ids([ids["a"], ids["b"]])
+        would = uow.versions.prune_strategy_states(dry_run=True)
+    with uows() as uow:
+        dropped = uow.versions.prune_strategy_states()
+        uow.commit()
+    with uows() as uow:
+        referenced = uow.versions.referenced_blob_digests()
+        kept_state = uow.versions.strategy_state_before("exp-1", 1, 9)
+        kept_round = kept_state.round if kept_state is not None else None
+
+    # Assert
+    assert online == {ids["a"]}
+    assert (would, dropped) == (2, 2) and kept_round == 3
+    assert referenced == {"new", "shared", "s3"}
