@@ -221,23 +221,29 @@ def _accumulate(
 @contextlib.contextmanager
 def checkpointing(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """Gradient checkpointing for the duration of a training run (`training.gradient_checkpointing`):
-    activations are recomputed in the backward pass instead of kept, for about a third more compute."""
+    each layer keeps only its inputs and recomputes the rest in the backward pass (non-reentrant
+    torch.utils.checkpoint), for about a third more compute."""
     if not enabled:
         yield
         return
-    if not getattr(model, "supports_gradient_checkpointing", True) or not hasattr(
-        model, "gradient_checkpointing_enable"
-    ):
+    base: Any = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
         raise FedtuneError(
             ErrorCode.INVALID_SPEC,
-            "training.gradient_checkpointing: this model does not support gradient checkpointing; "
-            "set it to false",
+            f"training.gradient_checkpointing: {type(base).__name__} does not support gradient "
+            "checkpointing; set it to false",
         )
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        disable = base.activation_checkpointing_disable
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        disable = base.gradient_checkpointing_disable
     try:
         yield
     finally:
-        model.gradient_checkpointing_disable()  # type: ignore[operator]
+        disable()
 
 
 def privatize_update(
