@@ -27,6 +27,7 @@ from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.serde import TaskRecord
 from fedtune.spec import ExperimentSpec, load_spec_json
 from fedtune.tensorstream.manifest import Manifest
+from worker import memory
 from worker.connection import Connection, UnreadableTask
 from worker.interrupt import TaskAbandoned, interruptible
 from worker.retry import RpcFailure, Stopped
@@ -148,6 +149,7 @@ class WorkerDaemon:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
+        memory.return_freed_memory()
 
     def capabilities(self) -> tuple[dict[str, Any], dict[str, int]]:
         if self._capabilities is None:
@@ -272,6 +274,7 @@ class WorkerDaemon:
             self._report_failure(task.task_id, failure_report(err))
         finally:
             self.current = None
+            memory.trim()
 
     def _report_failure(self, task_id: str, error: str) -> None:
         assert self.connection is not None
