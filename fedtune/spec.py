@@ -23,6 +23,7 @@ MAX_STAGE_NAME_CHARS = 100  # stages.name and model_versions.stage_name are Stri
 MAX_OPTION_ABS = 1e12  # a number in strategy options
 MAX_NESTING = 8  # dicts / lists in strategy options
 MAX_ITEMS = 10_000  # entries of one list or dict anywhere in the spec
+MAX_ACCUMULATION_STEPS = 4096  # micro-batches per optimiser step
 
 
 class _Strict(BaseModel):
@@ -66,6 +67,12 @@ class BaseModelSpec(_Strict):
 
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     sha256: str | None = None  # optional digest of the weights file, checked by workers
+    # Precision of the frozen base weights and of the forward pass (trained tensors stay float32).
+    # auto: bf16 on a CUDA GPU that supports it, else float32. fp16 and quantization need CUDA.
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # QLoRA: the frozen base in 4-bit NF4 or 8-bit through bitsandbytes, prepared with peft's
+    # prepare_model_for_kbit_training. A site without CUDA (or bitsandbytes) refuses the task.
+    quantization: Literal["none", "nf4", "int8"] = "none"
 
     _name_inside_model_root = field_validator("name")(_site_path)
 
@@ -91,6 +98,10 @@ class LoraSpec(_Strict):
     target_modules: list[str] | None = None  # None = peft's default for the architecture
     # FFA-LoRA: freeze A at the shared init seed and train only B; averaging is then exact.
     freeze_a: bool = False
+    # DoRA (Liu et al. 2024): a trained magnitude vector per adapted layer, exchanged like A and B.
+    use_dora: bool = False
+    # rsLoRA (Kalajdzievski 2023): scale alpha / sqrt(r) instead of alpha / r, stable at large ranks.
+    use_rslora: bool = False
 
 
 class PromptTuningSpec(_Strict):
@@ -137,6 +148,18 @@ class TrainingSpec(_Strict):
     # per-class sums of the input features of this classifier layer, and the class counts, in that
     # layer's weight and bias tensors (classification only).
     class_statistics: str | None = Field(default=None, min_length=1)
+    # Scale levers for large models (docs/decisions.md 34). `batch_size` is the micro-batch; one
+    # optimiser step takes gradient_accumulation_steps micro-batches, and max_steps counts optimiser steps.
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=MAX_ACCUMULATION_STEPS)
+    gradient_checkpointing: bool = False
+    max_grad_norm: float | None = Field(default=None, gt=0, le=1e6)  # clip the gradient's L2 norm
+    # Learning-rate schedule over the whole federation: the step of round r, local step s is
+    # (r - 1) * local_steps + s of rounds * local_steps (the stage's planned rounds), warmup included.
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    # instruction task: concatenate each micro-batch into one row with per-example positions (no
+    # padding, attention kept within each example: transformers' DataCollatorWithFlattening).
+    packing: bool = False
 
 
 class SelectionSpec(_Strict):
@@ -298,7 +321,8 @@ class StageSpec(_Strict):
 class ExperimentSpec(_Strict):
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     base_model: BaseModelSpec
-    task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
+    # instruction: chat / prompt-response JSONL, loss on the assistant's tokens only (worker/instruction.py)
+    task: Literal["sequence-classification", "causal-lm", "instruction"] = "sequence-classification"
     labels: list[str] | None = None  # class names, in label-id order (sequence classification)
     data: DataSpec = Field(default_factory=DataSpec)
     peft: PeftSpec = Field(default_factory=LoraSpec)
@@ -333,6 +357,9 @@ class ExperimentSpec(_Strict):
                     f"sequence-classification (it shifts class logits by the site's label prior), "
                     f"not {self.task}; set it to 0 or remove it"
                 )
+        problem = _scale_lever_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
         names = [s.stage_name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}; give repeated kinds a `name`")
@@ -346,6 +373,32 @@ class ExperimentSpec(_Strict):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+
+PACKABLE_METHODS = ("lora", "ia3")  # prompt-learning methods prepend tokens and drop position ids
+
+
+def _scale_lever_problem(spec: ExperimentSpec) -> str | None:
+    """What is wrong with the LLM scale levers of `spec` as a whole, or None."""
+    trainings = [("training", spec.training)] + [
+        (f"stages.{i}.training", stage.training)
+        for i, stage in enumerate(spec.stages)
+        if stage.training is not None
+    ]
+    for where, training in trainings:
+        if training.packing and spec.task != "instruction":
+            return f"{where}.packing needs task instruction, not {spec.task}; remove it"
+        if training.packing and spec.peft.method not in PACKABLE_METHODS:
+            return (
+                f"{where}.packing works with peft methods {list(PACKABLE_METHODS)}, not "
+                f"{spec.peft.method} (its virtual tokens ignore per-example positions); set it to false"
+            )
+    if spec.base_model.quantization != "none" and spec.base_model.dtype == "fp32":
+        return (
+            f"base_model.quantization {spec.base_model.quantization} computes in bf16 or fp16; "
+            "set base_model.dtype to auto, bf16 or fp16"
+        )
+    return None
 
 
 def _check_plain(value: Any, where: str, depth: int = 0) -> None:

@@ -28,6 +28,7 @@ from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
 from fedtune.serde import TaskRecord
 from fedtune.spec import ExperimentSpec, load_spec_json
 from fedtune.tensorstream.manifest import Manifest
+from worker import memory
 from worker.connection import Connection, UnreadableTask
 from worker.interrupt import TaskAbandoned, interruptible
 from worker.metrics import WorkerMetrics
@@ -155,6 +156,7 @@ class WorkerDaemon:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
+        memory.return_freed_memory()
 
     def _serve_metrics(self) -> None:
         s = self.settings
@@ -289,6 +291,7 @@ class WorkerDaemon:
             self._report_failure(task.task_id, failure_report(err))
         finally:
             self.current = None
+            memory.trim()
 
     def _report_failure(self, task_id: str, error: str) -> None:
         assert self.connection is not None

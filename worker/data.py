@@ -1,4 +1,5 @@
-"""Site-local data: JSONL or CSV (chosen by extension) with the spec's text and label fields.
+"""Site-local data: JSONL or CSV (chosen by extension) with the spec's text and label fields, or
+instruction examples (`messages`, or `prompt` / `response`) for the instruction task.
 
 Every problem names the file, line and field, so a site admin can fix the data without reading code,
 and never quotes a value from the data: a task's error goes to the coordinator (docs/decisions.md 24).
@@ -156,6 +157,72 @@ def load_examples(
     if not examples:
         raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"data file {path} has no examples")
     return examples
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+MAX_CHAT_MESSAGES = 1024  # messages in one conversation
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One instruction example: (role, content) messages, at least one from the assistant."""
+
+    messages: tuple[tuple[str, str], ...]
+    where: str  # "file:line", for errors about this example (never its content)
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+
+def _string_field(record: dict[str, Any], field: str, path: Path, line: int) -> str:
+    value = record.get(field)
+    if not isinstance(value, str):
+        raise _bad(path, line, f"field {field!r} must be a string, not a JSON {_json_type(value)}")
+    return value
+
+
+def _messages(raw: Any, path: Path, line: int) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _bad(path, line, "field 'messages' must be a non-empty JSON array of {role, content} objects")
+    if len(raw) > MAX_CHAT_MESSAGES:
+        raise _bad(path, line, f"field 'messages' has more than {MAX_CHAT_MESSAGES} messages; split it")
+    out = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _bad(path, line, f"{where} must be an object with 'role' and 'content'")
+        role, content = message.get("role"), message.get("content")
+        if role not in CHAT_ROLES:
+            raise _bad(path, line, f"{where}.role must be one of {list(CHAT_ROLES)}")
+        if not isinstance(content, str):
+            raise _bad(path, line, f"{where}.content must be a string, not a JSON {_json_type(content)}")
+        out.append((str(role), content))
+    if not any(role == "assistant" for role, _ in out):
+        raise _bad(path, line, "field 'messages' has no assistant message: there is nothing to learn")
+    return tuple(out)
+
+
+def load_conversations(path: Path) -> list[Conversation]:
+    """Instruction examples: a `messages` array (chat format), or `prompt` + `response` strings with an
+    optional `system` string (JSONL or CSV). Errors name file, line and field, never a value."""
+    path = Path(path)
+    _check_path(path)
+    out: list[Conversation] = []
+    for line, record in _rows(path):
+        if "messages" in record:
+            messages = _messages(record["messages"], path, line)
+        elif "prompt" in record or "response" in record:
+            turns = [("user", _string_field(record, "prompt", path, line))]
+            turns.append(("assistant", _string_field(record, "response", path, line)))
+            if record.get("system") not in (None, ""):
+                turns.insert(0, ("system", _string_field(record, "system", path, line)))
+            messages = tuple(turns)
+        else:
+            raise _bad(path, line, "needs a 'messages' array or 'prompt' and 'response' fields")
+        out.append(Conversation(messages, f"{path}:{line}"))
+    if not out:
+        raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"data file {path} has no examples")
+    return out
 
 
 def count_examples(path: Path) -> int:

@@ -21,7 +21,8 @@ class DeviceChoice:
 
     @property
     def autocast(self) -> bool:
-        return self.device.type == "cuda" and self.train_dtype != torch.float32
+        """Forward passes run under autocast in `train_dtype` (base_model.dtype bf16 also on a CPU)."""
+        return self.train_dtype != torch.float32
 
 
 def _cpu_memory_bytes() -> int:

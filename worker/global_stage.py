@@ -44,7 +44,7 @@ def global_lora_spec(spec: ExperimentSpec) -> LoraSpec:
 
 def lm_kind(spec: ExperimentSpec, path: Path) -> LmKind:
     """Masked LM for encoder architectures (those with a masked-LM class), causal LM otherwise."""
-    if spec.task == "causal-lm":
+    if spec.task in ("causal-lm", "instruction"):
         return "causal"
     model_type = AutoConfig.from_pretrained(path).model_type
     return "masked" if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal"
@@ -111,6 +111,7 @@ def run_train(
     *,
     site: str,
     progress: Callable[[str], None],
+    rounds: int = 1,
 ) -> TaskOutput:
     """A global-stage round: the LM LoRA (`built`, from the model factory) trained on the site's
     unlabelled text.
@@ -135,6 +136,7 @@ def run_train(
         training=training,
         device=built.device,
         round=round,
+        rounds=rounds,
         site=site,
         progress=progress,
         encode=train_encoder(built, kind, training, round, site),

@@ -31,6 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, site_path_problem
+from worker import precision
 from worker.device import DeviceChoice
 from worker.methods import BuildContext, get_method
 
@@ -120,7 +121,7 @@ def _load_base(spec: ExperimentSpec, path: Path, device: DeviceChoice) -> tuple[
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    dtype = device.train_dtype if device.autocast else torch.float32
+    kwargs = precision.load_kwargs(spec.base_model, device)
     if spec.task == "sequence-classification":
         labels = spec.labels or []
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -128,12 +129,17 @@ def _load_base(spec: ExperimentSpec, path: Path, device: DeviceChoice) -> tuple[
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
-            dtype=dtype,
+            **kwargs,
         )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    else:  # causal-lm, instruction
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        # Training and scoring need no KV cache, and with one transformers does not keep packed
+        # examples apart (worker/instruction.py); generation asks for it explicitly.
+        model.config.use_cache = False
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if precision.is_quantized(model):
+        model = precision.prepare_quantized(model)
     return tokenizer, model
 
 
@@ -168,7 +174,8 @@ def ready(model: PeftModel, tokenizer: Any, device: DeviceChoice) -> BuiltModel:
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
-    model.to(device.device)
+    if not precision.is_quantized(model):  # a k-bit base was placed at load time
+        model.to(device.device)
     model.eval()
     init_state = {name: p.detach().cpu().clone() for name, p in adapter_params(model).items()}
     return BuiltModel(model=model, tokenizer=tokenizer, device=device, init_state=init_state)

@@ -24,6 +24,7 @@ from worker import global_stage
 from worker.device import DeviceChoice
 from worker.lm import LmKind
 from worker.model import BuiltModel, build_classifier, check_digest, file_sha256, model_dir
+from worker.precision import with_precision
 from worker.task_io import read_global
 
 V = TypeVar("V")
@@ -63,6 +64,7 @@ class ModelFactory:
     ) -> BuiltModel:
         """The task's model (spec.task, spec.peft) at its initial state; with `base_adapter_path` (the
         last global-stage version) built on the base with that version merged in."""
+        device = with_precision(device, spec.base_model)
         path = model_dir(spec, model_root)
         base_digest, base_state = "", None
         if base_adapter_path is not None:
@@ -73,8 +75,10 @@ class ModelFactory:
                 spec.task,
                 spec.labels,
                 spec.peft.model_dump(),
+                spec.base_model.model_dump(),
                 spec.seed,
                 str(device.device),
+                str(device.train_dtype),
                 base_digest,
             ]
         )
@@ -90,10 +94,20 @@ class ModelFactory:
         self, spec: ExperimentSpec, model_root: Path, device: DeviceChoice
     ) -> tuple[BuiltModel, LmKind]:
         """The global stage's model: the base with its LM head and the global-stage LoRA, at init."""
+        device = with_precision(device, spec.base_model)
         path = model_dir(spec, model_root)
         kind = global_stage.lm_kind(spec, path)
         lora = global_stage.global_lora_spec(spec)
-        key = json.dumps([str(path.resolve()), kind, lora.model_dump(), spec.seed, str(device.device)])
+        key = json.dumps(
+            [
+                str(path.resolve()),
+                kind,
+                lora.model_dump(),
+                spec.seed,
+                str(device.device),
+                str(device.train_dtype),
+            ]
+        )
         kept = self.lm_models.get(key)
         if kept is not None:
             kept[0].reset()

@@ -8,20 +8,23 @@ stage's train task runs in worker/global_stage.py on the LM model the factory bu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import ExperimentSpec, TrainingSpec
 from worker import data as data_files
-from worker import global_stage
+from worker import global_stage, instruction
 from worker.class_statistics import class_feature_sums, statistics_update
-from worker.data import Example, data_file, load_examples
+from worker.data import Example, data_file, load_conversations, load_examples
 from worker.device import DeviceChoice, resolve_device
 from worker.evaluation import evaluate
+from worker.memory import peak_rss
 from worker.model import (
     BuiltModel,
     adapter_config_json,
@@ -44,13 +47,6 @@ def _examples(spec: ExperimentSpec, path: Path) -> list[Example]:
         label_field=spec.data.label_field if labelled else None,
         labels=spec.labels if labelled else None,
     )
-
-
-def _eval_examples(spec: ExperimentSpec, data_root: Path) -> list[Example] | None:
-    if spec.data.eval is None:
-        return None
-    path = data_file(data_root, spec.data.eval)
-    return _examples(spec, path) if path.is_file() else None
 
 
 def _training(spec: ExperimentSpec, stage_index: int, overrides: dict[str, Any] | None) -> TrainingSpec:
@@ -90,23 +86,67 @@ def _built_with_global(
     return built, global_arrays
 
 
-def _eval(
-    built: BuiltModel,
-    spec: ExperimentSpec,
-    examples: list[Example],
-    training: TrainingSpec,
-    prefix: str = "eval_",
-) -> dict[str, float]:
-    return evaluate(
-        built.model,
-        built.tokenizer,
-        examples,
-        task=spec.task,
-        device=built.device,
-        batch_size=max(training.batch_size, 32),
-        max_length=training.max_length,
-        prefix=prefix,
+@dataclass
+class _SiteData:
+    """A task's data as its kind needs it: training items, their batch encoder (None: the default
+    `encode_batch`), figures about the data, and the held-out evaluation."""
+
+    task: str
+    train: Sequence[Any]
+    encode: Callable[[list[Any]], dict[str, torch.Tensor]] | None
+    metrics: dict[str, float]
+    held_out: Sequence[Any] | None
+
+    def evaluate(self, built: BuiltModel, training: TrainingSpec, prefix: str) -> dict[str, float]:
+        if not self.held_out:
+            return {}
+        batch_size = max(training.batch_size, 32)
+        if isinstance(self.held_out[0], Example):
+            return evaluate(
+                built.model,
+                built.tokenizer,
+                self.held_out,
+                task=self.task,
+                device=built.device,
+                batch_size=batch_size,
+                max_length=training.max_length,
+                prefix=prefix,
+            )
+        return instruction.evaluate_loss(
+            built.model,
+            self.held_out,
+            pad_token_id=int(built.tokenizer.pad_token_id),
+            device=built.device,
+            batch_size=batch_size,
+            prefix=prefix,
+        )
+
+
+def _site_data(spec: ExperimentSpec, built: BuiltModel, data_root: Path, training: TrainingSpec) -> _SiteData:
+    train_path = data_file(data_root, spec.data.train)
+    eval_path = data_file(data_root, spec.data.eval) if spec.data.eval is not None else None
+    if eval_path is not None and not eval_path.is_file():
+        eval_path = None
+    if spec.task != "instruction":
+        held_out = _examples(spec, eval_path) if eval_path is not None else None
+        return _SiteData(spec.task, _examples(spec, train_path), None, {}, held_out)
+    tokenizer = built.tokenizer
+    train_set = instruction.prepare(tokenizer, load_conversations(train_path), training.max_length)
+    eval_set = (
+        instruction.prepare(tokenizer, load_conversations(eval_path), training.max_length)
+        if eval_path is not None
+        else None
     )
+    pad_id, device, packing = int(tokenizer.pad_token_id), built.device.device, training.packing
+
+    def encode(chats: list[Any]) -> dict[str, torch.Tensor]:
+        return instruction.collate(chats, pad_id, device, packing=packing)
+
+    metrics = train_set.metrics()
+    if eval_set is not None:
+        metrics.update(eval_set.metrics("eval_"))
+    held_out_chats = eval_set.examples if eval_set is not None else None
+    return _SiteData(spec.task, train_set.examples, encode, metrics, held_out_chats)
 
 
 def _safetensors_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -166,31 +206,42 @@ def run_train(
     if _is_global(spec, stage_index):
         lm, kind = models.lm_model(spec, model_root, resolve_device(device))
         return global_stage.run_train(
-            lm, kind, spec, training, round, global_path, data_root, site=site, progress=progress
+            lm,
+            kind,
+            spec,
+            training,
+            round,
+            global_path,
+            data_root,
+            site=site,
+            progress=progress,
+            rounds=spec.stages[stage_index].rounds,
         )
-    train_examples = _examples(spec, data_file(data_root, spec.data.train))
-    eval_examples = _eval_examples(spec, data_root)
     built, global_arrays = _built_with_global(
         models, spec, model_root, global_path, device, base_adapter_path
     )
+    site_data = _site_data(spec, built, data_root, training)
     if training.class_statistics:
-        return _class_statistics(spec, training, built, global_arrays, train_examples, progress)
-    result = train(
-        built.model,
-        built.tokenizer,
-        train_examples,
-        task=spec.task,
-        training=training,
-        device=built.device,
-        round=round,
-        site=site,
-        progress=progress,
-    )
-    metrics = result.metrics()
-    arrays, privacy_metrics = update_to_send(built.model, global_arrays, spec.privacy)
-    metrics.update(privacy_metrics)
-    if eval_examples:
-        metrics.update(_eval(built, spec, eval_examples, training))
+        return _class_statistics(spec, training, built, global_arrays, list(site_data.train), progress)
+    with peak_rss() as memory:
+        result = train(
+            built.model,
+            built.tokenizer,
+            site_data.train,
+            task=spec.task,
+            training=training,
+            device=built.device,
+            round=round,
+            rounds=spec.stages[stage_index].rounds,
+            site=site,
+            progress=progress,
+            encode=site_data.encode,
+        )
+        metrics = {**result.metrics(), **site_data.metrics}
+        arrays, privacy_metrics = update_to_send(built.model, global_arrays, spec.privacy)
+        metrics.update(privacy_metrics)
+        metrics.update(site_data.evaluate(built, training, "eval_"))
+    metrics.update(memory.metrics())
     return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
 
 
@@ -243,26 +294,26 @@ def run_personalize(
 ) -> TaskOutput:
     """Tune the global adapter on local data, keep it in `out_dir`, report global vs personal metrics."""
     training = _training(spec, stage_index, None)
-    train_examples = _examples(spec, data_file(data_root, spec.data.train))
-    eval_examples = _eval_examples(spec, data_root)
     built, _ = _built_with_global(_factory(models), spec, model_root, global_path, device, base_adapter_path)
-    metrics: dict[str, float] = {}
-    if eval_examples:
-        metrics.update(_eval(built, spec, eval_examples, training, prefix="global_eval_"))
-    result = train(
-        built.model,
-        built.tokenizer,
-        train_examples,
-        task=spec.task,
-        training=training,
-        device=built.device,
-        round=0,
-        site=site,
-        progress=progress,
-    )
-    metrics.update(result.metrics())
-    if eval_examples:
-        metrics.update(_eval(built, spec, eval_examples, training, prefix="personal_eval_"))
+    site_data = _site_data(spec, built, data_root, training)
+    with peak_rss() as memory:
+        metrics = site_data.evaluate(built, training, "global_eval_")
+        result = train(
+            built.model,
+            built.tokenizer,
+            site_data.train,
+            task=spec.task,
+            training=training,
+            device=built.device,
+            round=0,
+            site=site,
+            progress=progress,
+            encode=site_data.encode,
+        )
+        metrics.update(result.metrics())
+        metrics.update(site_data.metrics)
+        metrics.update(site_data.evaluate(built, training, "personal_eval_"))
+    metrics.update(memory.metrics())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     built.model.save_pretrained(str(out_dir))

@@ -1,17 +1,20 @@
-"""Local training: a plain PyTorch loop (AdamW, constant learning rate), FedProx, and client-side DP.
+"""Local training: a plain PyTorch loop (AdamW), FedProx, and client-side DP.
 
-The learning rate is constant within a round: every round starts a fresh optimiser from the global
-weights, and a per-round decay would make the effective step depend on the round's length rather
-than on the spec. Data order is seeded by (training.seed, round, site) so a run is reproducible.
+Every round starts a fresh optimiser from the global weights. The learning rate follows
+`training.lr_schedule` over the whole federation (worker/schedule.py; constant by default), with
+gradient accumulation, gradient-norm clipping and gradient checkpointing when the spec asks.
+Data order is seeded by (training.seed, round, site) so a run is reproducible.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,10 +22,11 @@ from peft import PeftModel
 
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import PrivacySpec, TrainingSpec
-from worker import interrupt
+from worker import interrupt, schedule
 from worker.batches import encode_batch
 from worker.data import Example
 from worker.device import DeviceChoice
+from worker.instruction import scored_tokens
 from worker.logit_adjustment import adjusted_cross_entropy, site_log_prior
 from worker.model import load_trainable_arrays, trainable_arrays
 
@@ -48,9 +52,11 @@ class TrainResult:
 
 
 def total_steps(num_examples: int, training: TrainingSpec) -> int:
+    """Optimiser steps of one local training run (each of batch_size * gradient_accumulation_steps)."""
     if training.max_steps is not None:
         return training.max_steps
-    return max(1, math.ceil(training.epochs * num_examples / training.batch_size))
+    per_step = training.batch_size * training.gradient_accumulation_steps
+    return max(1, math.ceil(training.epochs * num_examples / per_step))
 
 
 def _batch_order(
@@ -88,22 +94,29 @@ class _AdjustedLoss:
 def train(
     model: torch.nn.Module,
     tokenizer: object,
-    examples: Sequence[Example],
+    examples: Sequence[Any],
     *,
     task: str,
     training: TrainingSpec,
     device: DeviceChoice,
     round: int = 0,
+    rounds: int = 1,
     site: str = "",
     progress: Callable[[str], None] = print,
-    encode: Callable[[Sequence[Example]], dict[str, torch.Tensor]] | None = None,
+    encode: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
     """Train the model's trainable parameters in place, starting from their current (global) values.
 
-    `encode` turns a list of examples into a model batch (default: `encode_batch` for `task`); the
-    global stage passes its LM encoder (worker/lm.py). With `training.logit_adjustment` > 0 and
-    classification batches (no custom `encode`), the loss is the logit-adjusted CE with the prior of
-    `examples` (worker/logit_adjustment.py); the reported train_loss is that adjusted loss.
+    `encode` turns a list of examples into a model batch (default: `encode_batch` for `task`, which needs
+    `Example`s); the global stage passes its LM encoder (worker/lm.py), the instruction task its collator
+    (worker/instruction.py). With `training.logit_adjustment` > 0 and classification batches (no custom
+    `encode`), the loss is the logit-adjusted CE with the prior of `examples`
+    (worker/logit_adjustment.py); the reported train_loss is that adjusted loss.
+
+    One step takes `gradient_accumulation_steps` micro-batches of `batch_size`; a language-model step's
+    loss is the mean over all the step's scored tokens (transformers' `num_items_in_batch`), a
+    classification step's the mean over its examples. `round` of the stage's planned `rounds` places the
+    step on the federation's learning-rate schedule (worker/schedule.py).
     """
     if not examples:
         raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "no training examples")
@@ -111,6 +124,9 @@ def train(
     anchors = [p.detach().clone() for p in params] if training.proximal_mu > 0 else []
     optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
     steps = total_steps(len(examples), training)
+    lr_schedule = schedule.scheduler(optimizer, training, steps, round, rounds)
+    scaler = torch.amp.GradScaler(device.device.type, enabled=device.train_dtype == torch.float16)
+    accumulation = training.gradient_accumulation_steps
     rng = data_rng(training.seed, round, site)
     torch.manual_seed(int(rng.integers(2**31)))  # dropout masks
     adjusted = (
@@ -118,35 +134,41 @@ def train(
         if training.logit_adjustment > 0 and task == "sequence-classification" and encode is None
         else None
     )
-    model.train()
-    loss_sum, seen, started = 0.0, 0, time.perf_counter()
-    for step, indices in enumerate(_batch_order(len(examples), training.batch_size, steps, rng), start=1):
-        interrupt.check()  # a SIGTERM or a cancelled task ends training within one step
+
+    def batch_of(indices: np.ndarray) -> dict[str, torch.Tensor]:
         chosen = [examples[i] for i in indices]
         if encode is not None:
-            batch = encode(chosen)
-        else:
-            batch = encode_batch(tokenizer, chosen, task, training.max_length, device.device)
-        with torch.autocast(device.device.type, dtype=device.train_dtype, enabled=device.autocast):
-            loss = model(**batch).loss.float() if adjusted is None else adjusted(model, batch)
-        objective = loss
-        if anchors:
-            drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
-            objective = loss + 0.5 * training.proximal_mu * drift
-        if not torch.isfinite(objective):
-            raise FedtuneError(
-                ErrorCode.NON_FINITE,
-                f"training loss became {objective.item()} at step {step}; lower learning_rate",
-            )
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
-        loss_sum += float(loss.detach())
-        seen += len(indices)
-        if step % PROGRESS_EVERY == 0 or step == steps:
-            rate = seen / max(time.perf_counter() - started, 1e-9)
-            progress(f"step {step}/{steps} loss {loss_sum / step:.4f} {rate:.1f} examples/s")
-    model.eval()
+            return encode(chosen)
+        return encode_batch(tokenizer, chosen, task, training.max_length, device.device)
+
+    model.train()
+    loss_sum, seen, started = 0.0, 0, time.perf_counter()
+    step_size = training.batch_size * accumulation
+    try:
+        with checkpointing(model, training.gradient_checkpointing):
+            for step, indices in enumerate(_batch_order(len(examples), step_size, steps, rng), start=1):
+                interrupt.check()  # a SIGTERM or a cancelled task ends training within one step
+                micro = [
+                    batch_of(indices[i : i + training.batch_size])
+                    for i in range(0, step_size, training.batch_size)
+                ]
+                step_loss = _accumulate(
+                    model, micro, task, adjusted, params, anchors, training, device, scaler, step
+                )
+                if training.max_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                lr_schedule.step()
+                loss_sum += step_loss
+                seen += len(indices)
+                if step % PROGRESS_EVERY == 0 or step == steps:
+                    rate = seen / max(time.perf_counter() - started, 1e-9)
+                    progress(f"step {step}/{steps} loss {loss_sum / step:.4f} {rate:.1f} examples/s")
+    finally:
+        model.eval()
     seconds = time.perf_counter() - started
     return TrainResult(
         train_loss=loss_sum / steps,
@@ -155,6 +177,73 @@ def train(
         seconds=seconds,
         examples_per_second=seen / max(seconds, 1e-9),
     )
+
+
+def _accumulate(
+    model: torch.nn.Module,
+    micro_batches: list[dict[str, torch.Tensor]],
+    task: str,
+    adjusted: _AdjustedLoss | None,
+    params: list[torch.nn.Parameter],
+    anchors: list[torch.Tensor],
+    training: TrainingSpec,
+    device: DeviceChoice,
+    scaler: torch.amp.GradScaler,
+    step: int,
+) -> float:
+    """Forward and backward every micro-batch of one step; returns the step's loss (without FedProx)."""
+    count = len(micro_batches)
+    language_model = task != "sequence-classification"
+    tokens = sum(scored_tokens(b) for b in micro_batches) if language_model and count > 1 else 0
+    step_loss = 0.0
+    for batch in micro_batches:
+        with torch.autocast(device.device.type, dtype=device.train_dtype, enabled=device.autocast):
+            if adjusted is not None:
+                loss = adjusted(model, batch) / count
+            elif tokens:  # the mean over the whole step's tokens, not a mean of micro-batch means
+                loss = model(**batch, num_items_in_batch=tokens).loss.float()
+            else:
+                loss = model(**batch).loss.float() / count
+        objective = loss
+        if anchors:
+            drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+            objective = loss + 0.5 * training.proximal_mu * drift / count
+        if not torch.isfinite(objective):
+            raise FedtuneError(
+                ErrorCode.NON_FINITE,
+                f"training loss became {objective.item()} at step {step}; lower learning_rate",
+            )
+        scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
+        step_loss += float(loss.detach())
+    return step_loss
+
+
+@contextlib.contextmanager
+def checkpointing(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Gradient checkpointing for the duration of a training run (`training.gradient_checkpointing`):
+    each layer keeps only its inputs and recomputes the rest in the backward pass (non-reentrant
+    torch.utils.checkpoint), for about a third more compute."""
+    if not enabled:
+        yield
+        return
+    base: Any = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise FedtuneError(
+            ErrorCode.INVALID_SPEC,
+            f"training.gradient_checkpointing: {type(base).__name__} does not support gradient "
+            "checkpointing; set it to false",
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        disable = base.activation_checkpointing_disable
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        disable = base.gradient_checkpointing_disable
+    try:
+        yield
+    finally:
+        disable()
 
 
 def privatize_update(

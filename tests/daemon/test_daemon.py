@@ -67,7 +67,13 @@ def start(
         thread.join(timeout=10)
 
 
-def _task(fake: FakeCoordinator, kind: int, task_id: str = "t1", update_kind: str = "weights") -> None:
+def _task(
+    fake: FakeCoordinator,
+    kind: int,
+    task_id: str = "t1",
+    update_kind: str = "weights",
+    spec: ExperimentSpec = SPEC,
+) -> None:
     manifest = fake.servicer.add_version("v0", GLOBAL)
     fake.servicer.tasks.append(
         worker_pb2.Task(
@@ -77,7 +83,7 @@ def _task(fake: FakeCoordinator, kind: int, task_id: str = "t1", update_kind: st
             stage="finetune",
             stage_index=0,
             round=1,
-            spec_json=SPEC.to_json(),
+            spec_json=spec.to_json(),
             model_version_id="v0",
             model_manifest=manifest_to_proto(manifest),
             update_kind=update_kind,
@@ -150,6 +156,24 @@ def test_failing_training_is_reported_without_a_foreign_message_and_the_daemon_g
     assert (result.task_id, result.ok) == ("t1", False)
     assert result.error.startswith("ValueError") and "worker log" in result.error
     assert "SECRET" not in result.error  # a library's message may quote data: only the type leaves
+    pulls = fake.servicer.calls["PullTask"]
+    _wait(lambda: fake.servicer.calls["PullTask"] > pulls)
+
+
+def test_a_quantized_base_on_a_site_that_cannot_run_it_fails_the_task_with_the_reason(
+    fake: FakeCoordinator, start: Any
+) -> None:
+    # Prepare: the real training entry point; this site has no CUDA (or no bitsandbytes)
+    qlora = parse_spec({**SPEC.model_dump(), "base_model": {"name": "tiny-bert", "quantization": "nf4"}})
+    _task(fake, worker_pb2.TASK_KIND_TRAIN, spec=qlora)
+    # Execute
+    start()
+    _wait(lambda: len(fake.servicer.results) == 1)
+    # Assert: failed with the site's reason, nothing pushed, and the daemon goes on
+    result = fake.servicer.results[0]
+    assert not result.ok and "base_model.quantization nf4" in result.error
+    assert "needs a CUDA GPU" in result.error or "needs the bitsandbytes package" in result.error
+    assert "t1" not in fake.servicer.uploads
     pulls = fake.servicer.calls["PullTask"]
     _wait(lambda: fake.servicer.calls["PullTask"] > pulls)
 

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.tiny import make_classification_data, make_text_data, make_tiny_model
+from tests.fixtures.tiny import (
+    make_classification_data,
+    make_instruction_data,
+    make_text_data,
+    make_tiny_model,
+)
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +20,7 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     make_tiny_model(root, "tiny-bert", "bert")
     make_tiny_model(root, "tiny-llama", "llama")
+    make_tiny_model(root, "tiny-chat", "llama-chat")
     return root
 
 
@@ -29,6 +35,13 @@ def cls_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("lm-data")
     make_text_data(folder, n_train=100, n_eval=20, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chat_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("chat-data")
+    make_instruction_data(folder, n_train=96, n_eval=16, seed=1)
     return folder
 
 

@@ -12,7 +12,7 @@ from fedtune.spec import PeftSpec
 
 @dataclass(frozen=True)
 class BuildContext:
-    task: str  # "sequence-classification" | "causal-lm"
+    task: str  # "sequence-classification" | "causal-lm" | "instruction"
     model_path: str  # local folder of the base model (for text-initialised prompts)
     seed: int
 

@@ -1,5 +1,8 @@
 """LoRA, with the FFA-LoRA variant (`freeze_a`): A frozen at a shared seeded init, only B trained.
 
+DoRA (`use_dora`) adds a trained magnitude vector per adapted layer (peft's `lora_magnitude_vector`,
+exchanged with A and B); rsLoRA (`use_rslora`) only changes the scale to alpha / sqrt(r).
+
 With A identical on every site and frozen, averaging the B matrices is exactly averaging B·A.
 A is drawn from numpy's PCG64 stream keyed by (seed, module name), so it is identical across sites
 regardless of torch version or device.
@@ -29,6 +32,8 @@ class LoraMethod:
             lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft annotates int, accepts float
             lora_dropout=spec.dropout,
             target_modules=spec.target_modules,
+            use_dora=spec.use_dora,
+            use_rslora=spec.use_rslora,
         )
 
     def after_build(self, model: PeftModel, spec: LoraSpec, ctx: BuildContext) -> None:

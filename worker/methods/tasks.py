@@ -6,7 +6,11 @@ from peft import TaskType
 
 from fedtune.errors import ErrorCode, FedtuneError
 
-_TASK_TYPES = {"sequence-classification": TaskType.SEQ_CLS, "causal-lm": TaskType.CAUSAL_LM}
+_TASK_TYPES = {
+    "sequence-classification": TaskType.SEQ_CLS,
+    "causal-lm": TaskType.CAUSAL_LM,
+    "instruction": TaskType.CAUSAL_LM,
+}
 
 
 def peft_task_type(task: str) -> TaskType:
