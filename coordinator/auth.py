@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -28,6 +29,7 @@ from storage.registry import record_event
 from storage.uow import UowFactory
 
 log = logging.getLogger("fedtune.coordinator.auth")
+SITE_CACHE_SECONDS = 5.0  # how stale a site's token/revocation may be (another coordinator may change it)
 
 SITE_HEADER = "x-fedtune-site"
 AUTH_HEADER = "authorization"
@@ -159,6 +161,31 @@ class SiteAuth:
         self._admin_token = admin_token
         self._tls_mode = tls_mode
         self._failures = FailedAuthentications(uow_factory, failures_per_window, failure_window_seconds)
+        # name -> (site id, token hash, revoked, read at): every call authenticates, most of them
+        # heartbeats; a registered site is read from the registry at most every SITE_CACHE_SECONDS
+        # (SiteService.forget drops an entry at once when its token rotates or the site is revoked)
+        self._known: dict[str, tuple[int, str, bool, float]] = {}
+        self._known_lock = threading.Lock()
+
+    def forget(self, site: str) -> None:
+        """Drop what is known of `site` (its token or its revocation changed)."""
+        with self._known_lock:
+            self._known.pop(site, None)
+
+    def _site_row(self, site: str) -> tuple[int, str, bool] | None:
+        """(id, token hash, revoked) of a registered site, from the registry or a fresh cache entry."""
+        now = time.monotonic()
+        with self._known_lock:
+            known = self._known.get(site)
+        if known is not None and now - known[3] < SITE_CACHE_SECONDS:
+            return known[:3]
+        with self._uow_factory.reader() as uow:
+            row = uow.sites.by_name(site)
+            found = (row.id, row.token_hash, row.revoked_at is not None) if row is not None else None
+        if found is not None:
+            with self._known_lock:
+                self._known[site] = (*found, now)
+        return found
 
     # ----------------------------------------------------------------- the admin credential
     @property
@@ -222,10 +249,9 @@ class SiteAuth:
         if len(site) > MAX_SITE_NAME_CHARS or control_character(site) is not None:
             # no site has such a name, and PostgreSQL could not even compare it (NUL)
             raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site[:80]!r} or wrong token")
-        with self._uow_factory.reader() as uow:
-            row = uow.sites.by_name(site)
-            matches = row is not None and hmac.compare_digest(row.token_hash, hash_token(token))
-            site_id, revoked = (row.id, row.revoked_at is not None) if row is not None else (0, False)
+        row = self._site_row(site)
+        matches = row is not None and hmac.compare_digest(row[1], hash_token(token))
+        site_id, revoked = (row[0], row[2]) if row is not None else (0, False)
         if not matches:  # recorded outside the read: SQLite allows one writer at a time
             self._failures.record(peer, site, "unknown site or wrong token")
             raise FedtuneError(ErrorCode.UNAUTHENTICATED, f"unknown site {site!r} or wrong token")

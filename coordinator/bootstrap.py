@@ -73,7 +73,7 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         failures_per_window=settings.auth_failures_per_window,
         failure_window_seconds=settings.auth_failure_window_seconds,
     )
-    sites = SiteService(uow_factory, clock)
+    sites = SiteService(uow_factory, clock, on_change=auth.forget)
     sites.seed_sites(settings.seeded_sites())
     metrics = CoordinatorMetrics()
     aggregator = RoundAggregator(uow_factory, blobs, data_dir, clock, metrics=metrics)

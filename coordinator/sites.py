@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from coordinator import lifecycle
@@ -32,10 +32,17 @@ class Revocation:
     tasks_cancelled: int
 
 
+def _nobody(_site: str) -> None:
+    pass
+
+
 class SiteService:
-    def __init__(self, uow_factory: UowFactory, clock: Clock | None = None) -> None:
+    def __init__(
+        self, uow_factory: UowFactory, clock: Clock | None = None, on_change: Callable[[str], None] = _nobody
+    ) -> None:
         self._uow_factory = uow_factory
         self._clock = clock or SystemClock()
+        self._on_change = on_change  # told the name of a site whose token or revocation changed
 
     def _find(self, uow: UnitOfWork, name: str) -> models.Site | None:
         """The site named `name`, compared case-insensitively (older names may hold capitals)."""
@@ -78,6 +85,7 @@ class SiteService:
             row.token_hash = hash_token(token)
             record_event(uow, "site.token_rotated", f"token of site {name} rotated", data={"site": name})
             uow.commit()
+        self._on_change(row.name)
         log.info("site token rotated", extra={"site": name})
         return token
 
@@ -112,6 +120,7 @@ class SiteService:
             )
             uow.commit()
             record = SiteRecord(name=row.name, created_unix=row.created_at, revoked_unix=now)
+        self._on_change(record.name)
         log.warning("site revoked", extra={"site": name, "failed": failed, "cancelled": cancelled})
         return Revocation(record, failed, cancelled)
 
@@ -141,5 +150,7 @@ class SiteService:
                 else:
                     row.token_hash = hash_token(token)
             uow.commit()
+        for name in sites:
+            self._on_change(name)
         if sites:
             log.info("seeded sites from settings", extra={"sites": sorted(sites)})

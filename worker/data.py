@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.spec import site_path_problem
+from fedtune.spec import DataSpec, site_path_problem
 
 DATA_SUFFIXES = (".jsonl", ".csv")
 
@@ -46,6 +46,13 @@ def data_file(data_root: Path, name: str) -> Path:
             "put the file itself under --data-root, or point --data-root at the folder that holds it",
         )
     return path
+
+
+def check_data_paths(data: DataSpec, data_root: Path) -> None:
+    """Refuse, before anything is loaded or read, a spec whose data files leave `data_root`."""
+    for name in (data.train, data.eval, data.unlabelled):
+        if name is not None:
+            data_file(data_root, name)
 
 
 def _bad(path: Path, line: int, what: str) -> FedtuneError:

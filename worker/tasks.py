@@ -21,7 +21,7 @@ from fedtune.spec import ExperimentSpec, TrainingSpec
 from worker import data as data_files
 from worker import global_stage, instruction
 from worker.class_statistics import class_feature_sums, statistics_update
-from worker.data import Example, data_file, load_conversations, load_examples
+from worker.data import Example, check_data_paths, data_file, load_conversations, load_examples
 from worker.device import DeviceChoice, resolve_device
 from worker.evaluation import evaluate
 from worker.memory import peak_rss
@@ -201,6 +201,7 @@ def run_train(
     base_adapter_path: Path | None = None,
 ) -> TaskOutput:
     """Train from the global tensors on the site's train split; returns the trained weights (not a delta)."""
+    check_data_paths(spec.data, data_root)  # a hostile spec is refused before the model is even loaded
     training = _training(spec, stage_index, training_overrides)
     models = _factory(models)
     if _is_global(spec, stage_index):
@@ -293,6 +294,7 @@ def run_personalize(
     base_adapter_path: Path | None = None,
 ) -> TaskOutput:
     """Tune the global adapter on local data, keep it in `out_dir`, report global vs personal metrics."""
+    check_data_paths(spec.data, data_root)
     training = _training(spec, stage_index, None)
     built, _ = _built_with_global(_factory(models), spec, model_root, global_path, device, base_adapter_path)
     site_data = _site_data(spec, built, data_root, training)

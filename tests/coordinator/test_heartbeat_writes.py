@@ -13,6 +13,7 @@ from sqlalchemy import text
 from coordinator.clock import FakeClock
 from coordinator.notify import Notifier
 from coordinator.tasks import TaskService
+from fedtune.errors import FedtuneError
 from storage import models
 from storage.db import open_registry
 from storage.memory import FakeUnitOfWorkFactory
@@ -96,3 +97,32 @@ def test_a_reader_reads_while_a_writer_holds_the_lock_and_cannot_commit(tmp_path
     engine.dispose()
     # Assert: the read did not queue behind the writer
     assert read_s < 1.0
+
+
+def test_a_sites_credentials_are_read_once_and_forgotten_when_they_change(tmp_path: Path) -> None:
+    # Prepare: count the registry reads of authentication
+    from coordinator.auth import SiteAuth, hash_token
+    from coordinator.sites import SiteService
+
+    uows = FakeUnitOfWorkFactory()
+    reads = {"n": 0}
+    reader = uows.reader
+
+    def counting_reader() -> object:
+        reads["n"] += 1
+        return reader()
+
+    uows.reader = counting_reader  # type: ignore[method-assign]
+    uows.add_all([models.Site(name="a", token_hash=hash_token("secret"))])
+    auth = SiteAuth(uows, admin_token=None)
+    sites = SiteService(uows, FakeClock(), on_change=auth.forget)
+    # Execute + Assert: many calls, one read
+    site_id = auth.authenticate_site("a", "secret")
+    for _ in range(20):
+        assert auth.authenticate_site("a", "secret") == site_id
+    assert reads["n"] == 1
+    # a rotated token works at once and the old one does not
+    token = sites.rotate_token("a")
+    assert auth.authenticate_site("a", token) == site_id
+    with pytest.raises(FedtuneError):
+        auth.authenticate_site("a", "secret")

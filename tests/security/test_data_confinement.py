@@ -185,13 +185,18 @@ def test_csv_and_encoding_errors_are_data_errors_without_the_value(tmp_path: Pat
 
 def test_worker_failure_for_a_secret_label_does_not_carry_it(tmp_path: Path) -> None:
     # Prepare: the probe, a train split whose label field holds a patient's name
-    from tests.fixtures.tiny import tiny_spec
+    from tests.fixtures.tiny import make_tiny_model, tiny_spec
+    from tests.worker.helpers import write_global
     from worker import tasks
 
+    make_tiny_model(tmp_path / "models", "tiny-bert", "bert")
+    global_path = write_global(
+        tmp_path / "global.safetensors", tasks.run_init(tiny_spec(), tmp_path / "models").arrays
+    )
     (tmp_path / "train.jsonl").write_text(json.dumps({"text": "notes", "label": SECRET}) + "\n")
     # Execute
     with pytest.raises(FedtuneError) as err:
-        tasks.run_train(tiny_spec(), 0, 1, tmp_path / "global.safetensors", tmp_path, tmp_path / "models")
+        tasks.run_train(tiny_spec(), 0, 1, global_path, tmp_path, tmp_path / "models")
     report = failure_report(err.value)
     # Assert
     assert "train.jsonl:1: field 'label'" in report and SECRET not in report
