@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from cryptography import x509
@@ -51,8 +51,40 @@ coordinator: it may call the Admin API without the admin token. A site certifica
 """
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 def _fail(err: FedtuneError) -> NoReturn:
     raise click.ClickException(err.message)
+
+
+def _leaf_options(holder: str) -> Callable[[F], F]:
+    """The options of a command that signs one more leaf certificate with the existing CA."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(
+            [
+                click.option(
+                    "--ca-dir",
+                    type=click.Path(exists=True, file_okay=False, path_type=Path),
+                    required=True,
+                    help="The folder `fedtune certs init` wrote (with ca.pem and ca.key).",
+                ),
+                click.argument("name"),
+                click.option(
+                    "--days",
+                    type=click.IntRange(1, 3650),
+                    default=DEFAULT_DAYS,
+                    show_default=True,
+                    help="Validity.",
+                ),
+                click.option("--force", is_flag=True, help=f"Replace the {holder}'s existing files."),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def _sign_with_ca(
@@ -142,17 +174,7 @@ def init_command(
 
 
 @certs_group.command("add-site", epilog=ADD_SITE_EXAMPLES)
-@click.option(
-    "--ca-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="The folder `fedtune certs init` wrote (with ca.pem and ca.key).",
-)
-@click.argument("name")
-@click.option(
-    "--days", type=click.IntRange(1, 3650), default=DEFAULT_DAYS, show_default=True, help="Validity."
-)
-@click.option("--force", is_flag=True, help="Replace the site's existing files.")
+@_leaf_options("site")
 def add_site_command(ca_dir: Path, name: str, days: int, force: bool) -> None:
     """Make the client cert of one more site NAME (its CN), signed by the existing CA."""
     bundle = _sign_with_ca(
@@ -162,17 +184,7 @@ def add_site_command(ca_dir: Path, name: str, days: int, force: bool) -> None:
 
 
 @certs_group.command("add-admin", epilog=ADD_ADMIN_EXAMPLES)
-@click.option(
-    "--ca-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="The folder `fedtune certs init` wrote (with ca.pem and ca.key).",
-)
-@click.argument("name")
-@click.option(
-    "--days", type=click.IntRange(1, 3650), default=DEFAULT_DAYS, show_default=True, help="Validity."
-)
-@click.option("--force", is_flag=True, help="Replace the admin's existing files.")
+@_leaf_options("admin")
 def add_admin_command(ca_dir: Path, name: str, days: int, force: bool) -> None:
     """Make an admin client cert for operator NAME (CN fedtune-admin:NAME), signed by the existing CA."""
     bundle = _sign_with_ca(

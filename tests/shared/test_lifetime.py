@@ -65,13 +65,18 @@ def test_a_coordinator_stops_once_however_many_signals_it_gets(tmp_path: Path) -
         child = subprocess.Popen(
             [*command, "--data-dir", str(tmp_path / "data")], stdout=out, stderr=subprocess.STDOUT
         )
-    deadline = time.monotonic() + 60
-    while "coordinator listening" not in log.read_text():
-        assert time.monotonic() < deadline and child.poll() is None, log.read_text()
-        time.sleep(0.1)
-    # Execute: SIGTERM, and again while it stops (an impatient operator, or the parent's death + a watch)
-    for _ in range(3):
-        child.send_signal(signal.SIGTERM)
-    # Assert: it ends (a signal that lands after the stop, while Python exits, may end it as SIGTERM)
-    assert child.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
-    assert log.read_text().count("coordinator stopped") == 1
+    try:
+        deadline = time.monotonic() + 60
+        while "coordinator listening" not in log.read_text():
+            assert time.monotonic() < deadline and child.poll() is None, log.read_text()
+            time.sleep(0.1)
+        # Execute: SIGTERM, and again while it stops (an impatient operator, or the parent's death + a watch)
+        for _ in range(3):
+            child.send_signal(signal.SIGTERM)
+        # Assert: it ends (a signal that lands after the stop, while Python exits, may end it as SIGTERM)
+        assert child.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
+        assert log.read_text().count("coordinator stopped") == 1
+    finally:
+        if child.poll() is None:  # a coordinator that hung must not outlive the test
+            child.kill()
+            child.wait()
