@@ -75,13 +75,12 @@ def experiment_list(admin: AdminContext) -> None:
       fedtune admin experiment list
       fedtune admin --json experiment list | jq -r '.experiments[].experiment_id'
     """
-    experiments = admin.client().list_experiments()
-    human: RenderableType = (
-        render.experiments_table(experiments)
-        if experiments
-        else render.plain("No experiments yet; submit one with: fedtune admin experiment submit SPEC.yaml")
+    admin.output_list(
+        "experiments",
+        admin.client().list_experiments(),
+        render.experiments_table,
+        "No experiments yet; submit one with: fedtune admin experiment submit SPEC.yaml",
     )
-    admin.output({"experiments": [render.to_jsonable(e) for e in experiments]}, human)
 
 
 @experiment_group.command("show")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import RenderableType
 
 from admin import render
 from admin.context import AdminContext, pass_admin
@@ -38,9 +37,9 @@ def models_list(admin: AdminContext, experiment_id: str) -> None:
       fedtune admin models list --experiment exp-3f2a
       fedtune admin --json models list | jq -r '.models[] | select(.kind=="adapter") | .version_id'
     """
-    models = admin.client().list_models(experiment_id)
-    human: RenderableType = render.models_table(models) if models else render.plain("No model versions yet.")
-    admin.output({"models": [render.to_jsonable(m) for m in models]}, human)
+    admin.output_list(
+        "models", admin.client().list_models(experiment_id), render.models_table, "No model versions yet."
+    )
 
 
 @models_group.command("show")

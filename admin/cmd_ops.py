@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.console import RenderableType
 
 from admin import render
 from admin.context import AdminContext, pass_admin
@@ -62,13 +61,12 @@ def sites_list(admin: AdminContext) -> None:
       fedtune admin sites list
       fedtune admin --json sites list | jq -r '.sites[] | select(.revoked_unix == 0) | .name'
     """
-    found = admin.client().list_sites()
-    human: RenderableType = (
-        render.sites_table(found)
-        if found
-        else render.plain("No sites yet; add one with: fedtune admin sites add NAME")
+    admin.output_list(
+        "sites",
+        admin.client().list_sites(),
+        render.sites_table,
+        "No sites yet; add one with: fedtune admin sites add NAME",
     )
-    admin.output({"sites": [render.to_jsonable(s) for s in found]}, human)
 
 
 @sites_group.command("rotate-token")
@@ -131,13 +129,12 @@ def workers(admin: AdminContext) -> None:
       fedtune admin workers
       fedtune admin --json workers | jq -r '.workers[] | select(.state=="online") | .site'
     """
-    found = admin.client().list_workers()
-    human: RenderableType = (
-        render.workers_table(found)
-        if found
-        else render.plain("No workers have connected yet; start one with: fedtune worker run ...")
+    admin.output_list(
+        "workers",
+        admin.client().list_workers(),
+        render.workers_table,
+        "No workers have connected yet; start one with: fedtune worker run ...",
     )
-    admin.output({"workers": [render.to_jsonable(w) for w in found]}, human)
 
 
 @click.command("watch")

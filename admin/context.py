@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import RenderableType
@@ -11,6 +12,8 @@ from rich.console import RenderableType
 from admin import render
 from admin.client import AdminClient, AdminError
 from fedtune.tls import ClientTls
+
+T = TypeVar("T")
 
 
 class AdminGroup(click.Group):
@@ -49,6 +52,13 @@ class AdminContext:
         console = render.make_console()
         for item in human:
             console.print(item)
+
+    def output_list(
+        self, key: str, items: Sequence[T], table: Callable[[Sequence[T]], RenderableType], empty: str
+    ) -> None:
+        """A listing: `{key: [...]}` with `--json`, else `table(items)`, or the `empty` hint for none."""
+        human = table(items) if items else render.plain(empty)
+        self.output({key: [render.to_jsonable(item) for item in items]}, human)
 
 
 pass_admin = click.make_pass_decorator(AdminContext)
