@@ -1,9 +1,9 @@
 """The one error catalogue: domain errors carry a code; one table maps codes to gRPC statuses.
 
 Domain code raises ``FedtuneError(ErrorCode.X, "what is wrong and how to fix it")``.
-Servicers wrap their handler in ``with rpc_errors(context, "PushUpdate"):``; anything that is
-not a ``FedtuneError`` becomes INTERNAL with a generic message (the traceback goes to the log,
-never to the client).
+The asyncio servicers wrap each handler in ``async with aio_rpc_errors(context, "PushUpdate"):``;
+anything that is not a ``FedtuneError`` becomes INTERNAL with a generic message (the traceback goes
+to the log, never to the client).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -96,19 +96,6 @@ def internal_message(method: str) -> str:
     return f"internal error in {method}; see the coordinator log"
 
 
-@contextlib.contextmanager
-def rpc_errors(context: grpc.ServicerContext, method: str) -> Iterator[None]:
-    """Turn domain errors into a gRPC status with a public message; hide everything else."""
-    try:
-        yield
-    except FedtuneError as err:
-        log.info("%s rejected: %s", method, err)
-        context.abort(*public_status(err))
-    except Exception:
-        log.exception("%s failed", method)
-        context.abort(grpc.StatusCode.INTERNAL, internal_message(method))
-
-
 # Hears each error status a call ends with: (method, gRPC status, reason = the ErrorCode's value, or
 # "internal"): a bounded set of values, e.g. for the coordinator's metrics (coordinator/metrics.py).
 ErrorObserver = Callable[[str, grpc.StatusCode, str], None]
@@ -128,8 +115,8 @@ def _observe(on_error: ErrorObserver | None, method: str, status: grpc.StatusCod
 async def aio_rpc_errors(
     context: grpc.aio.ServicerContext[Any, Any], method: str, on_error: ErrorObserver | None = None
 ) -> AsyncIterator[None]:
-    """``rpc_errors`` for asyncio servicers (``grpc.aio``): the same table, the same messages.
-    `on_error` hears every error status the call ends with (not a client that left)."""
+    """Turn domain errors into a gRPC status with a public message (the table above); hide everything
+    else as INTERNAL. `on_error` hears every error status the call ends with (not a client that left)."""
     try:
         yield
     except grpc.aio.AbortError:

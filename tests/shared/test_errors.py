@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
-from fedtune.errors import ErrorCode, FedtuneError, grpc_status_for, rpc_errors
+from fedtune.errors import ErrorCode, FedtuneError, aio_rpc_errors, grpc_status_for
 
 
 class _AbortCalled(Exception):
@@ -17,9 +19,19 @@ class _RecordingContext:
         self.code: grpc.StatusCode | None = None
         self.details = ""
 
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.code, self.details = code, details
         raise _AbortCalled
+
+
+def _handle(context: _RecordingContext, method: str, error: Exception) -> None:
+    """Run a handler that raises `error` inside ``aio_rpc_errors``."""
+
+    async def handler() -> None:
+        async with aio_rpc_errors(context, method):  # type: ignore[arg-type]
+            raise error
+
+    asyncio.run(handler())
 
 
 @pytest.mark.parametrize("code", list(ErrorCode))
@@ -31,8 +43,12 @@ def test_every_error_code_maps_to_a_grpc_status(code: ErrorCode) -> None:
 def test_domain_error_becomes_its_status_with_the_public_message() -> None:
     context = _RecordingContext()
 
-    with pytest.raises(_AbortCalled), rpc_errors(context, "PushUpdate"):  # type: ignore[arg-type]
-        raise FedtuneError(ErrorCode.CHECKSUM_MISMATCH, "chunk 3 of tensor 'w' has a bad crc32")
+    with pytest.raises(_AbortCalled):
+        _handle(
+            context,
+            "PushUpdate",
+            FedtuneError(ErrorCode.CHECKSUM_MISMATCH, "chunk 3 of tensor 'w' has a bad crc32"),
+        )
 
     assert context.code is grpc.StatusCode.DATA_LOSS
     assert context.details == "checksum_mismatch: chunk 3 of tensor 'w' has a bad crc32"
@@ -41,8 +57,8 @@ def test_domain_error_becomes_its_status_with_the_public_message() -> None:
 def test_unexpected_error_becomes_internal_without_its_text() -> None:
     context = _RecordingContext()
 
-    with pytest.raises(_AbortCalled), rpc_errors(context, "PullTask"):  # type: ignore[arg-type]
-        raise KeyError("secret path /var/lib/fedtune/db")
+    with pytest.raises(_AbortCalled):
+        _handle(context, "PullTask", KeyError("secret path /var/lib/fedtune/db"))
 
     assert context.code is grpc.StatusCode.INTERNAL
     assert "secret" not in context.details
