@@ -198,7 +198,7 @@ class TaskService:
         """Lease the site's oldest pending task to the worker, waiting up to `wait_seconds` for one.
 
         The blocking form (tests, scripts); the gRPC server long-polls without a thread instead
-        (``coordinator.worker_calls.pull_task``)."""
+        (``coordinator.worker_servicer.WorkerServicer.PullTask``)."""
         cap = self.begin_pull(site_id, worker_id)
         give_up = time.monotonic() + min(max(0.0, wait_seconds), cap)
         while True:
