@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fedtune.lifetime import child_env
+from tests.support.waiting import wait_for
 
 FEDTUNE = [sys.executable, "-m", "fedtune"]
 # The source tree first: an editable install made before coordinator/ and worker/ had an __init__.py
@@ -32,17 +32,6 @@ def clean_env(**extra: str) -> dict[str, str]:
         **extra,
     )
     return env
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Cluster:
@@ -76,7 +65,10 @@ class Cluster:
             env,
         )
         wait_for(
-            lambda: self._alive("coordinator") and self.admin_ok("status"), 60, "the coordinator to answer"
+            lambda: self._alive("coordinator") and self.admin_ok("status"),
+            60,
+            "the coordinator to answer",
+            interval=0.5,
         )
 
     def start_worker(self, site: str, data_root: Path, model_root: Path) -> subprocess.Popen[bytes]:
