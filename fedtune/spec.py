@@ -11,7 +11,15 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedtune.errors import ErrorCode, FedtuneError
 
@@ -102,6 +110,22 @@ class LoraSpec(_Strict):
     use_dora: bool = False
     # rsLoRA (Kalajdzievski 2023): scale alpha / sqrt(r) instead of alpha / r, stable at large ranks.
     use_rslora: bool = False
+    # Heterogeneous ranks (docs/decisions.md 37): site name -> the rank that site trains (1..r; sites not
+    # listed train r). The global adapter keeps rank r; a site trains its top r_i components and sends
+    # them zero-padded. Needs strategy hetero_lora (or freeze_a, where FedAvg of padded B is exact).
+    site_ranks: dict[str, StrictInt] | None = None
+
+    @model_validator(mode="after")
+    def _check_site_ranks(self) -> LoraSpec:
+        for site, rank in (self.site_ranks or {}).items():
+            if not site or len(site) > MAX_NAME_CHARS:
+                raise ValueError(f"site_ranks: site name {site!r} must have 1..{MAX_NAME_CHARS} characters")
+            if isinstance(rank, bool) or not 1 <= rank <= self.r:
+                raise ValueError(
+                    f"site_ranks.{site}: rank {rank} must be a whole number in 1..{self.r} (peft.r, the "
+                    "global rank); raise peft.r or lower the site's rank"
+                )
+        return self
 
 
 class PromptTuningSpec(_Strict):
@@ -184,7 +208,7 @@ class StrategySpec(_Strict):
 # they cannot run with it. The FedAvg and FedOpt families, fedprox and fedncm need only the weighted
 # sum. (Kept here, not on the coordinator's strategy classes, because the spec cannot import them; the
 # wiring of issue 10 adds a registry-wide test that this set matches what each strategy needs.)
-STRATEGIES_NEEDING_SITE_UPDATES = frozenset({"median", "trimmed_mean", "fedavg_adaptive"})
+STRATEGIES_NEEDING_SITE_UPDATES = frozenset({"median", "trimmed_mean", "fedavg_adaptive", "hetero_lora"})
 SECURE_AGGREGATION_MIN_SITES = 3  # with 2, each site learns the other's update from the sum (secagg/graph.py)
 MAX_SECAGG_NEIGHBOURS = 100_000
 
@@ -357,7 +381,7 @@ class ExperimentSpec(_Strict):
                     f"sequence-classification (it shifts class logits by the site's label prior), "
                     f"not {self.task}; set it to 0 or remove it"
                 )
-        problem = _scale_lever_problem(self)
+        problem = _scale_lever_problem(self) or _site_ranks_problem(self)
         if problem is not None:
             raise ValueError(problem)
         names = [s.stage_name for s in self.stages]
@@ -398,6 +422,25 @@ def _scale_lever_problem(spec: ExperimentSpec) -> str | None:
             f"base_model.quantization {spec.base_model.quantization} computes in bf16 or fp16; "
             "set base_model.dtype to auto, bf16 or fp16"
         )
+    return None
+
+
+# Strategies that aggregate the products B_i A_i of a LoRA, so sites may train different ranks
+# (fedtune/lora_ranks.py keeps the same set for the worker).
+RANK_AWARE_STRATEGIES = frozenset({"hetero_lora"})
+
+
+def _site_ranks_problem(spec: ExperimentSpec) -> str | None:
+    """`peft.site_ranks` needs an aggregation that is right for padded factors of different ranks."""
+    if not isinstance(spec.peft, LoraSpec) or not spec.peft.site_ranks or spec.peft.freeze_a:
+        return None  # with freeze_a, A is shared: the mean of the zero-padded B is exact under any FedAvg
+    for index, stage in enumerate(spec.stages):
+        if stage.kind == "finetune" and stage.strategy.name not in RANK_AWARE_STRATEGIES:
+            return (
+                f"stages.{index}.strategy.name: peft.site_ranks gives sites different LoRA ranks, which "
+                f"{stage.strategy.name} would average factor by factor (zero-padded A and B do not average "
+                f"to the mean update); use strategy {sorted(RANK_AWARE_STRATEGIES)[0]} or peft.freeze_a: true"
+            )
     return None
 
 

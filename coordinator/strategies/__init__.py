@@ -12,6 +12,7 @@ from coordinator.strategies import (  # noqa: F401  (each import registers its s
     fedncm,
     fedprox,
     fedyogi,
+    hetero_lora,
     median,
     trimmed_mean,
 )

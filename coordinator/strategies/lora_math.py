@@ -57,3 +57,78 @@ def refactor(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     u, s, vt = np.linalg.svd(delta, full_matrices=False)
     root = np.sqrt(s[:rank])
     return u[:, :rank] * root, root[:, None] * vt[:rank]
+
+
+# --- heterogeneous ranks (docs/decisions.md 37) -----------------------------------------------------
+# Sites train different ranks r_i <= r and send their factors zero-padded to rank r. The exact global
+# update is sum_i p_i B_i A_i (rank <= sum r_i); the next round needs rank r, so it is re-factorised:
+# B = U_r S_r, A = V_r^T (A's rows orthonormal, so no component is ever stuck at B = 0 and A = 0, a
+# saddle that gradient descent cannot leave). Two routes to the same (B, A):
+# - FlexLoRA (Bai et al. 2024): form the dense mean dW (d x k), truncated SVD;
+# - FLoRA's stacking (Wang et al. 2024): B_s = [p_1 B_1 ... p_n B_n], A_s = [A_1; ...; A_n] give
+#   B_s A_s = sum_i p_i B_i A_i exactly; a thin QR of each and the SVD of the small core give the SVD of
+#   the product without ever forming d x k.
+
+
+def stacked_factors(
+    bs: Sequence[np.ndarray], as_: Sequence[np.ndarray], p: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B_s, A_s) with B_s A_s = sum_i p_i B_i A_i exactly; zero-padded components are dropped."""
+    w = _weights(p, len(bs))
+    b_cols, a_rows = [], []
+    for wi, b, a in zip(w, bs, as_, strict=True):
+        live = np.flatnonzero(np.any(b != 0, axis=0) & np.any(a != 0, axis=1))
+        b_cols.append(wi * np.asarray(b, dtype=np.float64)[:, live])
+        a_rows.append(np.asarray(a, dtype=np.float64)[live])
+    return np.hstack(b_cols), np.vstack(a_rows)
+
+
+def _complete_rows(rows: np.ndarray, rank: int, seed: int) -> np.ndarray:
+    """`rows` (m x k, orthonormal) extended to `rank` orthonormal rows (zero rows past k), seeded."""
+    m, k = rows.shape
+    if m >= rank:
+        return rows[:rank]
+    extra = min(rank, k) - m
+    out = np.zeros((rank, k))
+    out[:m] = rows
+    if extra > 0:
+        draw = np.random.default_rng(seed).standard_normal((k, extra))
+        draw -= rows.T @ (rows @ draw)
+        q, _ = np.linalg.qr(draw)
+        q -= rows.T @ (rows @ q)  # once more, for rounding
+        q, _ = np.linalg.qr(q)
+        out[m : m + extra] = q.T
+    return out
+
+
+def refactor_product(delta: np.ndarray, rank: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FlexLoRA: (B, A, s) with B A the best rank-`rank` approximation of `delta`, B = U_r S_r, A = V_r^T
+    (orthonormal rows), s all singular values of `delta`."""
+    u, s, vt = np.linalg.svd(np.asarray(delta, dtype=np.float64), full_matrices=False)
+    keep = min(rank, s.size)
+    b = np.zeros((delta.shape[0], rank))
+    b[:, :keep] = u[:, :keep] * s[:keep]
+    return b, _complete_rows(vt[:keep], rank, seed), s
+
+
+def refactor_stacked(
+    b_stack: np.ndarray, a_stack: np.ndarray, rank: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same as refactor_product(b_stack @ a_stack, rank) from the factors: memory O((d + k) m)."""
+    d, k = b_stack.shape[0], a_stack.shape[1]
+    if b_stack.shape[1] == 0:  # every site sent zeros
+        return np.zeros((d, rank)), _complete_rows(np.zeros((0, k)), rank, seed), np.zeros(0)
+    qb, rb = np.linalg.qr(b_stack)
+    qa, ra = np.linalg.qr(a_stack.T)
+    u, s, vt = np.linalg.svd(rb @ ra.T, full_matrices=False)
+    keep = min(rank, s.size)
+    b = np.zeros((d, rank))
+    b[:, :keep] = (qb @ u[:, :keep]) * s[:keep]
+    v_rows = (qa @ vt[:keep].T).T
+    return b, _complete_rows(v_rows, rank, seed), s
+
+
+def truncation_error(s: np.ndarray, rank: int) -> float:
+    """||dW - its rank-`rank` truncation||_F / ||dW||_F from dW's singular values (0 for dW = 0)."""
+    total = float(np.square(s).sum())
+    return float(np.sqrt(np.square(s[rank:]).sum() / total)) if total > 0 else 0.0

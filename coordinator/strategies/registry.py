@@ -24,6 +24,7 @@ class StrategyName(enum.StrEnum):
     MEDIAN = "median"
     TRIMMED_MEAN = "trimmed_mean"
     FEDNCM = "fedncm"
+    HETERO_LORA = "hetero_lora"
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

@@ -1,0 +1,3 @@
+from coordinator.strategies.hetero_lora.strategy import HeteroLora
+
+__all__ = ["HeteroLora"]
