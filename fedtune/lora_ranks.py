@@ -68,7 +68,7 @@ def site_alpha(alpha: float, rank: int, global_rank: int, rslora: bool) -> float
 
 
 def _factor(name: str) -> str | None:
-    """"A" or "B" for a LoRA factor's save name, None for any other tensor."""
+    """ "A" or "B" for a LoRA factor's save name, None for any other tensor."""
     for a_marker, b_marker in PAIR_MARKERS:
         if a_marker in name:
             return "A"

@@ -101,7 +101,9 @@ def _complete_rows(rows: np.ndarray, rank: int, seed: int) -> np.ndarray:
     return out
 
 
-def refactor_product(delta: np.ndarray, rank: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def refactor_product(
+    delta: np.ndarray, rank: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """FlexLoRA: (B, A, s) with B A the best rank-`rank` approximation of `delta`, B = U_r S_r, A = V_r^T
     (orthonormal rows), s all singular values of `delta`."""
     u, s, vt = np.linalg.svd(np.asarray(delta, dtype=np.float64), full_matrices=False)

@@ -82,20 +82,27 @@ def test_the_stacked_route_gives_the_same_adapter_product_as_the_dense_svd() -> 
     delta = exact_product(bs, as_, p)
     np.testing.assert_allclose(b @ a, truncated(delta, R), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(a @ a.T, np.eye(R), atol=1e-10)
-    assert truncation_error(s, R) == pytest.approx(truncation_error(np.linalg.svd(delta, compute_uv=False), R))
+    assert truncation_error(s, R) == pytest.approx(
+        truncation_error(np.linalg.svd(delta, compute_uv=False), R)
+    )
 
 
 def test_a_mean_of_lower_rank_than_r_keeps_full_rank_orthonormal_a_rows() -> None:
     rng = np.random.default_rng(73)
     bs, as_ = padded_sites(rng, [2])  # one site of rank 2: the stack has 2 components, r is 6
 
-    for b, a, _ in (refactor_stacked(*stacked_factors(bs, as_, [1.0]), R), refactor_product(bs[0] @ as_[0], R)):
+    for b, a, _ in (
+        refactor_stacked(*stacked_factors(bs, as_, [1.0]), R),
+        refactor_product(bs[0] @ as_[0], R),
+    ):
         np.testing.assert_allclose(b @ a, bs[0] @ as_[0], atol=1e-10)  # exact: nothing to truncate
         np.testing.assert_allclose(a @ a.T, np.eye(R), atol=1e-10)
         assert np.abs(b[:, 2:]).max() < 1e-10  # the spare components start at B = 0, like a fresh LoRA
 
 
-def make_hetero_round(tmp_path: Path, ranks: list[int], seed: int) -> tuple[RoundFiles, np.ndarray, np.ndarray]:
+def make_hetero_round(
+    tmp_path: Path, ranks: list[int], seed: int
+) -> tuple[RoundFiles, np.ndarray, np.ndarray]:
     """A round on disk whose sites have `ranks`; returns it, the exact mean update and the head's mean."""
     rng = np.random.default_rng(seed)
     global_path = tmp_path / "global.safetensors"

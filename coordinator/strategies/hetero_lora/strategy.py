@@ -111,7 +111,9 @@ class HeteroLora(Strategy):
         self._element_starts = [0]
         for t in manifest.tensors:
             self._element_starts.append(self._element_starts[-1] + t.numel)
-        self._sum = FlatFile(inputs.workdir / f"{self.name}-weighted-sum.f64", self._element_starts[-1]).create()
+        self._sum = FlatFile(
+            inputs.workdir / f"{self.name}-weighted-sum.f64", self._element_starts[-1]
+        ).create()
         dense_numel = sum(p.d * p.k for p in self._pairs) if self.method == "svd" else 0
         self._dense = FlatFile(inputs.workdir / f"{self.name}-dense-sum.f64", dense_numel).create()
         self._updates: dict[str, tuple[UpdateInfo, float]] = {}
@@ -120,7 +122,9 @@ class HeteroLora(Strategy):
 
     def _round(self) -> RoundInputs:
         if self._inputs is None:
-            raise FedtuneError(ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round")
+            raise FedtuneError(
+                ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round"
+            )
         return self._inputs
 
     def _tensor_at(self, element: int) -> int:
