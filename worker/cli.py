@@ -27,7 +27,7 @@ Every option can also come from the environment (FEDTUNE_COORDINATOR, FEDTUNE_SI
 FEDTUNE_TOKEN, FEDTUNE_DATA_ROOT, FEDTUNE_MODEL_ROOT, FEDTUNE_DEVICE, FEDTUNE_TORCH_THREADS, ...)
 or from a YAML file given with --config (keys: coordinator, site, token, data_root, model_root,
 work_dir, device, pull_wait_seconds, max_backoff_seconds, chunk_bytes, torch_threads, tls_ca,
-tls_cert, tls_key, tls_server_name).
+tls_cert, tls_key, tls_server_name, max_lora_rank).
 Precedence: flags > environment > config file > defaults.
 """
 
@@ -132,6 +132,13 @@ def worker_group() -> None:
     "--metrics-host",
     default=None,
     help="Interface of the metrics endpoint (default 127.0.0.1) [env FEDTUNE_METRICS_HOST].",
+)
+@click.option(
+    "--max-lora-rank",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Train LoRA at most at this rank (a small GPU); the experiment needs strategy hetero_lora "
+    "(docs/decisions.md 37) [env FEDTUNE_MAX_LORA_RANK].",
 )
 def run_command(config_file: Path | None, **flags: Any) -> None:
     """Run the worker until SIGTERM / Ctrl-C (exit 0); data never leaves this machine."""

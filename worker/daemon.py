@@ -401,6 +401,7 @@ class WorkerDaemon:
                 progress=self._progress(state),
                 device=s.device,
                 base_adapter_path=base_path,
+                max_lora_rank=s.max_lora_rank,
             )
             self._push(task, state, output)
         elif task.kind == "personalize":
@@ -419,6 +420,7 @@ class WorkerDaemon:
                 progress=self._progress(state),
                 device=s.device,
                 base_adapter_path=base_path,
+                max_lora_rank=s.max_lora_rank,
             )
             log.info("personalized model kept at %s", out_dir)
             self._finish_with_metrics(task, state, output)

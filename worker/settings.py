@@ -55,6 +55,12 @@ class WorkerSettings(BaseModel):
         description="serve Prometheus metrics on this port (off when unset; 0: a free one)",
     )
     metrics_host: str = Field("127.0.0.1", description="interface of the metrics endpoint")
+    max_lora_rank: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="train LoRA at most at this rank (sites with small GPUs; docs/decisions.md 37)",
+    )
 
     @field_validator("coordinator")
     @classmethod

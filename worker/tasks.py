@@ -33,6 +33,7 @@ from worker.model import (
     trainable_arrays,
 )
 from worker.model_factory import ModelFactory
+from worker.site_rank import SiteLora, site_lora
 from worker.task_io import TaskOutput, read_global
 from worker.training import train, update_to_send
 
@@ -72,6 +73,14 @@ def _factory(models: ModelFactory | None) -> ModelFactory:
     return models if models is not None else ModelFactory()
 
 
+def global_layout(global_path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a downloaded model version (the layout an update repeats)."""
+    from fedtune.tensorstream.safetensors_file import read_header
+
+    manifest, _ = read_header(Path(global_path))
+    return {t.name: tuple(t.shape) for t in manifest.tensors}
+
+
 def _built_with_global(
     models: ModelFactory,
     spec: ExperimentSpec,
@@ -79,9 +88,13 @@ def _built_with_global(
     global_path: Path,
     device: str | DeviceChoice | None,
     base_adapter_path: Path | None = None,
+    lora: SiteLora | None = None,
 ) -> tuple[BuiltModel, dict[str, np.ndarray]]:
-    built = models.model(spec, model_root, resolve_device(device), base_adapter_path)
-    global_arrays = read_global(global_path)
+    """The model at the global version's tensors; with `lora` at the site's rank, from the global's top
+    components. Returns the global tensors as loaded (cut to the site's rank)."""
+    lora = lora or SiteLora(spec, None)
+    built = models.model(lora.spec, model_root, resolve_device(device), base_adapter_path)
+    global_arrays = lora.slice(read_global(global_path))
     load_trainable_arrays(built.model, global_arrays)
     return built, global_arrays
 
@@ -199,8 +212,12 @@ def run_train(
     training_overrides: dict[str, Any] | None = None,
     device: str | DeviceChoice | None = None,
     base_adapter_path: Path | None = None,
+    max_lora_rank: int | None = None,
 ) -> TaskOutput:
-    """Train from the global tensors on the site's train split; returns the trained weights (not a delta)."""
+    """Train from the global tensors on the site's train split; returns the trained weights (not a delta).
+
+    A site of lower LoRA rank (`peft.site_ranks`, `max_lora_rank`) trains the global's top components
+    and returns its factors zero-padded to the global layout (worker/site_rank.py)."""
     check_data_paths(spec.data, data_root)  # a hostile spec is refused before the model is even loaded
     training = _training(spec, stage_index, training_overrides)
     models = _factory(models)
@@ -218,9 +235,13 @@ def run_train(
             progress=progress,
             rounds=spec.stages[stage_index].rounds,
         )
+    lora = site_lora(spec, stage_index, site, max_lora_rank)
+    if training.class_statistics:
+        lora = SiteLora(spec, None)  # no training: the statistics need the full global as it is
     built, global_arrays = _built_with_global(
-        models, spec, model_root, global_path, device, base_adapter_path
+        models, spec, model_root, global_path, device, base_adapter_path, lora
     )
+    global_shapes = global_layout(global_path)
     site_data = _site_data(spec, built, data_root, training)
     if training.class_statistics:
         return _class_statistics(spec, training, built, global_arrays, list(site_data.train), progress)
@@ -238,12 +259,14 @@ def run_train(
             progress=progress,
             encode=site_data.encode,
         )
-        metrics = {**result.metrics(), **site_data.metrics}
+        metrics = {**result.metrics(), **site_data.metrics, **lora.metrics()}
         arrays, privacy_metrics = update_to_send(built.model, global_arrays, spec.privacy)
         metrics.update(privacy_metrics)
         metrics.update(site_data.evaluate(built, training, "eval_"))
     metrics.update(memory.metrics())
-    return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
+    return TaskOutput(
+        arrays=lora.pad(arrays, global_shapes), num_examples=result.num_examples, metrics=metrics
+    )
 
 
 def _class_statistics(
@@ -292,11 +315,16 @@ def run_personalize(
     progress: Callable[[str], None] = print,
     device: str | DeviceChoice | None = None,
     base_adapter_path: Path | None = None,
+    max_lora_rank: int | None = None,
 ) -> TaskOutput:
-    """Tune the global adapter on local data, keep it in `out_dir`, report global vs personal metrics."""
+    """Tune the global adapter on local data, keep it in `out_dir`, report global vs personal metrics.
+    A site of lower LoRA rank tunes (and keeps) the global's top components at its rank."""
     check_data_paths(spec.data, data_root)
     training = _training(spec, stage_index, None)
-    built, _ = _built_with_global(_factory(models), spec, model_root, global_path, device, base_adapter_path)
+    lora = site_lora(spec, stage_index, site, max_lora_rank)
+    built, _ = _built_with_global(
+        _factory(models), spec, model_root, global_path, device, base_adapter_path, lora
+    )
     site_data = _site_data(spec, built, data_root, training)
     with peak_rss() as memory:
         metrics = site_data.evaluate(built, training, "global_eval_")
@@ -313,6 +341,7 @@ def run_personalize(
             encode=site_data.encode,
         )
         metrics.update(result.metrics())
+        metrics.update(lora.metrics())
         metrics.update(site_data.metrics)
         metrics.update(site_data.evaluate(built, training, "personal_eval_"))
     metrics.update(memory.metrics())
