@@ -238,6 +238,8 @@ def run_train(
     lora = site_lora(spec, stage_index, site, max_lora_rank)
     if training.class_statistics:
         lora = SiteLora(spec, None)  # no training: the statistics need the full global as it is
+    if lora.rank is not None:
+        progress(f"trains LoRA rank {lora.rank} of the global rank {spec.peft.r}")  # type: ignore[union-attr]
     built, global_arrays = _built_with_global(
         models, spec, model_root, global_path, device, base_adapter_path, lora
     )
@@ -322,6 +324,8 @@ def run_personalize(
     check_data_paths(spec.data, data_root)
     training = _training(spec, stage_index, None)
     lora = site_lora(spec, stage_index, site, max_lora_rank)
+    if lora.rank is not None:
+        progress(f"tunes LoRA rank {lora.rank} of the global rank {spec.peft.r}")  # type: ignore[union-attr]
     built, _ = _built_with_global(
         _factory(models), spec, model_root, global_path, device, base_adapter_path, lora
     )

@@ -71,7 +71,9 @@ class Cluster:
             interval=0.5,
         )
 
-    def start_worker(self, site: str, data_root: Path, model_root: Path) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, site: str, data_root: Path, model_root: Path, *extra_args: str
+    ) -> subprocess.Popen[bytes]:
         env = clean_env(FEDTUNE_TORCH_THREADS="1", FEDTUNE_TOKEN=self.tokens[site])
         args = [
             "worker",
@@ -86,6 +88,7 @@ class Cluster:
             str(model_root),
             "--device",
             "cpu",
+            *extra_args,
         ]
         return self._spawn(f"worker-{site}", args, env)
 
