@@ -4,10 +4,11 @@ coordinator.
 
 The global adapter has rank r: per adapted layer A is (r, k) and B is (d, r) (peft's ``lora_A`` /
 ``lora_B``; ``lora_embedding_A`` / ``lora_embedding_B`` for embeddings). A site of rank r_i <= r trains
-the first r_i components, ``A[:r_i]`` and ``B[:, :r_i]``, and sends them zero-padded back to (r, k) and
-(d, r): ``B_pad @ A_pad == B_i @ A_i``, so the coordinator sees one layout (admission unchanged) and
-aggregates the products. The coordinator orders the components by singular value after each round, so
-the first r_i are the site's top r_i.
+the first r_i components, ``A[:r_i]`` and ``B[:, :r_i]``, and sends them back in the global's (r, k) and
+(d, r) layout with the components it did not train as the global had them (`embed_in_global`), so the
+coordinator sees one layout (admission unchanged) and aggregates the products. The coordinator orders the
+components by singular value after each round, so the first r_i are the site's top r_i. (`pad_to_shapes`
+pads with zeros instead, FlexLoRA's own choice: B_pad A_pad = B_i A_i.)
 
 A site's ΔW is ``scale * B_i @ A_i``; peft's scale is alpha / r (alpha / sqrt(r) with rsLoRA), so a site
 of rank r_i trains with alpha_i chosen to keep the global scale (`site_alpha`): the products of all
@@ -27,6 +28,7 @@ __all__ = [
     "PAIR_MARKERS",
     "RANK_AWARE_STRATEGIES",
     "lora_pairs",
+    "embed_in_global",
     "pad_to_shapes",
     "site_alpha",
     "site_rank",
@@ -87,6 +89,39 @@ def slice_to_rank(arrays: Mapping[str, np.ndarray], rank: int) -> dict[str, np.n
             out[name] = np.ascontiguousarray(array[:rank])
         elif factor == "B":
             out[name] = np.ascontiguousarray(array[:, :rank])
+    return out
+
+
+def embed_in_global(
+    arrays: Mapping[str, np.ndarray], global_arrays: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """A lower-rank site's trained tensors in the global layout: its factors overwrite the global's first
+    components, and the components it did not train go back as the global had them (not zeros: the mean
+    over sites would shrink them by the share of lower-rank sites each round; bench/hetero_lora.py
+    measures the difference). Other tensors as they are."""
+    out = dict(arrays)
+    for name, array in arrays.items():
+        whole = global_arrays[name]
+        if tuple(array.shape) == tuple(whole.shape):
+            continue
+        factor = _factor(name)
+        axis = 0 if factor == "A" else 1
+        fits = (
+            factor is not None
+            and array.ndim == whole.ndim == 2
+            and array.shape[1 - axis] == whole.shape[1 - axis]
+            and array.shape[axis] < whole.shape[axis]
+        )
+        if not fits:
+            raise ValueError(
+                f"{name}: shape {tuple(array.shape)} does not fit the global {tuple(whole.shape)}"
+            )
+        merged = np.array(whole, dtype=array.dtype, copy=True)
+        if axis == 0:
+            merged[: array.shape[0]] = array
+        else:
+            merged[:, : array.shape[1]] = array
+        out[name] = merged
     return out
 
 

@@ -2,8 +2,9 @@
 worker's `--max-lora-rank`, and the spec the site builds its adapter from at that rank.
 
 A site of rank r_i < r builds a rank-r_i LoRA whose alpha keeps the global scale, starts from the first
-r_i components of the global adapter (`slice_to_rank`), and sends its trained factors zero-padded back
-to rank r (`pad_to_shapes`), so the coordinator sees the round's layout from every site.
+r_i components of the global adapter (`slice_to_rank`), and sends its trained factors back at rank r with
+the other components as the global had them (`embed_in_global`), so the coordinator sees the round's
+layout from every site.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.lora_ranks import RANK_AWARE_STRATEGIES, pad_to_shapes, site_alpha, site_rank, slice_to_rank
+from fedtune.lora_ranks import RANK_AWARE_STRATEGIES, embed_in_global, site_alpha, site_rank, slice_to_rank
 from fedtune.spec import ExperimentSpec, LoraSpec
 
 
@@ -26,9 +27,11 @@ class SiteLora:
         """The global tensors cut to this site's rank (the top components)."""
         return arrays if self.rank is None else slice_to_rank(arrays, self.rank)
 
-    def pad(self, arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-        """Trained tensors zero-padded to the global layout."""
-        return arrays if self.rank is None else pad_to_shapes(arrays, shapes)
+    def embed(
+        self, arrays: dict[str, np.ndarray], global_arrays: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Trained tensors in the global layout; the components the site did not train as the global's."""
+        return arrays if self.rank is None else embed_in_global(arrays, global_arrays)
 
     def metrics(self) -> dict[str, float]:
         if not isinstance(self.spec.peft, LoraSpec):

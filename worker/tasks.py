@@ -73,14 +73,6 @@ def _factory(models: ModelFactory | None) -> ModelFactory:
     return models if models is not None else ModelFactory()
 
 
-def global_layout(global_path: Path) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor of a downloaded model version (the layout an update repeats)."""
-    from fedtune.tensorstream.safetensors_file import read_header
-
-    manifest, _ = read_header(Path(global_path))
-    return {t.name: tuple(t.shape) for t in manifest.tensors}
-
-
 def _built_with_global(
     models: ModelFactory,
     spec: ExperimentSpec,
@@ -91,11 +83,11 @@ def _built_with_global(
     lora: SiteLora | None = None,
 ) -> tuple[BuiltModel, dict[str, np.ndarray]]:
     """The model at the global version's tensors; with `lora` at the site's rank, from the global's top
-    components. Returns the global tensors as loaded (cut to the site's rank)."""
+    components. Returns the global version's tensors (whole)."""
     lora = lora or SiteLora(spec, None)
     built = models.model(lora.spec, model_root, resolve_device(device), base_adapter_path)
-    global_arrays = lora.slice(read_global(global_path))
-    load_trainable_arrays(built.model, global_arrays)
+    global_arrays = read_global(global_path)
+    load_trainable_arrays(built.model, lora.slice(global_arrays))
     return built, global_arrays
 
 
@@ -243,7 +235,6 @@ def run_train(
     built, global_arrays = _built_with_global(
         models, spec, model_root, global_path, device, base_adapter_path, lora
     )
-    global_shapes = global_layout(global_path)
     site_data = _site_data(spec, built, data_root, training)
     if training.class_statistics:
         return _class_statistics(spec, training, built, global_arrays, list(site_data.train), progress)
@@ -262,12 +253,12 @@ def run_train(
             encode=site_data.encode,
         )
         metrics = {**result.metrics(), **site_data.metrics, **lora.metrics()}
-        arrays, privacy_metrics = update_to_send(built.model, global_arrays, spec.privacy)
+        arrays, privacy_metrics = update_to_send(built.model, lora.slice(global_arrays), spec.privacy)
         metrics.update(privacy_metrics)
         metrics.update(site_data.evaluate(built, training, "eval_"))
     metrics.update(memory.metrics())
     return TaskOutput(
-        arrays=lora.pad(arrays, global_shapes), num_examples=result.num_examples, metrics=metrics
+        arrays=lora.embed(arrays, global_arrays), num_examples=result.num_examples, metrics=metrics
     )
 
 

@@ -61,9 +61,11 @@ def refactor(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
 
 # --- heterogeneous ranks (docs/decisions.md 37) -----------------------------------------------------
 # Sites train different ranks r_i <= r and send their factors zero-padded to rank r. The exact global
-# update is sum_i p_i B_i A_i (rank <= sum r_i); the next round needs rank r, so it is re-factorised:
-# B = U_r S_r, A = V_r^T (A's rows orthonormal, so no component is ever stuck at B = 0 and A = 0, a
-# saddle that gradient descent cannot leave). Two routes to the same (B, A):
+# update is sum_i p_i B_i A_i (rank <= sum r_i); the next round needs rank r, so it is re-factorised as
+# B_j = u_j s_j / n_j, A_j = n_j v_j^T per component j with n_j = max(sqrt(s_j), A_ROW_NORM): balanced
+# factors where the component is large, and where it is small or zero (or past the mean's rank) an A row
+# of a fresh LoRA's norm with B = 0, so no component is stuck at B = 0 and A = 0 (a saddle that gradient
+# descent cannot leave) and no B column is far larger than its A row. Two routes to the same (B, A):
 # - FlexLoRA (Bai et al. 2024): form the dense mean dW (d x k), truncated SVD;
 # - FLoRA's stacking (Wang et al. 2024): B_s = [p_1 B_1 ... p_n B_n], A_s = [A_1; ...; A_n] give
 #   B_s A_s = sum_i p_i B_i A_i exactly; a thin QR of each and the SVD of the small core give the SVD of
@@ -81,6 +83,24 @@ def stacked_factors(
         b_cols.append(wi * np.asarray(b, dtype=np.float64)[:, live])
         a_rows.append(np.asarray(a, dtype=np.float64)[live])
     return np.hstack(b_cols), np.vstack(a_rows)
+
+
+# The row norm of a fresh A (peft's kaiming_uniform(a=sqrt(5)): U(-1/sqrt(k), 1/sqrt(k)), norm ~ 1/sqrt(3)).
+A_ROW_NORM = 1 / np.sqrt(3.0)
+
+
+def _split(
+    u: np.ndarray, s: np.ndarray, v_rows: np.ndarray, rank: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, A) of rank `rank` from the leading singular triplets (u: d x m, s: m, v_rows: m x k)."""
+    keep = min(rank, s.size)
+    norms = np.maximum(np.sqrt(s[:keep]), A_ROW_NORM)
+    b = np.zeros((u.shape[0], rank))
+    b[:, :keep] = u[:, :keep] * (s[:keep] / norms)
+    a = _complete_rows(v_rows[:keep], rank, seed)
+    a[:keep] *= norms[:, None]
+    a[keep:] *= A_ROW_NORM
+    return b, a
 
 
 def _complete_rows(rows: np.ndarray, rank: int, seed: int) -> np.ndarray:
@@ -104,13 +124,11 @@ def _complete_rows(rows: np.ndarray, rank: int, seed: int) -> np.ndarray:
 def refactor_product(
     delta: np.ndarray, rank: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FlexLoRA: (B, A, s) with B A the best rank-`rank` approximation of `delta`, B = U_r S_r, A = V_r^T
-    (orthonormal rows), s all singular values of `delta`."""
+    """FlexLoRA: (B, A, s) with B A the best rank-`rank` approximation of `delta` (truncated SVD, split
+    per component as described above; A's rows orthogonal), s all singular values of `delta`."""
     u, s, vt = np.linalg.svd(np.asarray(delta, dtype=np.float64), full_matrices=False)
-    keep = min(rank, s.size)
-    b = np.zeros((delta.shape[0], rank))
-    b[:, :keep] = u[:, :keep] * s[:keep]
-    return b, _complete_rows(vt[:keep], rank, seed), s
+    b, a = _split(u, s, vt, rank, seed)
+    return b, a, s
 
 
 def refactor_stacked(
@@ -119,15 +137,13 @@ def refactor_stacked(
     """The same as refactor_product(b_stack @ a_stack, rank) from the factors: memory O((d + k) m)."""
     d, k = b_stack.shape[0], a_stack.shape[1]
     if b_stack.shape[1] == 0:  # every site sent zeros
-        return np.zeros((d, rank)), _complete_rows(np.zeros((0, k)), rank, seed), np.zeros(0)
+        b, a = _split(np.zeros((d, 0)), np.zeros(0), np.zeros((0, k)), rank, seed)
+        return b, a, np.zeros(0)
     qb, rb = np.linalg.qr(b_stack)
     qa, ra = np.linalg.qr(a_stack.T)
     u, s, vt = np.linalg.svd(rb @ ra.T, full_matrices=False)
-    keep = min(rank, s.size)
-    b = np.zeros((d, rank))
-    b[:, :keep] = (qb @ u[:, :keep]) * s[:keep]
-    v_rows = (qa @ vt[:keep].T).T
-    return b, _complete_rows(v_rows, rank, seed), s
+    b, a = _split(qb @ u, s, (qa @ vt.T).T, rank, seed)
+    return b, a, s
 
 
 def truncation_error(s: np.ndarray, rank: int) -> float:
