@@ -147,7 +147,7 @@ def local_train(
 
 
 def fresh_a(rng: np.random.Generator, rank: int, k: int) -> np.ndarray:
-    return rng.uniform(-1, 1, size=(rank, k)) / np.sqrt(k)
+    return np.asarray(rng.uniform(-1, 1, size=(rank, k)) / np.sqrt(k))
 
 
 def federate(
@@ -180,7 +180,7 @@ def federate(
                 padded["l.lora_B.w"][:, rank:] = b_glob[:, rank:]
             bs.append(padded["l.lora_B.w"])
             as_.append(padded["l.lora_A.w"])
-        p = task.weights
+        p = [float(w) for w in task.weights]
         if method == "naive_fedavg":
             b_glob = sum(pi * b for pi, b in zip(p, bs, strict=True))
             a_glob = sum(pi * a for pi, a in zip(p, as_, strict=True))

@@ -80,4 +80,4 @@ def test_two_sites_of_different_ranks_train_one_rank_4_adapter(
         assert np.diag(gram).min() > 1 / 3 - 1e-4
     base = AutoModelForSequenceClassification.from_pretrained(str(model_root / "tiny-bert"), num_labels=2)
     model = PeftModel.from_pretrained(base, str(export_dir))
-    assert model.peft_config["default"].r == 4
+    assert getattr(model.peft_config["default"], "r", None) == 4

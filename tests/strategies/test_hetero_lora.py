@@ -25,7 +25,11 @@ D, K, R = 14, 10, 6
 A_NAME = "base_model.model.layer.0.query.lora_A.weight"
 B_NAME = "base_model.model.layer.0.query.lora_B.weight"
 HEAD = "base_model.model.classifier.weight"
-LAYOUT = {A_NAME: ("float32", (R, K)), B_NAME: ("float32", (D, R)), HEAD: ("float32", (3, 4))}
+LAYOUT: dict[str, tuple[str, tuple[int, ...]]] = {
+    A_NAME: ("float32", (R, K)),
+    B_NAME: ("float32", (D, R)),
+    HEAD: ("float32", (3, 4)),
+}
 
 
 def padded_sites(rng: np.random.Generator, ranks: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -55,7 +59,7 @@ def test_stacking_reproduces_the_weighted_sum_of_products_exactly_at_the_summed_
     rng = np.random.default_rng(70)
     ranks = [2, 4, 6]
     bs, as_ = padded_sites(rng, ranks)
-    p = np.array([0.2, 0.3, 0.5])
+    p = [0.2, 0.3, 0.5]
 
     b_stack, a_stack = stacked_factors(bs, as_, p)
 
@@ -67,7 +71,7 @@ def test_stacking_reproduces_the_weighted_sum_of_products_exactly_at_the_summed_
 def test_flexlora_refactor_is_the_numpy_truncated_svd_of_the_mean_update() -> None:
     rng = np.random.default_rng(71)
     bs, as_ = padded_sites(rng, [3, 6, 6, 2])
-    p = np.array([0.1, 0.4, 0.3, 0.2])
+    p = [0.1, 0.4, 0.3, 0.2]
     delta = exact_product(bs, as_, p)
 
     b, a, s = refactor_product(delta, R)
@@ -83,7 +87,7 @@ def test_flexlora_refactor_is_the_numpy_truncated_svd_of_the_mean_update() -> No
 def test_the_stacked_route_gives_the_same_adapter_product_as_the_dense_svd() -> None:
     rng = np.random.default_rng(72)
     bs, as_ = padded_sites(rng, [1, 4, 6, 5])
-    p = np.array([0.25, 0.25, 0.3, 0.2])
+    p = [0.25, 0.25, 0.3, 0.2]
 
     b, a, s = refactor_stacked(*stacked_factors(bs, as_, p), R)
 
@@ -124,7 +128,7 @@ def make_hetero_round(
         write_tensors(path, {A_NAME: a, B_NAME: b, HEAD: heads[-1]}, LAYOUT)
         updates.append(UpdateInfo(path, num_examples=10 * (i + 1), metrics={}, site=f"site-{i}"))
     weights = np.array([u.num_examples for u in updates], dtype=np.float64)
-    p = weights / weights.sum()
+    p = list(weights / weights.sum())
     f32 = [read_float64(u.path) for u in updates]  # the factors as the files hold them (float32)
     delta = exact_product([f[B_NAME] for f in f32], [f[A_NAME] for f in f32], p)
     head = sum(pi * h for pi, h in zip(p, (f[HEAD] for f in f32), strict=True))
