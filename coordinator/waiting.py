@@ -34,8 +34,17 @@ def registered_site_names(uow: UnitOfWork) -> list[str]:
 
 
 def check_selection_sites_known(uow: UnitOfWork, spec: ExperimentSpec) -> None:
-    """INVALID_SPEC when a stage's selection.sites names a site the coordinator does not know."""
+    """INVALID_SPEC when a stage's selection.sites, or peft.site_ranks, names a site the coordinator does
+    not know."""
     registered = set(registered_site_names(uow))
+    unknown_ranked = sorted(set(getattr(spec.peft, "site_ranks", None) or ()) - registered)
+    if unknown_ranked:
+        raise FedtuneError(
+            ErrorCode.INVALID_SPEC,
+            f"peft.site_ranks: {_names(unknown_ranked)} not registered with this coordinator "
+            f"(registered: {_names(sorted(registered)) or 'none'}); register them first "
+            "(`fedtune admin sites add NAME`) or remove them from the spec",
+        )
     for index, stage in enumerate(spec.stages):
         unknown = sorted(set(stage.selection.sites or ()) - registered)
         if unknown:

@@ -93,3 +93,19 @@ def test_an_experiment_waiting_for_sites_says_why_once_and_clears_when_it_starts
     wait_for(lambda: admin.rounds(experiment_id))
     assert admin.experiment(experiment_id).waiting_reason == ""
     assert admin.rounds(experiment_id)[0].tasks_total == 4
+
+
+def test_site_ranks_naming_an_unknown_site_is_refused_at_submit(
+    cluster_factory: Callable[..., Cluster],  # noqa: F811
+) -> None:
+    admin = cluster_factory().admin()
+    ranked = spec_yaml(min_sites=2, strategy="hetero_lora").replace(
+        "task: causal-lm", "task: causal-lm\npeft: {method: lora, r: 8, site_ranks: {a: 4, zeta: 2}}"
+    )
+
+    with pytest.raises(grpc.RpcError) as refused:
+        submit(admin, ranked)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "peft.site_ranks: zeta not registered" in (refused.value.details() or "")
+    submit(admin, ranked.replace(", zeta: 2", ""))  # the known sites alone are accepted

@@ -1,4 +1,4 @@
-"""fedtune/lora_ranks.py: a site's rank, its alpha, slicing and putting back into the global layout."""
+"""fedtune/lora_ranks.py and peft.site_ranks: a site's rank, its alpha, slicing and embedding."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.lora_ranks import (
     embed_in_global,
     lora_pairs,
@@ -15,6 +16,7 @@ from fedtune.lora_ranks import (
     site_rank,
     slice_to_rank,
 )
+from fedtune.spec import load_spec_json, parse_spec
 
 A = "base_model.model.layer.0.query.lora_A.weight"
 B = "base_model.model.layer.0.query.lora_B.weight"
@@ -66,3 +68,44 @@ def test_zero_padding_keeps_the_product() -> None:
     assert not padded[A][3:].any()
     with pytest.raises(ValueError, match="does not pad"):
         pad_to_shapes({**small, HEAD: np.zeros((1, 5))}, shapes)
+
+
+def ranked_spec(
+    peft: dict[str, object], strategy: str = "hetero_lora", kind: str = "finetune"
+) -> dict[str, object]:
+    return {
+        "name": "x",
+        "base_model": {"name": "m"},
+        "task": "causal-lm",
+        "peft": {"method": "lora", "r": 8, **peft},
+        "stages": [{"kind": kind, "strategy": {"name": strategy}}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("site_ranks", "message"),
+    [
+        ({"a": 9}, "site_ranks.a: rank 9 must be a whole number in 1..8"),
+        ({"a": 0}, "site_ranks.a: rank 0 must be a whole number in 1..8"),
+        ({"a": True}, "peft.lora.site_ranks.a: Input should be a valid integer"),
+        ({"a": 2.5}, "peft.lora.site_ranks.a: Input should be a valid integer"),
+        ({"": 2}, "site_ranks: site name '' must have"),
+    ],
+)
+def test_site_ranks_outside_1_to_r_are_invalid_spec_naming_the_site(site_ranks: object, message: str) -> None:
+    with pytest.raises(FedtuneError) as caught:
+        parse_spec(ranked_spec({"site_ranks": site_ranks}))
+    assert caught.value.code == ErrorCode.INVALID_SPEC
+    assert message in caught.value.message
+
+
+def test_site_ranks_need_a_rank_aware_strategy_or_ffa_lora() -> None:
+    with pytest.raises(FedtuneError) as caught:
+        parse_spec(ranked_spec({"site_ranks": {"a": 2}}, strategy="fedavg"))
+    assert "stages.0.strategy.name: peft.site_ranks gives sites different LoRA ranks" in caught.value.message
+    assert "use strategy hetero_lora or peft.freeze_a: true" in caught.value.message
+
+    ffa = parse_spec(ranked_spec({"site_ranks": {"a": 2}, "freeze_a": True}, strategy="fedavg"))
+    assert ffa.peft.site_ranks == {"a": 2}  # type: ignore[union-attr]
+    spec = parse_spec(ranked_spec({"site_ranks": {"a": 2}}))
+    assert load_spec_json(spec.to_json()) == spec  # stored and reloaded as submitted
