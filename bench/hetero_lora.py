@@ -50,7 +50,7 @@ from fedtune.tensorstream.safetensors_file import read_header, write_safetensors
 
 SITE_RANKS = [2, 2, 4, 4, 8, 8, 8, 8]
 GLOBAL_RANK = 8
-LR = 0.05  # plain gradient descent; 0.1 diverges on the stretched inputs
+LEARNING_RATES = (0.02, 0.05)  # plain gradient descent; 0.1 diverges on the stretched inputs
 
 
 def relative(x: np.ndarray, ideal: np.ndarray) -> float:
@@ -172,18 +172,16 @@ def federate(
             padded = pad_to_shapes(
                 {"l.lora_A.w": a, "l.lora_B.w": b}, {"l.lora_A.w": (r, k), "l.lora_B.w": (d, r)}
             )
-            if method in (
-                "flexlora_frozen_tail",
-                "flexlora_kept_tail",
-            ):  # untrained components go back as they came
+            if method in ("flexlora_frozen_tail", "flexlora_kept_tail", "naive_kept_tail"):
+                # the components the site did not train go back as they came
                 padded["l.lora_A.w"][rank:] = a_glob[rank:]
                 padded["l.lora_B.w"][:, rank:] = b_glob[:, rank:]
             bs.append(padded["l.lora_B.w"])
             as_.append(padded["l.lora_A.w"])
         p = [float(w) for w in task.weights]
-        if method == "naive_fedavg":
-            b_glob = sum(pi * b for pi, b in zip(p, bs, strict=True))
-            a_glob = sum(pi * a for pi, a in zip(p, as_, strict=True))
+        if method in ("naive_fedavg", "naive_kept_tail"):
+            b_glob = np.sum([pi * b for pi, b in zip(p, bs, strict=True)], axis=0)
+            a_glob = np.sum([pi * a for pi, a in zip(p, as_, strict=True)], axis=0)
         elif method in ("flexlora", "flexlora_frozen_tail", "flexlora_kept_tail"):
             b_glob, a_glob, _ = refactor_stacked(*stacked_factors(bs, as_, p), r)
         elif method == "flora_merge":
@@ -195,33 +193,37 @@ def federate(
     return curve
 
 
-def accuracy(seeds: int, rounds: int) -> dict[str, Any]:
+def accuracy(seeds: int, rounds: int, lr: float) -> dict[str, Any]:
     settings = {
         "rounds": rounds,
         "local_steps": 10,
-        "lr": LR,
+        "lr": lr,
         "site_ranks": SITE_RANKS,
         "global_rank": GLOBAL_RANK,
         "target_rank": GLOBAL_RANK,
     }
     runs = {
-        "naive_fedavg": ("naive_fedavg", SITE_RANKS),
-        "flexlora (= stack + re-factorise)": ("flexlora", SITE_RANKS),
-        "flora_merge (exact, base grows)": ("flora_merge", SITE_RANKS),
-        "flexlora, sites send the global tail back (padding)": ("flexlora_kept_tail", SITE_RANKS),
-        "flexlora, sites train with the global tail merged in their base": (
+        "naive FedAvg of zero-padded factors (plain fedavg)": ("naive_fedavg", SITE_RANKS),
+        "hetero_lora, sites zero-pad (FlexLoRA as published)": ("flexlora", SITE_RANKS),
+        "FLoRA: exact stacked update merged into the base (not wired)": ("flora_merge", SITE_RANKS),
+        "hetero_lora, sites send untrained components back (wired)": ("flexlora_kept_tail", SITE_RANKS),
+        "hetero_lora, sites also train with that tail in their base (not wired)": (
             "flexlora_frozen_tail",
             SITE_RANKS,
         ),
-        "homogeneous rank 8, flexlora": ("flexlora", [GLOBAL_RANK] * len(SITE_RANKS)),
-        "homogeneous rank 8, naive fedavg": ("naive_fedavg", [GLOBAL_RANK] * len(SITE_RANKS)),
+        "naive FedAvg of factors, sites send untrained components back": ("naive_kept_tail", SITE_RANKS),
+        "every site rank 8, hetero_lora": ("flexlora", [GLOBAL_RANK] * len(SITE_RANKS)),
+        "every site rank 8, naive fedavg (the homogeneous default)": (
+            "naive_fedavg",
+            [GLOBAL_RANK] * len(SITE_RANKS),
+        ),
     }
     out: dict[str, Any] = {"settings": settings, "methods": {}}
     for label, (method, ranks) in runs.items():
         curves = []
         for seed in range(seeds):
             task = Task(seed)
-            curves.append(federate(task, method, ranks, rounds, 10, LR, seed))
+            curves.append(federate(task, method, ranks, rounds, 10, lr, seed))
         mean = np.mean(curves, axis=0)
         out["methods"][label] = {
             "test_mse_by_round": [round(float(v), 5) for v in mean],
@@ -233,7 +235,9 @@ def accuracy(seeds: int, rounds: int) -> dict[str, Any]:
 
 
 # --- 3. coordinator cost ----------------------------------------------------------------------------
-def coordinator_cost(dims: list[int], layers: int, ranks: list[int], r: int) -> list[dict[str, Any]]:
+def coordinator_cost(
+    dims: list[int], layers: int, ranks: list[int], r: int, methods: tuple[str, ...] = ("stack", "svd")
+) -> list[dict[str, Any]]:
     rows = []
     for dim in dims:
         with tempfile.TemporaryDirectory(prefix="fedtune-hetero-bench-") as tmp:
@@ -260,7 +264,7 @@ def coordinator_cost(dims: list[int], layers: int, ranks: list[int], r: int) -> 
                 path = work / f"update-{i}.safetensors"
                 write_safetensors(path, arrays)
                 updates.append(UpdateInfo(path, 100 + i, {}, f"site-{i}"))
-            for method in ("stack", "svd"):
+            for method in methods:
                 round_dir = work / method
                 round_dir.mkdir()
                 strategy = build_strategy("hetero_lora", {"method": method})
@@ -314,23 +318,23 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {row['drift']} | {row['naive_fedavg_rel_error']:.4f} | {row['flexlora_svd_rel_error']:.4f} | "
             f"{row['flora_stack_r_rel_error']:.4f} | 0 ({row['flora_exact_rank']}) |"
         )
-    acc = report["accuracy"]
-    lines += [
-        "",
-        f"## 2. Synthetic federated regression: held-out MSE ({acc['settings']})",
-        "",
-        f"Start (base only): {acc['reference']['start_mse']:.4f}; the target change has rank {GLOBAL_RANK}, "
-        "so a rank-8 adapter can reach 0 (noise-free test labels).",
-        "",
-        "| method | round 1 | round 5 | round 10 | round 20 | final |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, row in acc["methods"].items():
-        curve = row["test_mse_by_round"]
-        pick = [curve[i] if i < len(curve) else float("nan") for i in (0, 4, 9, 19)]
-        lines.append(
-            f"| {label} | " + " | ".join(f"{v:.4f}" for v in pick) + f" | {row['final_test_mse']:.4f} |"
-        )
+    for acc in report["accuracy"]:
+        lines += [
+            "",
+            f"## 2. Synthetic federated regression: held-out MSE ({acc['settings']})",
+            "",
+            f"Start (base only): {acc['reference']['start_mse']:.4f}; the target change has rank "
+            f"{GLOBAL_RANK}, so a rank-8 adapter can reach 0 (noise-free test labels). Mean of the seeds.",
+            "",
+            "| method | round 1 | round 5 | round 10 | round 20 | final |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, row in acc["methods"].items():
+            curve = row["test_mse_by_round"]
+            pick = [curve[i] if i < len(curve) else float("nan") for i in (0, 4, 9, 19)]
+            lines.append(
+                f"| {label} | " + " | ".join(f"{v:.4f}" for v in pick) + f" | {row['final_test_mse']:.4f} |"
+            )
     lines += [
         "",
         "## 3. Coordinator cost of `hetero_lora` (8 sites, ranks 4,4,8,8,16,16,16,16, r = 16)",
@@ -354,18 +358,30 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "hetero-lora"))
+    parser.add_argument("--dims", default="1024,2048,4096", help="layer sizes d = k of the cost part")
+    parser.add_argument(
+        "--cost-only", action="store_true", help="only part 3 (e.g. one big size under a lock)"
+    )
+    parser.add_argument("--methods", default="stack,svd", help="hetero_lora methods of the cost part")
     args = parser.parse_args()
     load_before = os.getloadavg()
     seeds, rounds = (2, 5) if args.quick else (5, 30)
-    dims, layers = ([256], 2) if args.quick else ([1024, 2048, 4096], 2)
+    dims, layers = ([256], 2) if args.quick else ([int(d) for d in args.dims.split(",")], 2)
     report: dict[str, Any] = {
-        "command": "python bench/hetero_lora.py" + (" --quick" if args.quick else ""),
+        "command": "python bench/hetero_lora.py " + " ".join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs",
-        "reconstruction": reconstruction(seeds),
-        "accuracy": accuracy(seeds, rounds),
-        "cost": coordinator_cost(dims, layers, [4, 4, 8, 8, 16, 16, 16, 16], 16),
+        "cost": coordinator_cost(
+            dims, layers, [4, 4, 8, 8, 16, 16, 16, 16], 16, tuple(args.methods.split(","))
+        ),
     }
+    if args.cost_only:
+        report["load_before"] = [round(v, 2) for v in load_before]
+        report["load_after"] = [round(v, 2) for v in os.getloadavg()]
+        Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        return
+    report["reconstruction"] = reconstruction(seeds)
+    report["accuracy"] = [accuracy(seeds, rounds, lr) for lr in LEARNING_RATES]
     report["load_before"] = [round(v, 2) for v in load_before]
     report["load_after"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out)
