@@ -49,6 +49,16 @@ def test_missing_and_bad_values_name_the_flag_and_variable() -> None:
     assert "coordinator: Value error, expected HOST:PORT" in message
 
 
+def test_max_lora_rank_comes_from_the_flag_or_environment_and_is_at_least_1() -> None:
+    assert load_settings(None, {}, environ=BASE).max_lora_rank is None
+    assert load_settings(None, {}, environ={**BASE, "FEDTUNE_MAX_LORA_RANK": "4"}).max_lora_rank == 4
+    assert load_settings(None, {"max_lora_rank": 2}, environ=BASE).max_lora_rank == 2
+    with pytest.raises(
+        FedtuneError, match="max_lora_rank: .*flag --max-lora-rank or env FEDTUNE_MAX_LORA_RANK"
+    ):
+        load_settings(None, {"max_lora_rank": 0}, environ=BASE)
+
+
 def test_unknown_config_keys_are_rejected(tmp_path: Path) -> None:
     config = tmp_path / "worker.yaml"
     config.write_text("sitee: x\n")

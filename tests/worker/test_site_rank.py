@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from tests.fixtures.tiny import tiny_spec
 from tests.worker.helpers import build_model, quiet, write_global
 from worker.model import frozen_arrays, load_trainable_arrays
 from worker.site_rank import site_lora
-from worker.tasks import run_init, run_train
+from worker.tasks import run_init, run_personalize, run_train
 
 HETERO: dict[str, Any] = {
     "peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "site_ranks": {"small": 2}},
@@ -111,3 +112,19 @@ def test_ffa_lora_sites_of_lower_rank_draw_the_top_rows_of_the_shared_frozen_a(m
     assert full_a.keys() == small_a.keys() and full_a
     for name, a in full_a.items():
         np.testing.assert_array_equal(small_a[name], a[:2])
+
+
+def test_a_lower_rank_site_personalizes_its_top_components_and_keeps_that_adapter(
+    model_root: Path, cls_data: Path, tmp_path: Path
+) -> None:
+    spec = tiny_spec(**HETERO, training={"max_steps": 3, "batch_size": 8, "learning_rate": 1e-2})
+    arrays = global_with_live_b(run_init(spec, model_root).arrays, live=4, seed=3)
+    global_path = write_global(tmp_path / "global.safetensors", arrays)
+
+    out = run_personalize(
+        spec, 0, global_path, cls_data, model_root, out_dir=tmp_path / "mine", site="small", progress=quiet
+    )
+
+    assert out.metrics["lora_rank"] == 2.0 and "personal_eval_accuracy" in out.metrics
+    saved = json.loads((tmp_path / "mine" / "adapter_config.json").read_text())
+    assert saved["r"] == 2 and saved["lora_alpha"] == 4.0  # alpha 8 at r 4: the same scale at r 2
