@@ -29,6 +29,7 @@ from worker.device import DeviceChoice
 from worker.instruction import scored_tokens
 from worker.logit_adjustment import adjusted_cross_entropy, site_log_prior
 from worker.model import load_trainable_arrays, trainable_arrays
+from worker.ranks import RankGroup
 
 PROGRESS_EVERY = 10
 
@@ -104,6 +105,7 @@ def train(
     site: str = "",
     progress: Callable[[str], None] = print,
     encode: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
+    ranks: RankGroup | None = None,
 ) -> TrainResult:
     """Train the model's trainable parameters in place, starting from their current (global) values.
 
@@ -117,6 +119,9 @@ def train(
     loss is the mean over all the step's scored tokens (transformers' `num_items_in_batch`), a
     classification step's the mean over its examples. `round` of the stage's planned `rounds` places the
     step on the federation's learning-rate schedule (worker/schedule.py).
+
+    With `ranks` (a joined process group of several, worker/ranks.py), this process trains its shard of
+    every step's examples in DDP; the figures returned are the whole group's.
     """
     if not examples:
         raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "no training examples")
@@ -141,6 +146,8 @@ def train(
             return encode(chosen)
         return encode_batch(tokenizer, chosen, task, training.max_length, device.device)
 
+    group = ranks if ranks is not None and ranks.distributed else None
+    forward = group.wrap(model, device.device) if group is not None else model
     model.train()
     loss_sum, seen, started = 0.0, 0, time.perf_counter()
     step_size = training.batch_size * accumulation
@@ -148,13 +155,19 @@ def train(
         with checkpointing(model, training.gradient_checkpointing):
             for step, indices in enumerate(_batch_order(len(examples), step_size, steps, rng), start=1):
                 interrupt.check()  # a SIGTERM or a cancelled task ends training within one step
-                micro = [
-                    batch_of(indices[i : i + training.batch_size])
-                    for i in range(0, step_size, training.batch_size)
-                ]
-                step_loss = _accumulate(
-                    model, micro, task, adjusted, params, anchors, training, device, scaler, step
-                )
+                if group is not None:
+                    step_loss = _accumulate_shard(
+                        forward, group, indices, batch_of, task, adjusted, params, anchors, training,
+                        device, scaler, step,
+                    )  # fmt: skip
+                else:
+                    micro = [
+                        batch_of(indices[i : i + training.batch_size])
+                        for i in range(0, step_size, training.batch_size)
+                    ]
+                    step_loss = _accumulate(
+                        model, micro, task, adjusted, params, anchors, training, device, scaler, step
+                    )
                 if training.max_grad_norm is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
@@ -165,10 +178,13 @@ def train(
                 loss_sum += step_loss
                 seen += len(indices)
                 if step % PROGRESS_EVERY == 0 or step == steps:
+                    shown = group.sum(loss_sum, device.device) if group is not None else loss_sum
                     rate = seen / max(time.perf_counter() - started, 1e-9)
-                    progress(f"step {step}/{steps} loss {loss_sum / step:.4f} {rate:.1f} examples/s")
+                    progress(f"step {step}/{steps} loss {shown / step:.4f} {rate:.1f} examples/s")
     finally:
         model.eval()
+    if group is not None:  # each rank holds its share of every step's loss
+        loss_sum = group.sum(loss_sum, device.device)
     seconds = time.perf_counter() - started
     return TrainResult(
         train_loss=loss_sum / steps,
@@ -214,6 +230,61 @@ def _accumulate(
                 f"training loss became {objective.item()} at step {step}; lower learning_rate",
             )
         scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
+        step_loss += float(loss.detach())
+    return step_loss
+
+
+def _accumulate_shard(
+    model: torch.nn.Module,
+    group: RankGroup,
+    indices: np.ndarray,
+    batch_of: Callable[[np.ndarray], dict[str, torch.Tensor]],
+    task: str,
+    adjusted: _AdjustedLoss | None,
+    params: list[torch.nn.Parameter],
+    anchors: list[torch.Tensor],
+    training: TrainingSpec,
+    device: DeviceChoice,
+    scaler: torch.amp.GradScaler,
+    step: int,
+) -> float:
+    """This rank's part of one step (`model` in DDP): its shard of the step's examples in micro-batches,
+    each loss normalised over the whole step on all ranks and scaled by the world size (DDP averages
+    the ranks' gradients). Only the last micro-batch all-reduces. A rank whose shard is empty (a step
+    smaller than the group) still runs one weightless micro-batch, so every rank takes part in the
+    all-reduce. Returns this rank's share of the step's loss (the shares sum to the step's loss)."""
+    mine = group.shard(indices)
+    weights = [1.0] * math.ceil(len(mine) / training.batch_size)
+    micro = [batch_of(mine[i : i + training.batch_size]) for i in range(0, len(mine), training.batch_size)]
+    if not micro:
+        micro, weights = [batch_of(indices[:1])], [0.0]
+    language_model = task != "sequence-classification"
+    if language_model:
+        local = sum(scored_tokens(b) for b, w in zip(micro, weights, strict=True) if w)
+        tokens = int(group.sum(float(local), device.device))
+    step_loss = 0.0
+    for position, (batch, weight) in enumerate(zip(micro, weights, strict=True)):
+        last = position == len(micro) - 1
+        sync = contextlib.nullcontext() if last else model.no_sync()  # type: ignore[operator]
+        with sync:
+            with torch.autocast(device.device.type, dtype=device.train_dtype, enabled=device.autocast):
+                share = weight * len(batch["labels"]) / len(indices)
+                if adjusted is not None:
+                    loss = adjusted(model, batch) * share
+                elif language_model:
+                    loss = model(**batch, num_items_in_batch=max(tokens, 1)).loss.float() * weight
+                else:
+                    loss = model(**batch).loss.float() * share
+            objective = loss * group.world_size
+            if anchors:  # each rank adds the whole term once per step, so the average is the term
+                drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+                objective = objective + 0.5 * training.proximal_mu * drift / len(micro)
+            if not torch.isfinite(objective):
+                raise FedtuneError(
+                    ErrorCode.NON_FINITE,
+                    f"training loss became {objective.item()} at step {step}; lower learning_rate",
+                )
+            scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
         step_loss += float(loss.detach())
     return step_loss
 
