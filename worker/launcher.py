@@ -124,23 +124,28 @@ def _collect(job_dir: Path, returncode: int | None, processes: int) -> TaskOutpu
     if returncode == 0 and output is not None:
         return output
     errors = rank_job.read_errors(job_dir)
-    reported = next((e for e in errors if e.code is not None), errors[0] if errors else None)
-    if reported is not None:
-        where = f"training process {reported.rank} of {processes}"
-        if reported.code is not None and reported.message is not None:
-            raise FedtuneError(ErrorCode(reported.code), f"{where}: {reported.message}")
+    ours = next((e for e in errors if e.code is not None and e.message is not None), None)
+    if ours is not None and ours.code is not None:
         raise FedtuneError(
-            ErrorCode.UNAVAILABLE,
-            f"{where} failed with {reported.type} (its message may quote site data: see this site's "
-            "worker log)",
+            ErrorCode(ours.code), f"training process {ours.rank} of {processes}: {ours.message}"
         )
-    failures = rank_job.read_failures(job_dir)
-    if failures:
-        listed = ", ".join(f"process {rank} ended with {how}" for rank, how in sorted(failures.items()))
+    # A rank that ended without a report (a signal, the out-of-memory killer) is the cause; the
+    # others' errors (a peer's connection reset in a collective) follow from it.
+    unreported = {
+        r: how for r, how in rank_job.read_failures(job_dir).items() if r not in {e.rank for e in errors}
+    }
+    if unreported:
+        listed = ", ".join(f"process {rank} ended with {how}" for rank, how in sorted(unreported.items()))
         raise FedtuneError(
             ErrorCode.UNAVAILABLE,
             f"training failed: {listed} without reporting an error (killed, or out of memory?); "
             "see this site's worker log",
+        )
+    if errors:
+        raise FedtuneError(
+            ErrorCode.UNAVAILABLE,
+            f"training process {errors[0].rank} of {processes} failed with {errors[0].type} (its message "
+            "may quote site data: see this site's worker log)",
         )
     started = rank_job.started_ranks(job_dir)
     raise FedtuneError(

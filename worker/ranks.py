@@ -93,9 +93,7 @@ def join(group: RankGroup, device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend, rank=group.rank, world_size=group.world_size, timeout=COLLECTIVE_TIMEOUT
-    )
+    dist.init_process_group(backend, rank=group.rank, world_size=group.world_size, timeout=COLLECTIVE_TIMEOUT)
 
 
 def leave() -> None:

@@ -46,7 +46,9 @@ def main(argv: list[str]) -> int:
     except ChildFailedError as err:
         verdicts = {}
         for rank, failure in err.failures.items():
-            ended = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+            ended = (
+                f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+            )
             verdicts[rank] = ended
         write_failures(job_dir, verdicts)
         return 1
