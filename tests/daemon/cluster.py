@@ -71,7 +71,10 @@ class Cluster:
             interval=0.5,
         )
 
-    def start_worker(self, site: str, data_root: Path, model_root: Path) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, site: str, data_root: Path, model_root: Path, *options: str
+    ) -> subprocess.Popen[bytes]:
+        """`fedtune worker run` for `site` on CPU; `options`: more flags (e.g. "--processes", "2")."""
         env = clean_env(FEDTUNE_TORCH_THREADS="1", FEDTUNE_TOKEN=self.tokens[site])
         args = [
             "worker",
@@ -86,6 +89,7 @@ class Cluster:
             str(model_root),
             "--device",
             "cpu",
+            *options,
         ]
         return self._spawn(f"worker-{site}", args, env)
 

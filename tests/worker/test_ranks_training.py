@@ -19,6 +19,7 @@ import pytest
 from fedtune.errors import FedtuneError
 from fedtune.spec import ExperimentSpec
 from tests.fixtures.tiny import instruction_spec, tiny_spec
+from tests.support.processes import processes_naming
 from tests.support.waiting import wait_for
 from tests.worker.helpers import quiet, write_global
 from worker.interrupt import TaskAbandoned, interruptible
@@ -105,21 +106,6 @@ def test_two_processes_equal_one_for_classification_with_uneven_and_empty_shards
     assert two.metrics["eval_accuracy"] == pytest.approx(one.metrics["eval_accuracy"])
 
 
-def _rank_processes(marker: Path) -> list[int]:
-    """Processes whose command line names `marker` (the launcher's work folder)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(marker) in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
 def _long_job(model_root: Path, cls_data: Path, tmp_path: Path) -> RankJob:
     spec = tiny_spec(base_model={"name": "tiny-llama"}, data=NO_EVAL, training={"max_steps": 100000})
     global_path = write_global(tmp_path / "global.safetensors", run_init(spec, model_root).arrays)
@@ -141,7 +127,7 @@ def test_a_stopping_worker_ends_every_training_process_within_seconds(
         train_on_ranks(job, 2, work_dir, progress)
     stopped = time.monotonic()
     # Assert: no torchrun nor rank left, within seconds
-    wait_for(lambda: not _rank_processes(work_dir), 10, "the training processes to end")
+    wait_for(lambda: not processes_naming(work_dir), 10, "the training processes to end")
     assert time.monotonic() - stopped < 10
 
 
@@ -160,5 +146,5 @@ def test_a_killed_rank_fails_the_task_naming_the_rank_and_signal(
         train_on_ranks(job, 2, work_dir, kill_rank_one)
     # Assert
     assert "process 1 ended with signal SIGKILL" in raised.value.message, raised.value.message
-    wait_for(lambda: not _rank_processes(work_dir), 10, "the other training processes to end")
+    wait_for(lambda: not processes_naming(work_dir), 10, "the other training processes to end")
     assert not list(work_dir.iterdir())  # the job folder is gone too
