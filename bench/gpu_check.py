@@ -141,7 +141,7 @@ def build_model(model_root: Path, profile: Profile) -> int:
     torch.manual_seed(0)
     with torch.device(profile.device):
         model = LlamaForCausalLM(config)
-    model.to(dtype=torch.bfloat16)
+    torch.nn.Module.to(model, torch.bfloat16)  # (transformers types its own .to narrowly)
     folder = model_root / MODEL_NAME
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
