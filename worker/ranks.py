@@ -74,7 +74,16 @@ class RankGroup:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, output_device=device if ids else None)
+        # Every rank built the same base and loaded the same global tensors, and the buffers (rotary
+        # frequencies, position ids) are computed, not learned: nothing to broadcast, neither at start
+        # (a frozen 8B base would be 16 GB per task) nor before each forward.
+        return DistributedDataParallel(
+            model,
+            device_ids=ids,
+            output_device=device if ids else None,
+            init_sync=False,
+            forward_sync_buffers=False,  # torch >= 2.13 (pinned); before it: broadcast_buffers=False
+        )
 
 
 def from_env() -> RankGroup:
