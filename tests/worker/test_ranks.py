@@ -99,3 +99,13 @@ def test_a_killed_rank_is_named_before_the_errors_it_caused_in_its_peers(tmp_pat
     with pytest.raises(FedtuneError, match="process 1 ended with signal SIGKILL") as raised:
         _collect(tmp_path, 1, 2)
     assert "process 0" not in raised.value.message
+
+
+def test_more_processes_than_gpus_is_refused_before_launching(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.launcher import check_processes
+
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    with pytest.raises(FedtuneError, match="processes=4 but this machine has 2 CUDA device"):
+        check_processes(4, "cuda")
+    check_processes(2, "cuda")
+    check_processes(8, "cpu")  # CPU processes: any number
