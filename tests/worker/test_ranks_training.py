@@ -66,11 +66,11 @@ def _assert_same_update(one: TaskOutput, two: TaskOutput) -> None:
     assert two.metrics["training_processes"] == 2.0 and "training_processes" not in one.metrics
 
 
-def test_two_processes_equal_one_for_instruction_tuning_with_fedprox_accumulation_and_schedule(
+def test_two_processes_equal_one_for_instruction_tuning_with_fedprox_accumulation_schedule_checkpointing(
     model_root: Path, chat_data: Path, tmp_path: Path
 ) -> None:
     # Prepare: steps of 2 x 3 micro-batches (3 examples a rank: one full and one half micro-batch),
-    # token-normalised loss, FedProx, a cosine schedule, clipping
+    # token-normalised loss, FedProx, a cosine schedule, clipping, gradient checkpointing
     training: dict[str, Any] = {
         "max_steps": 3,
         "batch_size": 2,
@@ -81,6 +81,7 @@ def test_two_processes_equal_one_for_instruction_tuning_with_fedprox_accumulatio
         "lr_schedule": "cosine",
         "warmup_ratio": 0.2,
         "max_grad_norm": 1.0,
+        "gradient_checkpointing": True,
     }
     spec = instruction_spec(data=NO_EVAL, training=training)
     # Execute
@@ -89,15 +90,17 @@ def test_two_processes_equal_one_for_instruction_tuning_with_fedprox_accumulatio
     _assert_same_update(one, two)
 
 
-@pytest.mark.parametrize("batch_size", [3, 1])
+@pytest.mark.parametrize(("batch_size", "logit_adjustment"), [(3, 0.0), (1, 1.0)])
 def test_two_processes_equal_one_for_classification_with_uneven_and_empty_shards(
-    model_root: Path, cls_data: Path, tmp_path: Path, batch_size: int
+    model_root: Path, cls_data: Path, tmp_path: Path, batch_size: int, logit_adjustment: float
 ) -> None:
-    # Prepare: 3 examples a step (shards of 2 and 1), and 1 (rank 1 trains a weightless micro-batch)
+    # Prepare: 3 examples a step (shards of 2 and 1); 1 (rank 1 trains a weightless micro-batch) with
+    # the logit-adjusted loss
+    training = {"max_steps": 3, "batch_size": batch_size, "learning_rate": 1e-2, "max_length": 32}
     spec = tiny_spec(
         base_model={"name": "tiny-llama"},
         data={**NO_EVAL, "eval": "eval.jsonl"},
-        training={"max_steps": 3, "batch_size": batch_size, "learning_rate": 1e-2, "max_length": 32},
+        training={**training, "logit_adjustment": logit_adjustment},
     )
     # Execute
     one, two = _one_and_two(spec, cls_data, model_root, tmp_path)
