@@ -26,7 +26,7 @@ Example:
 Every option can also come from the environment (FEDTUNE_COORDINATOR, FEDTUNE_SITE,
 FEDTUNE_TOKEN, FEDTUNE_DATA_ROOT, FEDTUNE_MODEL_ROOT, FEDTUNE_DEVICE, FEDTUNE_TORCH_THREADS, ...)
 or from a YAML file given with --config (keys: coordinator, site, token, data_root, model_root,
-work_dir, device, pull_wait_seconds, max_backoff_seconds, chunk_bytes, torch_threads, tls_ca,
+work_dir, device, processes, pull_wait_seconds, max_backoff_seconds, chunk_bytes, torch_threads, tls_ca,
 tls_cert, tls_key, tls_server_name, max_lora_rank).
 Precedence: flags > environment > config file > defaults.
 """
@@ -67,6 +67,13 @@ def _common_options(fn: Any) -> Any:
             type=click.Choice(["auto", "cpu", "cuda"]),
             default=None,
             help="Where to train [env FEDTUNE_DEVICE, default auto].",
+        ),
+        click.option(
+            "--processes",
+            type=click.IntRange(1, 64),
+            default=None,
+            help="Train tasks on N processes, one per GPU (torchrun + DDP); 1 trains in the daemon "
+            "itself [env FEDTUNE_PROCESSES, default 1].",
         ),
         click.option("--log-level", default=None, help="DEBUG, INFO, WARNING [env FEDTUNE_LOG_LEVEL]."),
         click.option(

@@ -386,6 +386,9 @@ class WorkerDaemon:
                 base_adapter_path=base_path,
             )
             self._push(task, state, output)
+        elif task.kind == "train" and s.processes > 1 and tasks.trains_on_ranks(spec, task.stage_index):
+            output = self._train_on_ranks(task, state, base_path)
+            self._push(task, state, output)
         elif task.kind == "train":
             global_path = self._fetch(task, state)
             self._check(state)
@@ -428,6 +431,30 @@ class WorkerDaemon:
             raise FedtuneError(
                 ErrorCode.INVALID_ARGUMENT, f"task kind {task.kind} is not known to worker {worker_version()}"
             )
+
+    def _train_on_ranks(self, task: TaskRecord, state: RunningTask, base_path: Path | None) -> TaskOutput:
+        """A train task on `settings.processes` torchrun processes (worker/launcher.py); this process
+        keeps the coordinator connection and uploads rank 0's update."""
+        from worker.launcher import train_on_ranks
+        from worker.rank_job import RankJob
+
+        s = self.settings
+        global_path = self._fetch(task, state)
+        self._check(state)
+        job = RankJob(
+            spec_json=task.spec_json,
+            stage_index=task.stage_index,
+            round=task.round,
+            global_path=global_path,
+            data_root=s.data_root,
+            model_root=s.model_root,
+            site=s.site,
+            device=s.device,
+            base_adapter_path=base_path,
+            torch_threads=s.torch_threads,
+            max_lora_rank=s.max_lora_rank,
+        )
+        return train_on_ranks(job, s.processes, s.resolved_work_dir / "ranks", self._progress(state))
 
     def _finish_with_metrics(self, task: TaskRecord, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None

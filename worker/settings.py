@@ -43,6 +43,12 @@ class WorkerSettings(BaseModel):
     max_backoff_seconds: float = Field(30.0, gt=0)
     chunk_bytes: int = Field(1 << 20, ge=1024, le=16 << 20)
     torch_threads: int | None = Field(None, ge=1)
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="training processes per train task (one per GPU; >1: torchrun + DDP, worker/ranks.py)",
+    )
     log_level: str = "INFO"
     tls_ca: Path | None = Field(None, description="CA that signed the coordinator's cert: TLS when set")
     tls_cert: Path | None = Field(None, description="this site's client certificate (mutual TLS)")

@@ -33,6 +33,7 @@ from worker.model import (
     trainable_arrays,
 )
 from worker.model_factory import ModelFactory
+from worker.ranks import RankGroup
 from worker.site_rank import SiteLora, site_lora
 from worker.task_io import TaskOutput, read_global
 from worker.training import train, update_to_send
@@ -205,11 +206,15 @@ def run_train(
     device: str | DeviceChoice | None = None,
     base_adapter_path: Path | None = None,
     max_lora_rank: int | None = None,
+    ranks: RankGroup | None = None,
 ) -> TaskOutput:
     """Train from the global tensors on the site's train split; returns the trained weights (not a delta).
 
     A site of lower LoRA rank (`peft.site_ranks`, `max_lora_rank`) trains the global's top components
-    and returns its factors zero-padded to the global layout (worker/site_rank.py)."""
+    and returns its factors zero-padded to the global layout (worker/site_rank.py).
+    With `ranks` (one of a site's training processes, worker/rank_main.py), this process trains its
+    shard in DDP; rank 0 then evaluates and returns the update, the others return their metrics only.
+    """
     check_data_paths(spec.data, data_root)  # a hostile spec is refused before the model is even loaded
     training = _training(spec, stage_index, training_overrides)
     models = _factory(models)
@@ -251,8 +256,13 @@ def run_train(
             site=site,
             progress=progress,
             encode=site_data.encode,
+            ranks=ranks,
         )
         metrics = {**result.metrics(), **site_data.metrics, **lora.metrics()}
+        if ranks is not None:
+            metrics["training_processes"] = float(ranks.world_size)
+            if not ranks.is_main:
+                return TaskOutput(arrays={}, num_examples=result.num_examples, metrics=metrics)
         arrays, privacy_metrics = update_to_send(built.model, lora.slice(global_arrays), spec.privacy)
         metrics.update(privacy_metrics)
         metrics.update(site_data.evaluate(built, training, "eval_"))
@@ -260,6 +270,15 @@ def run_train(
     return TaskOutput(
         arrays=lora.embed(arrays, global_arrays), num_examples=result.num_examples, metrics=metrics
     )
+
+
+def trains_on_ranks(spec: ExperimentSpec, stage_index: int) -> bool:
+    """Whether a train task of this stage can run on several processes (worker/launcher.py): the local
+    training of a fine-tuning stage. A global stage's LM training and a fedncm statistics round run in
+    the daemon's own process (docs/decisions.md 38)."""
+    if _is_global(spec, stage_index) or not 0 <= stage_index < len(spec.stages):
+        return False
+    return not spec.training_for(stage_index).class_statistics
 
 
 def _class_statistics(
@@ -358,4 +377,5 @@ __all__ = [
     "run_init",
     "run_personalize",
     "run_train",
+    "trains_on_ranks",
 ]

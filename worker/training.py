@@ -29,6 +29,8 @@ from worker.device import DeviceChoice
 from worker.instruction import scored_tokens
 from worker.logit_adjustment import adjusted_cross_entropy, site_log_prior
 from worker.model import load_trainable_arrays, trainable_arrays
+from worker.ranks import RankGroup
+from worker.shard_step import accumulate_shard
 
 PROGRESS_EVERY = 10
 
@@ -104,6 +106,7 @@ def train(
     site: str = "",
     progress: Callable[[str], None] = print,
     encode: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
+    ranks: RankGroup | None = None,
 ) -> TrainResult:
     """Train the model's trainable parameters in place, starting from their current (global) values.
 
@@ -117,6 +120,9 @@ def train(
     loss is the mean over all the step's scored tokens (transformers' `num_items_in_batch`), a
     classification step's the mean over its examples. `round` of the stage's planned `rounds` places the
     step on the federation's learning-rate schedule (worker/schedule.py).
+
+    With `ranks` (a joined process group of several, worker/ranks.py), this process trains its shard of
+    every step's examples in DDP; the figures returned are the whole group's.
     """
     if not examples:
         raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "no training examples")
@@ -141,6 +147,8 @@ def train(
             return encode(chosen)
         return encode_batch(tokenizer, chosen, task, training.max_length, device.device)
 
+    group = ranks if ranks is not None and ranks.distributed else None
+    forward = group.wrap(model, device.device) if group is not None else model
     model.train()
     loss_sum, seen, started = 0.0, 0, time.perf_counter()
     step_size = training.batch_size * accumulation
@@ -148,13 +156,19 @@ def train(
         with checkpointing(model, training.gradient_checkpointing):
             for step, indices in enumerate(_batch_order(len(examples), step_size, steps, rng), start=1):
                 interrupt.check()  # a SIGTERM or a cancelled task ends training within one step
-                micro = [
-                    batch_of(indices[i : i + training.batch_size])
-                    for i in range(0, step_size, training.batch_size)
-                ]
-                step_loss = _accumulate(
-                    model, micro, task, adjusted, params, anchors, training, device, scaler, step
-                )
+                if group is not None:
+                    step_loss = accumulate_shard(
+                        forward, group, indices, batch_of, task, adjusted, params, anchors, training,
+                        device, scaler, step,
+                    )  # fmt: skip
+                else:
+                    micro = [
+                        batch_of(indices[i : i + training.batch_size])
+                        for i in range(0, step_size, training.batch_size)
+                    ]
+                    step_loss = _accumulate(
+                        model, micro, task, adjusted, params, anchors, training, device, scaler, step
+                    )
                 if training.max_grad_norm is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
@@ -165,10 +179,13 @@ def train(
                 loss_sum += step_loss
                 seen += len(indices)
                 if step % PROGRESS_EVERY == 0 or step == steps:
+                    shown = group.sum(loss_sum, device.device) if group is not None else loss_sum
                     rate = seen / max(time.perf_counter() - started, 1e-9)
-                    progress(f"step {step}/{steps} loss {loss_sum / step:.4f} {rate:.1f} examples/s")
+                    progress(f"step {step}/{steps} loss {shown / step:.4f} {rate:.1f} examples/s")
     finally:
         model.eval()
+    if group is not None:  # each rank holds its share of every step's loss
+        loss_sum = group.sum(loss_sum, device.device)
     seconds = time.perf_counter() - started
     return TrainResult(
         train_loss=loss_sum / steps,

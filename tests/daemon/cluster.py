@@ -72,8 +72,9 @@ class Cluster:
         )
 
     def start_worker(
-        self, site: str, data_root: Path, model_root: Path, *extra_args: str
+        self, site: str, data_root: Path, model_root: Path, *options: str
     ) -> subprocess.Popen[bytes]:
+        """`fedtune worker run` for `site` on CPU; `options`: more flags (e.g. "--processes", "2")."""
         env = clean_env(FEDTUNE_TORCH_THREADS="1", FEDTUNE_TOKEN=self.tokens[site])
         args = [
             "worker",
@@ -88,7 +89,7 @@ class Cluster:
             str(model_root),
             "--device",
             "cpu",
-            *extra_args,
+            *options,
         ]
         return self._spawn(f"worker-{site}", args, env)
 

@@ -81,3 +81,12 @@ def test_run_without_a_site_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "site: Field required" in result.output
+
+
+def test_processes_default_to_one_and_come_from_flag_or_environment() -> None:
+    assert load_settings(None, {}, environ=BASE).processes == 1
+    assert load_settings(None, {}, environ={**BASE, "FEDTUNE_PROCESSES": "4"}).processes == 4
+    assert load_settings(None, {"processes": 2}, environ={**BASE, "FEDTUNE_PROCESSES": "4"}).processes == 2
+    with pytest.raises(FedtuneError, match="processes: .*flag --processes or env FEDTUNE_PROCESSES"):
+        load_settings(None, {}, environ={**BASE, "FEDTUNE_PROCESSES": "0"})
+    assert "--processes" in CliRunner().invoke(main, ["worker", "run", "--help"]).output
