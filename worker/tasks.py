@@ -23,6 +23,7 @@ from worker import global_stage, instruction
 from worker.class_statistics import class_feature_sums, statistics_update
 from worker.data import Example, check_data_paths, data_file, load_conversations, load_examples
 from worker.device import DeviceChoice, resolve_device
+from worker.dp_sgd import train_dp_sgd
 from worker.evaluation import evaluate
 from worker.memory import peak_rss
 from worker.model import (
@@ -33,6 +34,7 @@ from worker.model import (
     trainable_arrays,
 )
 from worker.model_factory import ModelFactory
+from worker.privacy import reported_metrics
 from worker.task_io import TaskOutput, read_global
 from worker.training import train, update_to_send
 
@@ -206,17 +208,20 @@ def run_train(
     models = _factory(models)
     if _is_global(spec, stage_index):
         lm, kind = models.lm_model(spec, model_root, resolve_device(device))
-        return global_stage.run_train(
-            lm,
-            kind,
+        return _as_reported(
             spec,
-            training,
-            round,
-            global_path,
-            data_root,
-            site=site,
-            progress=progress,
-            rounds=spec.stages[stage_index].rounds,
+            global_stage.run_train(
+                lm,
+                kind,
+                spec,
+                training,
+                round,
+                global_path,
+                data_root,
+                site=site,
+                progress=progress,
+                rounds=spec.stages[stage_index].rounds,
+            ),
         )
     built, global_arrays = _built_with_global(
         models, spec, model_root, global_path, device, base_adapter_path
@@ -224,26 +229,50 @@ def run_train(
     site_data = _site_data(spec, built, data_root, training)
     if training.class_statistics:
         return _class_statistics(spec, training, built, global_arrays, list(site_data.train), progress)
+    dp = spec.privacy.dp
     with peak_rss() as memory:
-        result = train(
-            built.model,
-            built.tokenizer,
-            site_data.train,
-            task=spec.task,
-            training=training,
-            device=built.device,
-            round=round,
-            rounds=spec.stages[stage_index].rounds,
-            site=site,
-            progress=progress,
-            encode=site_data.encode,
-        )
-        metrics = {**result.metrics(), **site_data.metrics}
+        if dp is not None and dp.level == "record":
+            result, dp_figures = train_dp_sgd(
+                built.model,
+                built.tokenizer,
+                site_data.train,
+                task=spec.task,
+                training=training,
+                dp=dp,
+                device=built.device,
+                round=round,
+                rounds=spec.stages[stage_index].rounds,
+                progress=progress,
+            )
+        else:
+            result, dp_figures = (
+                train(
+                    built.model,
+                    built.tokenizer,
+                    site_data.train,
+                    task=spec.task,
+                    training=training,
+                    device=built.device,
+                    round=round,
+                    rounds=spec.stages[stage_index].rounds,
+                    site=site,
+                    progress=progress,
+                    encode=site_data.encode,
+                ),
+                {},
+            )
+        metrics = {**result.metrics(), **site_data.metrics, **dp_figures}
         arrays, privacy_metrics = update_to_send(built.model, global_arrays, spec.privacy)
         metrics.update(privacy_metrics)
         metrics.update(site_data.evaluate(built, training, "eval_"))
     metrics.update(memory.metrics())
-    return TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics)
+    return _as_reported(spec, TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics))
+
+
+def _as_reported(spec: ExperimentSpec, out: TaskOutput) -> TaskOutput:
+    """The output with its metrics as `privacy.report_metrics` lets them leave the site."""
+    out.metrics = reported_metrics(out.metrics, spec.privacy, out.num_examples)
+    return out
 
 
 def _class_statistics(
@@ -320,7 +349,7 @@ def run_personalize(
     out_dir.mkdir(parents=True, exist_ok=True)
     built.model.save_pretrained(str(out_dir))
     (out_dir / "adapter_config.json").write_bytes(adapter_config_json(built.model, spec.base_model.name))
-    return TaskOutput(arrays={}, num_examples=result.num_examples, metrics=metrics)
+    return _as_reported(spec, TaskOutput(arrays={}, num_examples=result.num_examples, metrics=metrics))
 
 
 def dataset_sizes(data_root: Path) -> dict[str, int]:
