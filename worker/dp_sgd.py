@@ -43,7 +43,7 @@ def poisson_batches(num_examples: int, rate: float, steps: int, rng: np.random.G
 def _empty_grad_samples(params: list[torch.nn.Parameter]) -> None:
     """An empty Poisson sample: no record contributes, the step is noise only (as accounted)."""
     for p in params:
-        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
 
 
 def dp_metrics(dp: DpSpec, sample_rate: float, steps: int) -> dict[str, float]:
@@ -117,7 +117,7 @@ def train_dp_sgd(
                         ErrorCode.NON_FINITE,
                         f"training loss became {loss.item()} at step {step}; lower learning_rate",
                     )
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 loss_sum += float(loss.detach())
                 seen += len(indices)
             optimizer.pre_step()  # clip each record's gradient, sum, add noise, scale
