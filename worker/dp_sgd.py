@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -101,6 +102,8 @@ def train_dp_sgd(
         generator=noise,
     )
     wrapped.train()
+    # Opacus' hooks on a model whose inputs need no gradient (frozen embeddings): expected, not a problem
+    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
     loss_sum, seen, started = 0.0, 0, time.perf_counter()
     try:
         for step, indices in enumerate(poisson_batches(count, rate, steps, rng), start=1):
