@@ -1,5 +1,6 @@
 """Privacy settings in the spec (issue 10): what the kernel needs is designed, and nothing that is not
-wired yet is accepted and silently ignored. Accounted DP and report_metrics: tests/security/test_dp_spec.py."""
+wired yet is accepted and silently ignored. Accounted DP and report_metrics:
+tests/security/test_dp_spec.py."""
 
 from __future__ import annotations
 
