@@ -296,7 +296,7 @@ def _refuse_unwired_privacy(privacy: PrivacySpec) -> None:
         raise ValueError(
             "privacy.secure_aggregation is not available yet: the secure-aggregation kernel exists "
             "(fedtune/secagg) but the round protocol is not wired, so updates would reach the coordinator "
-            "unmasked. Remove it (or set false); privacy.dp gives accounted differential privacy today"
+            "unmasked. Remove it (or set false); clip_norm + noise_multiplier give client-side noise today"
         )
 
 
