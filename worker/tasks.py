@@ -36,7 +36,7 @@ from worker.model import (
 from worker.model_factory import ModelFactory
 from worker.privacy import reported_metrics
 from worker.task_io import TaskOutput, read_global
-from worker.training import train, update_to_send
+from worker.training import TrainResult, train, update_to_send
 
 FROZEN_ADAPTER_FILE = "frozen_adapter.safetensors"
 
@@ -229,44 +229,58 @@ def run_train(
     site_data = _site_data(spec, built, data_root, training)
     if training.class_statistics:
         return _class_statistics(spec, training, built, global_arrays, list(site_data.train), progress)
-    dp = spec.privacy.dp
     with peak_rss() as memory:
-        if dp is not None and dp.level == "record":
-            result, dp_figures = train_dp_sgd(
-                built.model,
-                built.tokenizer,
-                site_data.train,
-                task=spec.task,
-                training=training,
-                dp=dp,
-                device=built.device,
-                round=round,
-                rounds=spec.stages[stage_index].rounds,
-                progress=progress,
-            )
-        else:
-            result, dp_figures = (
-                train(
-                    built.model,
-                    built.tokenizer,
-                    site_data.train,
-                    task=spec.task,
-                    training=training,
-                    device=built.device,
-                    round=round,
-                    rounds=spec.stages[stage_index].rounds,
-                    site=site,
-                    progress=progress,
-                    encode=site_data.encode,
-                ),
-                {},
-            )
+        result, dp_figures = _local_training(
+            spec, built, site_data, training, round, spec.stages[stage_index].rounds, site, progress
+        )
         metrics = {**result.metrics(), **site_data.metrics, **dp_figures}
         arrays, privacy_metrics = update_to_send(built.model, global_arrays, spec.privacy)
         metrics.update(privacy_metrics)
         metrics.update(site_data.evaluate(built, training, "eval_"))
     metrics.update(memory.metrics())
     return _as_reported(spec, TaskOutput(arrays=arrays, num_examples=result.num_examples, metrics=metrics))
+
+
+def _local_training(
+    spec: ExperimentSpec,
+    built: BuiltModel,
+    site_data: _SiteData,
+    training: TrainingSpec,
+    round: int,
+    rounds: int,
+    site: str,
+    progress: Callable[[str], None],
+) -> tuple[TrainResult, dict[str, float]]:
+    """A round's local training: DP-SGD under record-level DP (with its accounting figures), else the
+    plain loop."""
+    dp = spec.privacy.dp
+    if dp is not None and dp.level == "record":
+        return train_dp_sgd(
+            built.model,
+            built.tokenizer,
+            site_data.train,
+            task=spec.task,
+            training=training,
+            dp=dp,
+            device=built.device,
+            round=round,
+            rounds=rounds,
+            progress=progress,
+        )
+    result = train(
+        built.model,
+        built.tokenizer,
+        site_data.train,
+        task=spec.task,
+        training=training,
+        device=built.device,
+        round=round,
+        rounds=rounds,
+        site=site,
+        progress=progress,
+        encode=site_data.encode,
+    )
+    return result, {}
 
 
 def _as_reported(spec: ExperimentSpec, out: TaskOutput) -> TaskOutput:
