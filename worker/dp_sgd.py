@@ -86,6 +86,14 @@ def train_dp_sgd(
     count = len(examples)
     rate = min(1.0, training.batch_size / count)
     steps = total_steps(count, training)
+    figures = dp_metrics(dp, rate, steps)  # known before training: refuse a run that alone passes the budget
+    if dp.target_epsilon is not None and figures["dp_epsilon"] > dp.target_epsilon:
+        raise FedtuneError(
+            ErrorCode.INVALID_SPEC,
+            f"privacy.dp.target_epsilon {dp.target_epsilon}: one round here ({steps} DP-SGD steps at "
+            f"sampling rate {rate:.4g}) would spend epsilon {figures['dp_epsilon']:.3f} on its own; raise "
+            "privacy.dp.noise_multiplier or lower training.max_steps / epochs",
+        )
     seed = secrets.randbits(63)
     rng = np.random.default_rng(seed)
     noise = torch.Generator(device=device.device).manual_seed(secrets.randbits(63))
@@ -144,7 +152,7 @@ def train_dp_sgd(
         seconds=seconds,
         examples_per_second=seen / max(seconds, 1e-9),
     )
-    return result, dp_metrics(dp, rate, steps)
+    return result, figures
 
 
 def round_half(value: float) -> int:

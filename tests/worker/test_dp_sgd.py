@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.privacy_accounting import dp_epsilon
 from tests.fixtures.tiny import tiny_spec
 from tests.worker.helpers import evaluate_version, quiet, write_global
@@ -95,3 +96,17 @@ def test_fedprox_keeps_working_under_dp_sgd(model_root: Path, cls_data: Path, tm
         run_train(held, 0, 1, global_path, cls_data, model_root, progress=quiet).arrays, global_arrays
     )
     assert drift_held < 0.5 * drift_free
+
+
+def test_a_site_refuses_a_round_that_alone_would_pass_the_budget(
+    model_root: Path, cls_data: Path, tmp_path: Path
+) -> None:
+    dp = {"level": "record", "noise_multiplier": 0.5, "clip_norm": 1.0, "target_epsilon": 1.0}
+    spec = tiny_spec(  # 40 steps at q = 0.08 and z = 0.5 spend far more than 1
+        training={"max_steps": 40, "batch_size": 16, "max_length": 32}, privacy={"dp": dp}
+    )
+    global_path, _ = _global(spec, model_root, tmp_path)
+    with pytest.raises(FedtuneError) as caught:
+        run_train(spec, 0, 1, global_path, cls_data, model_root, progress=quiet)
+    assert caught.value.code is ErrorCode.INVALID_SPEC
+    assert "privacy.dp.target_epsilon 1.0: one round here (40 DP-SGD steps" in caught.value.message
