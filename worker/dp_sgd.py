@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.privacy_accounting import dp_epsilon
 from fedtune.spec import DpSpec, TrainingSpec
 from worker import interrupt, schedule
 from worker.batches import encode_batch
@@ -49,6 +48,8 @@ def _empty_grad_samples(params: list[torch.nn.Parameter]) -> None:
 
 def dp_metrics(dp: DpSpec, sample_rate: float, steps: int) -> dict[str, float]:
     """What the coordinator's ledger needs from a site's DP-SGD run, and this run's epsilon."""
+    from fedtune.privacy_accounting import dp_epsilon  # scipy & co: loaded by DP runs only
+
     return {
         "dp_noise_multiplier": dp.noise_multiplier,
         "dp_sample_rate": sample_rate,
