@@ -177,25 +177,47 @@ def experiment_details(e: admin_pb2.Experiment) -> Table:
             ("updated", fmt_time(e.updated_unix)),
             ("error", e.error),
             ("waiting", e.waiting_reason),
+            *privacy_rows(e),
         ],
     )
 
 
+def privacy_rows(e: admin_pb2.Experiment) -> list[tuple[str, object]]:
+    """(epsilon, delta) spent, the budget, and whether it stopped the experiment (privacy.dp only)."""
+    if not e.HasField("privacy"):
+        return []
+    p = e.privacy
+    budget = f" of target {p.target_epsilon:g}" if p.target_epsilon > 0 else " (no target_epsilon)"
+    spent = f"epsilon {p.epsilon:.3f}{budget} at delta {p.delta:g}"
+    rows: list[tuple[str, object]] = [
+        ("privacy", f"{p.level}-level DP, {p.accountant} accountant, {p.rounds} round(s): {spent}")
+    ]
+    if p.site_epsilons:
+        rows.append(
+            ("epsilon by site", ", ".join(f"{k} {v:.3f}" for k, v in sorted(p.site_epsilons.items())))
+        )
+    if p.budget_spent:
+        rows.append(("budget spent", p.budget_spent))
+    return rows
+
+
+PRIVACY_EPSILON, PRIVACY_DELTA = "privacy.epsilon", "privacy.delta"
+
+
+def _privacy(r: admin_pb2.RoundInfo) -> str:
+    if PRIVACY_EPSILON not in r.metrics:
+        return "-"
+    return f"({r.metrics[PRIVACY_EPSILON]:.3f}, {r.metrics.get(PRIVACY_DELTA, 0.0):g})"
+
+
 def rounds_table(rounds: Sequence[admin_pb2.RoundInfo]) -> Table:
+    """The rounds; with a "(EPS, DELTA)" column (privacy spent after the round) under privacy.dp."""
+    private = any(PRIVACY_EPSILON in r.metrics for r in rounds)
+    columns = ["STAGE", "ROUND", "STATE", "UPDATES", "OPENED", "CLOSED", "METRICS", "MODEL"]
+    columns += ["(EPS, DELTA)"] * private + ["WAITING FOR", "REASON"]
     return table(
         None,
-        [
-            "STAGE",
-            "ROUND",
-            "STATE",
-            "UPDATES",
-            "OPENED",
-            "CLOSED",
-            "METRICS",
-            "MODEL",
-            "WAITING FOR",
-            "REASON",
-        ],
+        columns,
         (
             [
                 r.stage,
@@ -206,6 +228,7 @@ def rounds_table(rounds: Sequence[admin_pb2.RoundInfo]) -> Table:
                 _closed_or_due(r),
                 fmt_metrics(r.metrics),
                 r.model_version_id,
+                *([_privacy(r)] * private),
                 _names(r.waiting_for),
                 "; ".join(text for text in (r.reason, r.waiting_reason) if text),
             ]

@@ -80,6 +80,21 @@ def bench_group() -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="split, init and data-order seed")
 @click.option(
+    "--dp-noise-multiplier",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="Z",
+    help="record-level DP-SGD at every site with this noise multiplier (off by default); sites report "
+    "dp_epsilon at delta 1e-5",
+)
+@click.option(
+    "--dp-clip-norm",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="record-level DP: each record's gradient L2 clip",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
@@ -120,6 +135,8 @@ def quality_command(
     methods: str,
     logit_adjustment: float,
     seed: int,
+    dp_noise_multiplier: float | None,
+    dp_clip_norm: float,
     out_dir: Path,
     work_dir: Path | None,
     keep_work: bool,
@@ -158,6 +175,8 @@ def quality_command(
             alpha=alpha,
             seed=seed,
             logit_adjustment=logit_adjustment,
+            dp_noise_multiplier=dp_noise_multiplier,
+            dp_clip_norm=dp_clip_norm,
             batch_size=batch_size,
             max_length=max_length,
             learning_rate=learning_rate,

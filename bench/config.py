@@ -92,6 +92,9 @@ class RunConfig(BaseModel):
         return prefix + self.name + ":" + ":".join(f"{k}={v}" for k, v in sorted(self.options.items()))
 
 
+DP_DELTA = 1e-5
+
+
 class BenchConfig(BaseModel):
     """Everything that determines a benchmark's figures (written into the JSON output)."""
 
@@ -108,6 +111,10 @@ class BenchConfig(BaseModel):
     # tau of logit-adjusted local training (docs/decisions.md 18): federated runs and local-only;
     # centralized trains on the pooled, roughly balanced data and keeps plain CE.
     logit_adjustment: float = Field(0.0, ge=0)
+    # Record-level DP-SGD at every site (decision 36): the noise multiplier z (None: no DP) and each
+    # record's gradient clip; the sites report their epsilon (delta DP_DELTA) in the run's metrics.
+    dp_noise_multiplier: float | None = Field(None, gt=0)
+    dp_clip_norm: float = Field(1.0, gt=0)
     configs: list[RunConfig]
     methods: list[str]
     model_dir: Path
@@ -246,6 +253,14 @@ def experiment_spec(
             "deadline_seconds": 3600,
         }
     )
+    privacy: dict[str, Any] = {}
+    if config.dp_noise_multiplier is not None:
+        privacy["dp"] = {
+            "level": "record",
+            "noise_multiplier": config.dp_noise_multiplier,
+            "clip_norm": config.dp_clip_norm,
+            "delta": DP_DELTA,
+        }
     data: dict[str, Any] = {
         "name": f"quality-{method}-{run.label if run else 'baseline'}".replace(":", "-").replace("+", "-"),
         "base_model": {"name": config.model_name},
@@ -256,6 +271,7 @@ def experiment_spec(
         "training": training,
         "stages": stages,
         "seed": config.seed,
+        "privacy": privacy,
     }
     return parse_spec(data)
 

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 
 from coordinator import lifecycle
 from coordinator.clock import Clock
+from coordinator.privacy_budget import round_privacy_metrics
 from coordinator.round_commit import apply_commit, commit_plan, get_round
 from coordinator.strategies.base import RoundInputs, Strategy, UpdateInfo
 from coordinator.strategies.registry import build_strategy
+from fedtune.dp_mechanism import site_noise
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import load_spec_json
 from fedtune.tensorstream.encoder import manifest_for_file
@@ -85,7 +87,13 @@ class RoundAggregator:
             rnd = get_round(uow, round_id)
             experiment = uow.experiments.get(rnd.experiment_id)
             assert experiment is not None
-            stage = load_spec_json(experiment.spec_json).stages[rnd.stage_index]
+            spec = load_spec_json(experiment.spec_json)
+            stage = spec.stages[rnd.stage_index]
+            noise = (
+                site_noise(spec.privacy.dp, spec.privacy.secure_aggregation, len(rnd.selected_sites))
+                if spec.privacy.dp is not None and spec.privacy.dp.level == "site"
+                else None
+            )
             base = uow.versions.get(rnd.base_version_id) if rnd.base_version_id else None
             if base is None:
                 raise FedtuneError(ErrorCode.STORAGE, f"round {round_id} has no base model version")
@@ -103,6 +111,8 @@ class RoundAggregator:
             state_path=self._blobs.local_path(state_digest) if state_digest else None,
             state_scalars=state_scalars,
             round=round_number,
+            uniform_weights=noise is not None,
+            sum_noise_std=noise.sum_std if noise is not None else 0.0,
         )
         strategy = build_strategy(stage.strategy.name, dict(stage.strategy.options))
         strategy.begin_round(inputs)
@@ -217,8 +227,13 @@ class RoundAggregator:
         state_digest = self._blobs.put_file(result.state_path) if result.state_path else None
         with self._uow_factory() as uow:
             plan = commit_plan(uow, round_id, self._blobs)
+            rnd = get_round(uow, round_id)
+            experiment = uow.experiments.get(rnd.experiment_id)
+            assert experiment is not None
+            privacy = round_privacy_metrics(uow, rnd, load_spec_json(experiment.spec_json))
         metrics = dict(plan.client_metrics)
         metrics.update({f"strategy.{k}": float(v) for k, v in result.metrics.items()})
+        metrics.update(privacy)
         now = self._clock.now()
 
         def extra(uow: UnitOfWork, version: models.ModelVersion) -> None:

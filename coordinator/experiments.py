@@ -55,11 +55,12 @@ def _check_class_statistics_stage(spec: ExperimentSpec, index: int) -> None:
             f"stages.{index}.strategy.name: {name} runs in a finetune stage of a sequence-classification "
             "experiment",
         )
-    if spec.privacy.clip_norm is not None or spec.privacy.noise_multiplier > 0:
+    if spec.privacy.clip_norm is not None or spec.privacy.noise_multiplier > 0 or spec.privacy.dp is not None:
         raise FedtuneError(
             ErrorCode.INVALID_SPEC,
             f"stages.{index}.strategy.name: {name} sends per-class feature sums, which privacy.clip_norm / "
-            "noise_multiplier do not protect; turn privacy off for this experiment or use another strategy",
+            "noise_multiplier and privacy.dp do not protect; turn privacy off for this experiment or use "
+            "another strategy",
         )
 
 

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from coordinator.clock import Clock
+from coordinator.privacy_budget import privacy_status
 from coordinator.round_waiting import describe_wait
 from coordinator.waiting import current_waiting_reason
 from fedtune.errors import ErrorCode, FedtuneError
@@ -27,6 +28,7 @@ from fedtune.serde import (
     WorkerRecord,
     round_to_proto,
 )
+from fedtune.spec import load_spec_json
 from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.registry import events_after, get_model_version, latest_model_version
@@ -72,6 +74,7 @@ def _experiment_record(uow: UnitOfWork, row: models.Experiment) -> ExperimentRec
         error=public_text(row.error or "", ERROR_TEXT_LIMIT),
         latest_model_version_id=latest.id if latest is not None else "",
         waiting_reason=current_waiting_reason(uow, row.id) if row.state == "running" else "",
+        privacy=privacy_status(uow, row.id, load_spec_json(row.spec_json)),
     )
 
 

@@ -22,8 +22,9 @@ from coordinator.aggregation import RoundAggregator
 from coordinator.clock import Clock
 from coordinator.collector import StorageCollector
 from coordinator.notify import Notifier
+from coordinator.privacy_budget import NOISE_MULTIPLIER, SAMPLING_RATE, next_round_refusal
 from coordinator.round_closer import RoundCloser
-from coordinator.selection import select_sites
+from coordinator.selection import eligible_sites, select_sites
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import stage_needs_init
 from coordinator.waiting import announce_waiting, round_waiting_reason
@@ -207,6 +208,14 @@ class Scheduler:
             base = latest_model_version(uow, experiment_id)
             experiment = uow.experiments.get(experiment_id)
             assert base is not None and experiment is not None
+            accounted = spec.privacy.dp is not None and stage.kind != "personalize"
+            rate = len(chosen) / max(len(eligible_sites(online, stage.selection)), 1)
+            refusal = next_round_refusal(uow, experiment_id, spec, chosen, rate) if accounted else None
+            if refusal is not None:  # the budget is spent: end cleanly, say why (decision 36)
+                lifecycle.end_on_privacy_budget(uow, experiment, refusal, base.id, now)
+                uow.commit()
+                log.info("privacy budget spent: %s", refusal, extra={"experiment": experiment_id})
+                return
             rnd = lifecycle.open_round(
                 uow,
                 experiment=experiment,
@@ -218,6 +227,8 @@ class Scheduler:
                 deadline=now + stage.deadline_seconds,
                 now=now,
             )
+            if accounted and spec.privacy.dp is not None and spec.privacy.dp.level == "site":
+                rnd.metrics = {NOISE_MULTIPLIER: spec.privacy.dp.noise_multiplier, SAMPLING_RATE: rate}
             uow.commit()
             round_id = rnd.id
         log.info(

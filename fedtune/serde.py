@@ -17,6 +17,46 @@ from fedtune.v1 import admin_pb2, worker_pb2
 
 
 @dataclass(frozen=True)
+class PrivacySpentRecord:
+    """Differential privacy spent by an experiment with privacy.dp (coordinator/privacy_budget.py)."""
+
+    level: str
+    epsilon: float
+    delta: float
+    target_epsilon: float  # 0 = no budget
+    accountant: str
+    rounds: int  # committed rounds in the ledger
+    budget_spent: str = ""  # why the experiment stopped on its budget ("" = it did not)
+    site_epsilons: dict[str, float] = field(default_factory=dict)  # record level, per site
+
+
+def privacy_to_proto(rec: PrivacySpentRecord) -> admin_pb2.PrivacySpent:
+    return admin_pb2.PrivacySpent(
+        level=rec.level,
+        epsilon=rec.epsilon,
+        delta=rec.delta,
+        target_epsilon=rec.target_epsilon,
+        accountant=rec.accountant,
+        rounds=rec.rounds,
+        budget_spent=rec.budget_spent,
+        site_epsilons=rec.site_epsilons,
+    )
+
+
+def privacy_from_proto(msg: admin_pb2.PrivacySpent) -> PrivacySpentRecord:
+    return PrivacySpentRecord(
+        level=msg.level,
+        epsilon=msg.epsilon,
+        delta=msg.delta,
+        target_epsilon=msg.target_epsilon,
+        accountant=msg.accountant,
+        rounds=msg.rounds,
+        budget_spent=msg.budget_spent,
+        site_epsilons=dict(msg.site_epsilons),
+    )
+
+
+@dataclass(frozen=True)
 class ExperimentRecord:
     experiment_id: str
     name: str
@@ -30,6 +70,7 @@ class ExperimentRecord:
     error: str = ""
     latest_model_version_id: str = ""
     waiting_reason: str = ""  # why a running experiment cannot start its next round / task
+    privacy: PrivacySpentRecord | None = None  # set when the spec has privacy.dp
 
 
 def experiment_to_proto(rec: ExperimentRecord) -> admin_pb2.Experiment:
@@ -46,6 +87,7 @@ def experiment_to_proto(rec: ExperimentRecord) -> admin_pb2.Experiment:
         error=rec.error,
         latest_model_version_id=rec.latest_model_version_id,
         waiting_reason=rec.waiting_reason,
+        privacy=privacy_to_proto(rec.privacy) if rec.privacy is not None else None,
     )
 
 
@@ -63,6 +105,7 @@ def experiment_from_proto(msg: admin_pb2.Experiment) -> ExperimentRecord:
         error=msg.error,
         latest_model_version_id=msg.latest_model_version_id,
         waiting_reason=msg.waiting_reason,
+        privacy=privacy_from_proto(msg.privacy) if msg.HasField("privacy") else None,
     )
 
 

@@ -241,14 +241,20 @@ class SecAggSpec(_Strict):
 
 
 class DpSpec(_Strict):
-    """Differential privacy with an accountant (fedtune/privacy_accounting.py; docs/privacy.md)."""
+    """Differential privacy with an accountant (fedtune/privacy_accounting.py; docs/privacy.md).
 
-    # site: DP-FedAvg, a site's whole update is clipped and Gaussian noise is added to the sum;
-    # record: DP-SGD on the trainable parameters at each site (a per-record guarantee).
+    site: DP-FedAvg (McMahan et al. 2018). Each site clips its whole update (trained - global) to
+    `clip_norm` in L2 at the worker; the sum of the round's updates, each weighted 1 (uniform weights
+    bound one site's influence), gets Gaussian noise N(0, (noise_multiplier * clip_norm)^2), added by
+    the coordinator (or split across the sites with secure aggregation: worker/privacy.py).
+    record: DP-SGD (Abadi et al. 2016) with Opacus on the trainable parameters at each site: each
+    record's gradient is clipped to `clip_norm`, batches are Poisson samples of rate batch_size / N.
+    """
+
     level: Literal["site", "record"] = "site"
     noise_multiplier: float = Field(gt=0, le=1000)
     clip_norm: float = Field(gt=0, le=1e6)
-    # A budget: the coordinator opens no round that would take epsilon past it.
+    # A budget: the coordinator opens no round that would take epsilon past it, and ends the experiment.
     target_epsilon: float | None = Field(default=None, gt=0, le=1000)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "pld"] = "rdp"
@@ -265,9 +271,10 @@ class PrivacySpec(_Strict):
     # ExperimentSpec._check) rather than accepted and ignored.
     secure_aggregation: bool = False
     secagg: SecAggSpec = Field(default_factory=SecAggSpec)
-    # Accounted DP (site or record level) with a budget; designed, refused until wired.
+    # Accounted DP (site or record level) with a budget (docs/privacy.md, decision 36).
     dp: DpSpec | None = None
-    # What a site does with the loss / accuracy it reports: send them, withhold them, or add noise.
+    # What a site does with the loss / accuracy it reports: send them, withhold them, or add Laplace
+    # noise of a documented scale (worker/privacy.py `report_metrics`; docs/privacy.md).
     report_metrics: Literal["send", "withhold", "noise"] = "send"
 
     @model_validator(mode="after")
@@ -315,17 +322,74 @@ def _refuse_unwired_privacy(privacy: PrivacySpec) -> None:
             "(fedtune/secagg) but the round protocol is not wired, so updates would reach the coordinator "
             "unmasked. Remove it (or set false); clip_norm + noise_multiplier give client-side noise today"
         )
-    if privacy.dp is not None:
-        raise ValueError(
-            "privacy.dp is not available yet: the accountant exists (fedtune/privacy_accounting.py) but no "
-            "round adds or accounts the noise, so no epsilon would hold. Remove it; clip_norm + "
-            "noise_multiplier give client-side noise without an accountant today"
+
+
+# Record-level DP-SGD (worker/dp_sgd.py) computes per-example gradients with Opacus; these are the
+# settings it can honour (docs/privacy.md). Anything else is refused, naming the field.
+RECORD_DP_TASKS = ("sequence-classification",)
+RECORD_DP_PEFT_METHODS = ("lora",)
+
+
+def _record_dp_problem(spec: ExperimentSpec) -> str | None:
+    """Why record-level DP cannot run with `spec`, or None."""
+    if spec.task not in RECORD_DP_TASKS:
+        return (
+            f"privacy.dp.level: record needs task {' or '.join(RECORD_DP_TASKS)}, not {spec.task} (a "
+            "language-model loss averages tokens across the batch, so one record's clipped gradient "
+            "would depend on the others); use level site"
         )
-    if privacy.report_metrics != "send":
-        raise ValueError(
-            f"privacy.report_metrics: {privacy.report_metrics} is not available yet: workers still report "
-            "loss and accuracy as measured. Remove it (or set send)"
+    if spec.peft.method not in RECORD_DP_PEFT_METHODS or getattr(spec.peft, "use_dora", False):
+        return (
+            f"privacy.dp.level: record supports peft method {' or '.join(RECORD_DP_PEFT_METHODS)} "
+            "without DoRA (per-example gradients of its layers); change peft or use level site"
         )
+    trainings = [("training", spec.training)] + [
+        (f"stages.{i}.training", stage.training)
+        for i, stage in enumerate(spec.stages)
+        if stage.training is not None
+    ]
+    for where, training in trainings:
+        if training.gradient_accumulation_steps != 1:
+            return (
+                f"{where}.gradient_accumulation_steps must be 1 with privacy.dp.level record (each "
+                "DP-SGD step is one Poisson-sampled batch); raise batch_size instead"
+            )
+        if training.gradient_checkpointing:
+            return f"{where}.gradient_checkpointing is not supported with privacy.dp.level record; set false"
+        if training.max_grad_norm is not None:
+            return (
+                f"{where}.max_grad_norm: privacy.dp.clip_norm clips each record's gradient under "
+                "record-level DP; remove max_grad_norm"
+            )
+        if training.logit_adjustment > 0:
+            return (
+                f"{where}.logit_adjustment uses the site's label prior, a figure of all its records, "
+                "inside each record's loss; set it to 0 with privacy.dp.level record"
+            )
+    for index, stage in enumerate(spec.stages):
+        if stage.kind == "global":
+            return (
+                f"stages.{index}.kind: a global stage trains a language model, which record-level DP "
+                "does not cover; use privacy.dp.level site or remove the global stage"
+            )
+    return None
+
+
+def _dp_problem(spec: ExperimentSpec) -> str | None:
+    """What is wrong with `privacy.dp` for `spec` as a whole, or None (decision 36)."""
+    dp = spec.privacy.dp
+    if dp is None:
+        return None
+    if dp.level == "record":
+        return _record_dp_problem(spec)
+    for index, stage in enumerate(spec.stages):
+        if stage.kind != "personalize" and stage.strategy.name in STRATEGIES_NEEDING_SITE_UPDATES:
+            return (
+                f"stages.{index}.strategy.name: {stage.strategy.name} combines each site's own update, "
+                "which site-level DP's noise on the sum does not cover; use a weighted-mean strategy "
+                "(fedavg, fedprox, fedavgm, fedadagrad, fedadam, fedyogi) or privacy.dp.level record"
+            )
+    return None
 
 
 class StageSpec(_Strict):
@@ -390,6 +454,9 @@ class ExperimentSpec(_Strict):
         if self.privacy.secure_aggregation:
             _check_secure_aggregation(self)
         _refuse_unwired_privacy(self.privacy)
+        problem = _dp_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     def training_for(self, stage_index: int) -> TrainingSpec:

@@ -23,6 +23,7 @@ from worker import global_stage, instruction
 from worker.class_statistics import class_feature_sums, statistics_update
 from worker.data import Example, check_data_paths, data_file, load_conversations, load_examples
 from worker.device import DeviceChoice, resolve_device
+from worker.dp_sgd import train_dp_sgd
 from worker.evaluation import evaluate
 from worker.memory import peak_rss
 from worker.model import (
@@ -33,10 +34,11 @@ from worker.model import (
     trainable_arrays,
 )
 from worker.model_factory import ModelFactory
+from worker.privacy import reported_metrics
 from worker.ranks import RankGroup
 from worker.site_rank import SiteLora, site_lora
 from worker.task_io import TaskOutput, read_global
-from worker.training import train, update_to_send
+from worker.training import TrainResult, train, update_to_send
 
 FROZEN_ADAPTER_FILE = "frozen_adapter.safetensors"
 
@@ -220,17 +222,20 @@ def run_train(
     models = _factory(models)
     if _is_global(spec, stage_index):
         lm, kind = models.lm_model(spec, model_root, resolve_device(device))
-        return global_stage.run_train(
-            lm,
-            kind,
+        return _as_reported(
             spec,
-            training,
-            round,
-            global_path,
-            data_root,
-            site=site,
-            progress=progress,
-            rounds=spec.stages[stage_index].rounds,
+            global_stage.run_train(
+                lm,
+                kind,
+                spec,
+                training,
+                round,
+                global_path,
+                data_root,
+                site=site,
+                progress=progress,
+                rounds=spec.stages[stage_index].rounds,
+            ),
         )
     lora = site_lora(spec, stage_index, site, max_lora_rank)
     if training.class_statistics:
@@ -244,21 +249,10 @@ def run_train(
     if training.class_statistics:
         return _class_statistics(spec, training, built, global_arrays, list(site_data.train), progress)
     with peak_rss() as memory:
-        result = train(
-            built.model,
-            built.tokenizer,
-            site_data.train,
-            task=spec.task,
-            training=training,
-            device=built.device,
-            round=round,
-            rounds=spec.stages[stage_index].rounds,
-            site=site,
-            progress=progress,
-            encode=site_data.encode,
-            ranks=ranks,
+        result, dp_figures = _local_training(
+            spec, built, site_data, training, round, spec.stages[stage_index].rounds, site, progress, ranks
         )
-        metrics = {**result.metrics(), **site_data.metrics, **lora.metrics()}
+        metrics = {**result.metrics(), **site_data.metrics, **lora.metrics(), **dp_figures}
         if ranks is not None:
             metrics["training_processes"] = float(ranks.world_size)
             if not ranks.is_main:
@@ -267,16 +261,73 @@ def run_train(
         metrics.update(privacy_metrics)
         metrics.update(site_data.evaluate(built, training, "eval_"))
     metrics.update(memory.metrics())
-    return TaskOutput(
+    output = TaskOutput(
         arrays=lora.embed(arrays, global_arrays), num_examples=result.num_examples, metrics=metrics
     )
+    return _as_reported(spec, output)
+
+
+def _local_training(
+    spec: ExperimentSpec,
+    built: BuiltModel,
+    site_data: _SiteData,
+    training: TrainingSpec,
+    round: int,
+    rounds: int,
+    site: str,
+    progress: Callable[[str], None],
+    ranks: RankGroup | None = None,
+) -> tuple[TrainResult, dict[str, float]]:
+    """A round's local training: DP-SGD under record-level DP (with its accounting figures), else the
+    plain loop (on this process's shard when it is one of several, `ranks`)."""
+    dp = spec.privacy.dp
+    if dp is not None and dp.level == "record":
+        if ranks is not None:  # trains_on_ranks keeps record-level DP in one process
+            raise FedtuneError(ErrorCode.WRONG_STATE, "record-level DP trains in one process, not on ranks")
+        return train_dp_sgd(
+            built.model,
+            built.tokenizer,
+            site_data.train,
+            task=spec.task,
+            training=training,
+            dp=dp,
+            device=built.device,
+            round=round,
+            rounds=rounds,
+            progress=progress,
+        )
+    result = train(
+        built.model,
+        built.tokenizer,
+        site_data.train,
+        task=spec.task,
+        training=training,
+        device=built.device,
+        round=round,
+        rounds=rounds,
+        site=site,
+        progress=progress,
+        encode=site_data.encode,
+        ranks=ranks,
+    )
+    return result, {}
+
+
+def _as_reported(spec: ExperimentSpec, out: TaskOutput) -> TaskOutput:
+    """The output with its metrics as `privacy.report_metrics` lets them leave the site."""
+    out.metrics = reported_metrics(out.metrics, spec.privacy, out.num_examples)
+    return out
 
 
 def trains_on_ranks(spec: ExperimentSpec, stage_index: int) -> bool:
     """Whether a train task of this stage can run on several processes (worker/launcher.py): the local
-    training of a fine-tuning stage. A global stage's LM training and a fedncm statistics round run in
-    the daemon's own process (docs/decisions.md 38)."""
+    training of a fine-tuning stage. A global stage's LM training, a fedncm statistics round and
+    record-level DP-SGD (Opacus' per-record gradients, docs/decisions.md 36) run in the daemon's own
+    process (docs/decisions.md 38)."""
     if _is_global(spec, stage_index) or not 0 <= stage_index < len(spec.stages):
+        return False
+    dp = spec.privacy.dp
+    if dp is not None and dp.level == "record":
         return False
     return not spec.training_for(stage_index).class_statistics
 
@@ -363,7 +414,7 @@ def run_personalize(
     out_dir.mkdir(parents=True, exist_ok=True)
     built.model.save_pretrained(str(out_dir))
     (out_dir / "adapter_config.json").write_bytes(adapter_config_json(built.model, spec.base_model.name))
-    return TaskOutput(arrays={}, num_examples=result.num_examples, metrics=metrics)
+    return _as_reported(spec, TaskOutput(arrays={}, num_examples=result.num_examples, metrics=metrics))
 
 
 def dataset_sizes(data_root: Path) -> dict[str, int]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 
+from fedtune.dp_mechanism import clip_and_noise, secure_rng
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import PrivacySpec, TrainingSpec
 from worker import interrupt, schedule
@@ -29,6 +30,7 @@ from worker.device import DeviceChoice
 from worker.instruction import scored_tokens
 from worker.logit_adjustment import adjusted_cross_entropy, site_log_prior
 from worker.model import load_trainable_arrays, trainable_arrays
+from worker.privacy import site_level_update
 from worker.ranks import RankGroup
 from worker.shard_step import accumulate_shard
 
@@ -274,32 +276,40 @@ def privatize_update(
     Returns the privatized weights (global + noisy clipped delta) and metrics: the update norm before
     clipping and whether it was clipped, but only when no noise is added (clipping alone, to tune
     clip_norm): with noise these exact, un-noised figures would leak past it. Off (identity) when
-    `clip_norm` is unset.
+    `clip_norm` is unset. (Accounted DP, `privacy.dp`, is worker/privacy.py.)
     """
     if privacy.clip_norm is None:
         if privacy.noise_multiplier > 0:
             raise FedtuneError(ErrorCode.INVALID_SPEC, "privacy.noise_multiplier needs privacy.clip_norm")
         return trained, {}
-    rng = rng or np.random.default_rng()  # fresh OS entropy: DP noise must not be predictable
-    deltas = {name: trained[name].astype(np.float64) - global_arrays[name] for name in trained}
-    norm = math.sqrt(sum(float(np.sum(d * d)) for d in deltas.values()))
-    scale = min(1.0, privacy.clip_norm / max(norm, 1e-12))
     sigma = privacy.noise_multiplier * privacy.clip_norm
-    out = {}
-    for name, delta in deltas.items():
-        noisy = delta * scale + (rng.normal(0.0, sigma, size=delta.shape) if sigma > 0 else 0.0)
-        out[name] = (global_arrays[name] + noisy).astype(np.float32)
+    deltas = {name: trained[name].astype(np.float64) - global_arrays[name] for name in trained}
+    noisy, norm = clip_and_noise(deltas, privacy.clip_norm, sigma, rng or secure_rng())
+    out = {name: (global_arrays[name] + noisy[name]).astype(np.float32) for name in noisy}
     if sigma > 0:
         return out, {}
-    return out, {"update_norm": norm, "update_clipped": float(scale < 1.0)}
+    return out, {"update_norm": norm, "update_clipped": float(norm > privacy.clip_norm)}
 
 
 def update_to_send(
-    model: PeftModel, global_arrays: dict[str, np.ndarray], privacy: PrivacySpec
+    model: PeftModel,
+    global_arrays: dict[str, np.ndarray],
+    privacy: PrivacySpec,
+    sites_in_round: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """The trained tensors as they leave the site (clipped and noised when `privacy` asks), plus the
     privacy metrics; a privatized update is loaded back into `model`, so an evaluation that follows
-    measures what is actually sent."""
+    measures what is actually sent. Site-level `privacy.dp` clips (and, with secure aggregation, adds
+    this site's share of the noise for a round of `sites_in_round` sites: worker/privacy.py); record
+    level sends the DP-SGD result as trained."""
+    if privacy.dp is not None:
+        if privacy.dp.level == "record":
+            return trainable_arrays(model), {}
+        arrays = site_level_update(
+            trainable_arrays(model), global_arrays, privacy.dp, privacy.secure_aggregation, sites_in_round
+        )
+        load_trainable_arrays(model, arrays)
+        return arrays, {}
     arrays, privacy_metrics = privatize_update(trainable_arrays(model), global_arrays, privacy)
     if privacy.clip_norm is not None:
         load_trainable_arrays(model, arrays)

@@ -130,6 +130,23 @@ def complete_experiment(
     )
 
 
+PRIVACY_BUDGET_EVENT = "privacy.budget_spent"
+
+
+def end_on_privacy_budget(
+    uow: UnitOfWork, row: models.Experiment, reason: str, output_version_id: str | None, now: float
+) -> None:
+    """The next round would pass privacy.dp.target_epsilon (decision 36): the running stage completes
+    with the latest version, later stages do not run, the experiment completes, and an event says why."""
+    stage = uow.stages.current(row)
+    if stage is not None and stage.state == StageState.RUNNING:
+        complete_stage(uow, stage, output_version_id, now)
+    record_event(
+        uow, PRIVACY_BUDGET_EVENT, f"experiment {row.name} stops: {reason}", row.id, {"reason": reason}
+    )
+    complete_experiment(uow, row, output_version_id, now)
+
+
 def start_stage(uow: UnitOfWork, stage: models.Stage, now: float) -> None:
     """pending -> running at the stage's first round (no-op later)."""
     if stage.state != StageState.PENDING:

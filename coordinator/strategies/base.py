@@ -36,6 +36,11 @@ class RoundInputs:
     state_path: Path | None  # server state (safetensors) saved after the previous round, None at first
     state_scalars: dict[str, float] = field(default_factory=dict)
     round: int = 1  # 1-based within the stage
+    # Site-level DP (DP-FedAvg, decision 36): every update weighs 1 (a site's influence on the sum is at
+    # most its clip norm), and the weighted-mean family adds N(0, sum_noise_std^2) to the sum of the
+    # updates before dividing (0 with secure aggregation: the sites added the noise).
+    uniform_weights: bool = False
+    sum_noise_std: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo
 from coordinator.strategies.flatfile import FlatFile
 from coordinator.strategies.server_state import CHUNK_ELEMENTS, ServerState
+from fedtune.dp_mechanism import secure_rng
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.tensorstream.dtypes import wire_dtype
 from fedtune.tensorstream.manifest import Manifest
@@ -69,6 +70,10 @@ class WeightedMeanStrategy(Strategy):
                 ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round"
             )
         return self._inputs
+
+    def weight(self, update: UpdateInfo, inputs: RoundInputs) -> float:
+        """The example count, or 1 under site-level DP (uniform weights bound each site's influence)."""
+        return 1.0 if inputs.uniform_weights else float(update.num_examples)
 
     def fold(self, update: UpdateInfo, weight: float) -> None:
         inputs = self._round()
@@ -126,12 +131,16 @@ class WeightedMeanStrategy(Strategy):
         state_path = inputs.workdir / f"round-{inputs.round}-{self.name}-state.safetensors"
         has_state = bool(self.state_buffers())
         squared_change = 0.0
+        noise = secure_rng() if inputs.sum_noise_std > 0 else None
         with SafetensorsFileWriter(tensors_path, inputs.manifest) as writer:
             state_writer = self._state.open_writer(state_path) if has_state else None
             try:
                 for start, global_values in iter_float32(inputs.global_path, CHUNK_ELEMENTS):
                     count = global_values.size
-                    mean = self._sum.read(start, count) / self._total_weight
+                    total = self._sum.read(start, count)
+                    if noise is not None:  # site-level DP: Gaussian noise on the sum (decision 36)
+                        total = total + noise.normal(0.0, inputs.sum_noise_std, size=count)
+                    mean = total / self._total_weight
                     state = self._state.read(start, count) if has_state else {}
                     new = self._server_step(mean, global_values.astype(np.float64), state).astype(np.float32)
                     writer.write_flat_float32(start, new)
@@ -149,6 +158,7 @@ class WeightedMeanStrategy(Strategy):
             "total_weight": self._total_weight,
             "num_updates": float(self._num_folded),
             "update_norm": math.sqrt(squared_change),
+            **({"sum_noise_std": inputs.sum_noise_std} if inputs.sum_noise_std > 0 else {}),
             **self._round_metrics(),
         }
         return RoundResult(

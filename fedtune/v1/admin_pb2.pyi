@@ -24,7 +24,7 @@ class ExperimentRef(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Experiment(_message.Message):
-    __slots__ = ("experiment_id", "name", "state", "spec_yaml", "current_stage", "current_stage_index", "current_round", "created_unix", "updated_unix", "error", "latest_model_version_id", "waiting_reason")
+    __slots__ = ("experiment_id", "name", "state", "spec_yaml", "current_stage", "current_stage_index", "current_round", "created_unix", "updated_unix", "error", "latest_model_version_id", "waiting_reason", "privacy")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class Experiment(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LATEST_MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
     WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     name: str
     state: str
@@ -49,7 +50,35 @@ class Experiment(_message.Message):
     error: str
     latest_model_version_id: str
     waiting_reason: str
-    def __init__(self, experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., spec_yaml: _Optional[str] = ..., current_stage: _Optional[str] = ..., current_stage_index: _Optional[int] = ..., current_round: _Optional[int] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., error: _Optional[str] = ..., latest_model_version_id: _Optional[str] = ..., waiting_reason: _Optional[str] = ...) -> None: ...
+    privacy: PrivacySpent
+    def __init__(self, experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., spec_yaml: _Optional[str] = ..., current_stage: _Optional[str] = ..., current_stage_index: _Optional[int] = ..., current_round: _Optional[int] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., error: _Optional[str] = ..., latest_model_version_id: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., privacy: _Optional[_Union[PrivacySpent, _Mapping]] = ...) -> None: ...
+
+class PrivacySpent(_message.Message):
+    __slots__ = ("level", "epsilon", "delta", "target_epsilon", "accountant", "rounds", "budget_spent", "site_epsilons")
+    class SiteEpsilonsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SPENT_FIELD_NUMBER: _ClassVar[int]
+    SITE_EPSILONS_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    epsilon: float
+    delta: float
+    target_epsilon: float
+    accountant: str
+    rounds: int
+    budget_spent: str
+    site_epsilons: _containers.ScalarMap[str, float]
+    def __init__(self, level: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., accountant: _Optional[str] = ..., rounds: _Optional[int] = ..., budget_spent: _Optional[str] = ..., site_epsilons: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ListExperimentsRequest(_message.Message):
     __slots__ = ()

@@ -117,3 +117,11 @@ def test_ffa_lora_method_is_the_bench_lora_with_a_frozen() -> None:
 
     assert ffa.freeze_a and not lora.freeze_a
     assert ffa.model_dump(exclude={"freeze_a"}) == lora.model_dump(exclude={"freeze_a"})
+
+
+def test_dp_noise_multiplier_puts_record_level_dp_into_the_spec() -> None:
+    assert experiment_spec(_config(), ["a", "b"], "lora", parse_configs("fedprox")[0]).privacy.dp is None
+    config = _config(configs=parse_configs("fedprox:mu=0.01"), dp_noise_multiplier=1.4)
+    dp = experiment_spec(config, ["a", "b"], "lora", config.configs[0]).privacy.dp
+    assert dp is not None and dp.level == "record" and dp.noise_multiplier == 1.4 and dp.clip_norm == 1.0
+    assert dp.delta == 1e-5

@@ -1,5 +1,6 @@
 """Privacy settings in the spec (issue 10): what the kernel needs is designed, and nothing that is not
-wired yet is accepted and silently ignored."""
+wired yet is accepted and silently ignored. Accounted DP and report_metrics:
+tests/security/test_dp_spec.py."""
 
 from __future__ import annotations
 
@@ -68,11 +69,6 @@ def test_bad_secagg_settings_are_refused(secagg: str, fragment: str) -> None:
     assert fragment in _error(_spec(f"{{secure_aggregation: true, secagg: {secagg}}}"))
 
 
-def test_accounted_dp_is_refused_while_no_round_adds_the_noise() -> None:
-    message = _error(_spec("{dp: {noise_multiplier: 1.1, clip_norm: 1.0, target_epsilon: 8}}"))
-    assert "privacy.dp is not available yet" in message and "no epsilon would hold" in message
-
-
 def test_dp_together_with_client_side_noise_is_refused() -> None:
     message = _error(_spec("{clip_norm: 1.0, dp: {noise_multiplier: 1.1, clip_norm: 1.0}}"))
     assert "privacy.dp replaces privacy.clip_norm" in message
@@ -89,12 +85,6 @@ def test_dp_together_with_client_side_noise_is_refused() -> None:
 )
 def test_bad_dp_settings_are_refused(dp: str, fragment: str) -> None:
     assert fragment in _error(_spec(f"{{dp: {dp}}}"))
-
-
-@pytest.mark.parametrize("choice", ["withhold", "noise"])
-def test_withholding_or_noising_metrics_is_refused_until_workers_do_it(choice: str) -> None:
-    message = _error(_spec(f"{{report_metrics: {choice}}}"))
-    assert f"privacy.report_metrics: {choice} is not available yet" in message
 
 
 def test_default_privacy_settings_load_and_the_designed_fields_exist() -> None:
