@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -353,7 +354,7 @@ def run_cell(args: argparse.Namespace, sites_n: int, mib: float) -> dict[str, An
                 for client in clients:
                     client.wait(timeout=120)
                 if profiler is not None:
-                    profiler.terminate()
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                     profiler.wait(timeout=120)
         finally:
             for client in clients:
