@@ -158,9 +158,7 @@ async def drive(
     samples: list[dict[str, float]] = [proc_sample(pid)]
     scrapes: dict[int, dict[str, float]] = {}
     experiment = await admin.SubmitExperiment(
-        admin_pb2.SubmitExperimentRequest(
-            spec_yaml=spec_yaml(sites, args.rounds, args.deadline), start=True
-        ),
+        admin_pb2.SubmitExperimentRequest(spec_yaml=spec_yaml(sites, args.rounds, args.deadline), start=True),
         metadata=metadata,
         timeout=60,
     )
@@ -180,8 +178,13 @@ async def drive(
     samples.append(proc_sample(pid))
     scrapes[-1] = scrape(metrics_url)
     rounds = list(
-        (await admin.ListRounds(admin_pb2.ListRoundsRequest(experiment_id=experiment.experiment_id),
-                                metadata=metadata, timeout=120)).rounds
+        (
+            await admin.ListRounds(
+                admin_pb2.ListRoundsRequest(experiment_id=experiment.experiment_id),
+                metadata=metadata,
+                timeout=120,
+            )
+        ).rounds
     )
     await channel.close()
     return {
@@ -281,7 +284,9 @@ def summarize(
             }
         )
     result["coordinator_errors"] = {
-        k.split(":", 1)[1]: v for k, v in watched["scrapes"].get(-1, {}).items() if k.startswith("rpc_error:") and v
+        k.split(":", 1)[1]: v
+        for k, v in watched["scrapes"].get(-1, {}).items()
+        if k.startswith("rpc_error:") and v
     }
     return result
 
@@ -325,9 +330,22 @@ def run_cell(args: argparse.Namespace, sites_n: int, mib: float) -> dict[str, An
                 profiler = None
                 if args.profile:
                     profiler = subprocess.Popen(
-                        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(coordinator.pid), "--format", args.profile_format,
-                         "--output", str(args.profile), "--rate", "50", "--nonblocking", "--threads"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        [
+                            str(Path(sys.executable).parent / "py-spy"),
+                            "record",
+                            "--pid",
+                            str(coordinator.pid),
+                            "--format",
+                            args.profile_format,
+                            "--output",
+                            str(args.profile),
+                            "--rate",
+                            "100",
+                            "--nonblocking",
+                            "--gil",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
                     )
                 for p in range(processes):
                     part = {n: sites[n] for n in names[p::processes]}
@@ -335,19 +353,40 @@ def run_cell(args: argparse.Namespace, sites_n: int, mib: float) -> dict[str, An
                     sites_file.write_text(json.dumps(part))
                     clients.append(
                         subprocess.Popen(
-                            [sys.executable, str(ROOT / "bench" / "load_sites.py"),
-                             "--target", f"127.0.0.1:{port}", "--sites-file", str(sites_file),
-                             "--records", str(work / f"records-{p}.json"),
-                             "--update-mib", str(mib), "--tensors", str(args.tensors),
-                             "--train-seconds", str(args.train_seconds),
-                             "--heartbeat-seconds", str(args.heartbeat_seconds),
-                             "--pull-wait", str(args.pull_wait), "--seed", str(p)],
-                            env=child_env(), stderr=(work / "logs" / f"sites-{p}.log").open("ab"),
+                            [
+                                sys.executable,
+                                str(ROOT / "bench" / "load_sites.py"),
+                                "--target",
+                                f"127.0.0.1:{port}",
+                                "--sites-file",
+                                str(sites_file),
+                                "--records",
+                                str(work / f"records-{p}.json"),
+                                "--update-mib",
+                                str(mib),
+                                "--tensors",
+                                str(args.tensors),
+                                "--train-seconds",
+                                str(args.train_seconds),
+                                "--heartbeat-seconds",
+                                str(args.heartbeat_seconds),
+                                "--pull-wait",
+                                str(args.pull_wait),
+                                "--seed",
+                                str(p),
+                            ],
+                            env=child_env(),
+                            stderr=(work / "logs" / f"sites-{p}.log").open("ab"),
                         )
                     )
                 watched = asyncio.run(
-                    drive(args, f"127.0.0.1:{port}", coordinator.pid,
-                          f"http://127.0.0.1:{metrics_port}/metrics", names)
+                    drive(
+                        args,
+                        f"127.0.0.1:{port}",
+                        coordinator.pid,
+                        f"http://127.0.0.1:{metrics_port}/metrics",
+                        names,
+                    )
                 )
                 for client in clients:
                     client.terminate()
@@ -413,7 +452,9 @@ def parse_cell(text: str) -> tuple[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sites", type=int, default=32)
     parser.add_argument("--update-mib", type=float, default=1.0)
     parser.add_argument("--cells", nargs="*", default=None, help="SITESxMIB, e.g. 128x1 8x64")
@@ -435,7 +476,11 @@ def main() -> None:
     cells = [parse_cell(c) for c in args.cells] if args.cells else [(args.sites, args.update_mib)]
     doc: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {"cells": {}}
     for sites_n, mib in cells:
-        name = f"{sites_n}x{mib:g}MiB" + (" pg" if args.database_url else "") + (f" {args.label}" if args.label else "")
+        name = (
+            f"{sites_n}x{mib:g}MiB"
+            + (" pg" if args.database_url else "")
+            + (f" {args.label}" if args.label else "")
+        )
         print(f"cell {name}", flush=True)
         load_before = os.getloadavg()
         cell = run_cell(args, sites_n, mib)
@@ -444,8 +489,11 @@ def main() -> None:
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                           if k not in ("cells", "out")},
+            "parameters": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k not in ("cells", "out")
+            },
             **cell,
         }
         print(json.dumps({k: v for k, v in cell.items() if k != "parameters"}, indent=1), flush=True)

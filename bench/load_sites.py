@@ -223,7 +223,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, state.stop.set)
     loop.add_signal_handler(signal.SIGINT, state.stop.set)
-    options = [("grpc.max_send_message_length", MESSAGE_LIMIT), ("grpc.max_receive_message_length", MESSAGE_LIMIT)]
+    options = [
+        ("grpc.max_send_message_length", MESSAGE_LIMIT),
+        ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ]
     channels = [grpc.aio.insecure_channel(args.target, options=options) for _ in range(CHANNELS)]
     stubs = [worker_pb2_grpc.WorkerStub(c) for c in channels]  # type: ignore[no-untyped-call]
     tasks = [
@@ -238,7 +241,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", required=True)
     parser.add_argument("--sites-file", required=True, help="JSON {site: token}")
     parser.add_argument("--records", required=True, type=Path)

@@ -159,7 +159,10 @@ class RoundAggregator:
     def begin(self, round_id: str) -> None:
         """Make sure the round has a live accumulator and is `collecting` (idempotent)."""
         with self.round_lock(round_id):
-            self._ensure(round_id)
+            self._ensure(round_id, catch_up=False)  # a new accumulator catches up; a live one is in step
+            with self._uow_factory.reader() as uow:  # every pass calls this: read first
+                if get_round(uow, round_id).state != RoundState.OPEN:
+                    return
             with self._uow_factory() as uow:
                 rnd = get_round(uow, round_id)
                 if rnd.state != RoundState.OPEN:

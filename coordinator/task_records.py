@@ -61,9 +61,7 @@ class TaskRecords:
                 self._templates[key] = template
                 while len(self._templates) > self._capacity:
                     self._templates.popitem(last=False)
-        return dataclasses.replace(
-            template, task_id=task.id, kind=task.kind, deadline_unix=task.deadline_at
-        )
+        return dataclasses.replace(template, task_id=task.id, kind=task.kind, deadline_unix=task.deadline_at)
 
     @staticmethod
     def _template(uow: UnitOfWork, task: models.Task) -> TaskRecord:
