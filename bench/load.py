@@ -430,7 +430,8 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
 
         errors = {**cell["client_errors"], **{f"coord {k}": v for k, v in cell["coordinator_errors"].items()}}
         lines.append(
-            f"| {name} | {cell['date'][:16]} | {cell['loadavg_before'][0]:.1f} / {cell['loadavg_after'][0]:.1f} | "
+            f"| {name} | {cell['date'][:16]} | "
+            f"{cell['loadavg_before'][0]:.1f} / {cell['loadavg_after'][0]:.1f} | "
             f"{col('round_s')} | {col('lease_s')} | "
             + ", ".join(f"{r['download_s_median']}/{r['download_s_max']}" for r in rounds)
             + " | "
