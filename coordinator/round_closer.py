@@ -126,11 +126,8 @@ class RoundCloser:
                 return False
             if rnd.state == RoundState.AGGREGATING or now >= rnd.deadline_at:
                 return True
-            live = uow.tasks.live_for_round(round_id)
-            if not live:
-                return True
-            sites = {task.site_id for task in live}
-            return len(uow.workers.online_site_ids(list(sites))) < len(sites)
+            sites = uow.tasks.live_site_ids_in_round(round_id)
+            return not sites or len(uow.workers.online_site_ids(list(sites))) < len(sites)
 
     def drive_round(self, round_id: str) -> None:
         if not self._commit_retries.due(round_id, self._clock.now()):
