@@ -267,7 +267,7 @@ def summarize(
         last = watched["scrapes"].get(-1, {})
 
         def delta(name: str) -> float:
-            return last.get(name, 0.0) - first.get(name, 0.0)
+            return float(last.get(name, 0.0)) - float(first.get(name, 0.0))
 
         result.update(
             {

@@ -147,7 +147,7 @@ class TaskService:
             )
             if not self._needs_write(worker, task_id, task, cancel):
                 return cancel
-        with self._uow_factory() as uow:
+        with self._uow_factory.relaxed() as uow:  # last-seen and lease times: no fsync (decision 42)
             worker = self._own_worker(uow, site_id, worker_id)
             self._touch(uow, worker)
             cancel = False
@@ -173,7 +173,7 @@ class TaskService:
         with self._uow_factory.reader() as uow:
             if not self._needs_write(self._own_worker(uow, site_id, worker_id), "", None, False):
                 return self._settings.max_pull_wait_seconds
-        with self._uow_factory() as uow:
+        with self._uow_factory.relaxed() as uow:
             self._touch(uow, self._own_worker(uow, site_id, worker_id))
             uow.commit()
         return self._settings.max_pull_wait_seconds
@@ -202,7 +202,7 @@ class TaskService:
             if not uow.tasks.leasable_for_site(site_id, 1):
                 return None
         now = self._clock.now()
-        with self._uow_factory() as uow:
+        with self._uow_factory.relaxed() as uow:  # a lease a power cut undoes is leased again
             worker = uow.workers.get(worker_id)
             assert worker is not None
             for task in uow.tasks.leasable_for_site(site_id, LEASE_CANDIDATES):  # re-read under the lock
