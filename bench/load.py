@@ -498,7 +498,8 @@ def main() -> None:
             **cell,
         }
         print(json.dumps({k: v for k, v in cell.items() if k != "parameters"}, indent=1), flush=True)
-        if not args.no_save:
+        if not args.no_save:  # re-read: another run may have added cells meanwhile
+            doc = json.loads(args.out.read_text()) if args.out.exists() else {"cells": {}}
             doc["cells"][name] = cell
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(doc, indent=2) + "\n")
