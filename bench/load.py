@@ -51,6 +51,7 @@ from fedtune.lifetime import child_env  # noqa: E402
 from fedtune.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin"
+COUNTS_ENV = "FEDTUNE_BENCH_SQL_COUNTS"  # bench/load_coordinator.py writes its SQL counts there
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -97,6 +98,15 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def read_sql_counts(path: Path) -> dict[str, float]:
+    """The coordinator's SQL statements, transactions and commits so far (bench/load_coordinator.py)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {f"sql_{k}": float(v) for k, v in doc.items() if k != "t"}
+
+
 # -- PostgreSQL: a database of the cell's own -----------------------------------------------------------
 def make_database(url: str, name: str) -> str:
     import psycopg
@@ -139,7 +149,7 @@ def spec_yaml(sites: list[str], rounds: int, deadline: float) -> str:
 
 
 async def drive(
-    args: argparse.Namespace, target: str, pid: int, metrics_url: str, sites: list[str]
+    args: argparse.Namespace, target: str, pid: int, metrics_url: str, sites: list[str], sql_counts: Path
 ) -> dict[str, Any]:
     """Submit the experiment and watch it until its rounds end; sample the coordinator meanwhile."""
     channel = grpc.aio.insecure_channel(target)
@@ -170,13 +180,13 @@ async def drive(
         state = info.state
         if info.current_round != seen_round:
             seen_round = info.current_round
-            scrapes[seen_round] = scrape(metrics_url)  # the start of round `seen_round`
+            scrapes[seen_round] = scrape(metrics_url) | read_sql_counts(sql_counts)  # round start
             print(f"  round {seen_round} open at +{time.time() - started:.1f} s", flush=True)
         if state in ("completed", "failed", "aborted"):
             break
         await asyncio.sleep(0.25)
     samples.append(proc_sample(pid))
-    scrapes[-1] = scrape(metrics_url)
+    scrapes[-1] = scrape(metrics_url) | read_sql_counts(sql_counts)
     rounds = list(
         (
             await admin.ListRounds(
@@ -281,6 +291,11 @@ def summarize(
                 if updates
                 else None,
                 "commit_s_per_round": round(delta("fedtune_commit_seconds_sum") / len(measured), 3),
+                "sql_statements_per_update": round(delta("sql_statements") / updates, 1) if updates else None,
+                "sql_transactions_per_update": round(delta("sql_transactions") / updates, 1)
+                if updates
+                else None,
+                "sql_commits_per_update": round(delta("sql_commits") / updates, 2) if updates else None,
             }
         )
     result["coordinator_errors"] = {
@@ -320,10 +335,25 @@ def run_cell(args: argparse.Namespace, sites_n: int, mib: float) -> dict[str, An
             settings["database_url"] = database_url
         config = work / "coordinator.yaml"
         config.write_text(yaml.safe_dump(settings))
+        sql_counts = work / "sql-counts.json"
         clients: list[subprocess.Popen[bytes]] = []
         try:
             with ProcessGroup(work / "logs") as group:
-                coordinator = group.start("coordinator", ["coordinator", "serve", "--config", str(config)])
+                log = (work / "logs" / "coordinator.log").open("ab")
+                coordinator = subprocess.Popen(  # the real CLI, with its SQL counted (load_coordinator.py)
+                    [
+                        sys.executable,
+                        str(ROOT / "bench" / "load_coordinator.py"),
+                        "coordinator",
+                        "serve",
+                        "--config",
+                        str(config),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=child_env({**os.environ, "PYTHONUNBUFFERED": "1", COUNTS_ENV: str(sql_counts)}),
+                )
+                group.processes["coordinator"] = coordinator
                 channel = grpc.insecure_channel(f"127.0.0.1:{port}")
                 grpc.channel_ready_future(channel).result(timeout=120)
                 channel.close()
@@ -386,6 +416,7 @@ def run_cell(args: argparse.Namespace, sites_n: int, mib: float) -> dict[str, An
                         coordinator.pid,
                         f"http://127.0.0.1:{metrics_port}/metrics",
                         names,
+                        sql_counts,
                     )
                 )
                 for client in clients:
