@@ -36,7 +36,7 @@ log = logging.getLogger("fedtune.coordinator.scheduler")
 # The least time between two passes: news that arrives meanwhile (a thousand sites' leases and
 # updates each record an event, and each event wakes the scheduler) is handled by one pass, so the
 # passes' cost no longer grows with the rate of events (docs/decisions.md 42).
-MIN_PASS_SECONDS = 0.1
+MIN_PASS_SECONDS = 0.25
 
 
 class Scheduler:
