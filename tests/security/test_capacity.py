@@ -145,7 +145,6 @@ def test_idle_long_polling_sites_hold_no_thread_and_do_not_delay_a_heartbeat(
     channel.close()
 
 
-
 def _chunk_first_stream(release: threading.Event) -> Iterator[worker_pb2.PushUpdateRequest]:
     """A PushUpdate stream whose first message is a chunk (INVALID_ARGUMENT once it is read)."""
     release.wait(30)
