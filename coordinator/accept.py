@@ -120,7 +120,7 @@ class UpdateAcceptor:
         return update_id
 
     def _check_still_open(self, site_id: int, admission: Admission) -> None:
-        with self._uow_factory() as uow:
+        with self._uow_factory.reader() as uow:  # a check: no write lock (the round lock is held)
             task = get_own_task(uow, site_id, admission.task_id)
             rnd = uow.rounds.get(admission.round_id) if admission.round_id else None
             if task.state != TaskState.LEASED or rnd is None or rnd.state != RoundState.COLLECTING:

@@ -143,12 +143,21 @@ class RoundAggregator:
             lifecycle.mark_folded(row, weight, self._clock.now())
             uow.commit()
 
-    def _ensure(self, round_id: str) -> _ActiveRound:
-        """The round's accumulator, built or caught up so it holds every verified update."""
+    def _ensure(self, round_id: str, *, catch_up: bool = True) -> _ActiveRound:
+        """The round's accumulator, built or caught up so it holds every verified update.
+
+        A new accumulator always catches up from the spool (a restart, or one dropped after a failure).
+        A live one is in step with the registry: every foldable row is written under the round lock
+        right after ``fold_new`` folded it, and a failed write drops the accumulator (``forget``). So
+        ``fold_new`` skips the catch-up (it read every row of the round for every update: quadratic in
+        the sites, docs/decisions.md 42); ``begin`` and the commit still do it, once per round."""
         active = self._active.get(round_id)
         if active is None:
             active = self._build(round_id)
             self._active[round_id] = active
+            catch_up = True
+        if not catch_up:
+            return active
         try:
             self._refold(active)
         except Exception:
@@ -160,7 +169,10 @@ class RoundAggregator:
     def begin(self, round_id: str) -> None:
         """Make sure the round has a live accumulator and is `collecting` (idempotent)."""
         with self.round_lock(round_id):
-            self._ensure(round_id)
+            self._ensure(round_id, catch_up=False)  # a new accumulator catches up; a live one is in step
+            with self._uow_factory.reader() as uow:  # every pass calls this: read first
+                if get_round(uow, round_id).state != RoundState.OPEN:
+                    return
             with self._uow_factory() as uow:
                 rnd = get_round(uow, round_id)
                 if rnd.state != RoundState.OPEN:
@@ -176,7 +188,7 @@ class RoundAggregator:
         the accumulator is left without it (dropped and rebuilt from the spool if ``fold`` had started).
         Once the caller has committed the update's row, the accumulator and the registry agree; if that
         commit fails, the caller calls ``forget`` so the next use rebuilds from what was committed."""
-        active = self._ensure(round_id)
+        active = self._ensure(round_id, catch_up=False)
         started = time.perf_counter()
         weight = active.strategy.weight(info, active.inputs)  # refuses before touching the accumulator
         try:

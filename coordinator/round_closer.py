@@ -115,6 +115,20 @@ class RoundCloser:
             round_id, f"{why} with {done} personalized site(s); the stage needs min_sites={min_updates}"
         )
 
+    def _may_act(self, round_id: str, now: float) -> bool:
+        """Whether a pass may change the round: it is aggregating, its deadline passed, no task is live,
+        or a live task's site has no worker online (then `drop_lost_sites` decides). Read without the
+        round lock or the write lock: a pass that changes nothing (most passes while a thousand sites
+        upload) no longer holds up the updates being accepted under that lock (decision 42)."""
+        with self._uow_factory.reader() as uow:
+            rnd = uow.rounds.get(round_id)
+            if rnd is None or rnd.state not in OPEN_ROUND_STATES:
+                return False
+            if rnd.state == RoundState.AGGREGATING or now >= rnd.deadline_at:
+                return True
+            sites = uow.tasks.live_site_ids_in_round(round_id)
+            return not sites or len(uow.workers.online_site_ids(list(sites))) < len(sites)
+
     def drive_round(self, round_id: str) -> None:
         if not self._commit_retries.due(round_id, self._clock.now()):
             return  # waiting after an I/O failure (see _wait_after_io_failure)
@@ -125,6 +139,8 @@ class RoundCloser:
                 self.fail_round(round_id, f"could not start aggregation: {_message(err)}")
             return
         now = self._clock.now()
+        if not self._may_act(round_id, now):
+            return
         with self._aggregator.round_lock(round_id), self._uow_factory() as uow:
             rnd = uow.rounds.get(round_id)
             assert rnd is not None

@@ -34,6 +34,10 @@ from storage.states import LIVE_TASK_STATES, OPEN_ROUND_STATES, RoundState, Task
 from storage.uow import UowFactory
 
 log = logging.getLogger("fedtune.coordinator.scheduler")
+# The least time between two passes: news that arrives meanwhile (a thousand sites' leases and
+# updates each record an event, and each event wakes the scheduler) is handled by one pass, so the
+# passes' cost no longer grows with the rate of events (docs/decisions.md 42).
+MIN_PASS_SECONDS = 0.25
 
 
 class Scheduler:
@@ -52,6 +56,7 @@ class Scheduler:
         self._aggregator = aggregator
         self._notifier = notifier
         self._tick_lock = threading.Lock()
+        self._specs: dict[str, tuple[str, ExperimentSpec]] = {}
         self._closer = RoundCloser(uow_factory, clock, settings, aggregator)
         self._started: list[Future[None]] = []  # round jobs of the current pass
         self._collector = collector
@@ -62,12 +67,15 @@ class Scheduler:
         """Pass every `scheduler_tick_seconds` or sooner when notified, until `stop` is set. A pass never
         waits for a round's commit: those run on the closer's pool while the next passes go on."""
         generation = self._notifier.generation
+        settle = min(MIN_PASS_SECONDS, self._settings.scheduler_tick_seconds)
         while not stop.is_set():
             try:
                 self._pass()
             except Exception:
                 log.exception("scheduler tick failed")
-            generation = self._notifier.wait(generation, self._settings.scheduler_tick_seconds)
+            if stop.wait(settle):
+                break
+            generation = self._notifier.wait(generation, self._settings.scheduler_tick_seconds - settle)
 
     def tick(self) -> None:
         """One pass, then wait for the round jobs it started (tests and scripts step the scheduler so)."""
@@ -83,7 +91,7 @@ class Scheduler:
             self._mark_offline_workers()
             self._expire_leases()
             self._maybe_collect()
-            with self._uow_factory() as uow:
+            with self._uow_factory.reader() as uow:
                 live = uow.experiments.live_ids()
             for experiment_id in live:
                 try:
@@ -100,6 +108,9 @@ class Scheduler:
     # ----------------------------------------------------------------- housekeeping
     def _mark_offline_workers(self) -> None:
         cutoff = self._clock.now() - self._settings.worker_offline_after_seconds
+        with self._uow_factory.reader() as uow:  # read first: most passes find no one (decision 42)
+            if not uow.workers.stale(cutoff):
+                return
         with self._uow_factory() as uow:
             for worker in uow.workers.stale(cutoff):
                 lifecycle.worker_offline(uow, worker, f"worker {worker.id} went offline")
@@ -115,6 +126,9 @@ class Scheduler:
 
     def _expire_leases(self) -> None:
         now = self._clock.now()
+        with self._uow_factory.reader() as uow:  # read first: most passes find nothing
+            if not uow.tasks.expired_leases(now):
+                return
         with self._uow_factory() as uow:
             for task in uow.tasks.expired_leases(now):
                 lifecycle.release_task(uow, task, now, expired=True)
@@ -122,10 +136,10 @@ class Scheduler:
 
     # ----------------------------------------------------------------- experiments
     def _advance(self, experiment_id: str) -> None:
-        with self._uow_factory() as uow:
+        with self._uow_factory.reader() as uow:
             experiment = uow.experiments.get(experiment_id)
             assert experiment is not None
-            spec = load_spec_json(experiment.spec_json)
+            spec = self._spec(experiment_id, experiment.spec_json)
             state, stage_index = experiment.state, experiment.current_stage_index
             if stage_index < len(spec.stages) and stage_needs_init(spec, stage_index):
                 has_initial = latest_model_version(uow, experiment_id, stage_index=stage_index) is not None
@@ -145,6 +159,13 @@ class Scheduler:
         ):
             if latest_number < spec.stages[stage_index].rounds:
                 self._open_round(experiment_id, spec, stage_index, latest_number + 1)
+
+    def _spec(self, experiment_id: str, spec_json: str) -> ExperimentSpec:
+        """The experiment's parsed spec, parsed once (a spec never changes after submission)."""
+        cached = self._specs.get(experiment_id)
+        if cached is None or cached[0] != spec_json:
+            cached = self._specs[experiment_id] = (spec_json, load_spec_json(spec_json))
+        return cached[1]
 
     def _ensure_init_task(self, experiment_id: str, spec: ExperimentSpec, stage_index: int) -> None:
         """One INIT task for the stage (stage 0, or the first stage after the global stages)."""

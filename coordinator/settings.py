@@ -51,7 +51,7 @@ class CoordinatorSettings(BaseModel):
     max_site_pulls: int = Field(4, ge=1)  # concurrent PullTask long-polls per site
     max_site_uploads: int = Field(2, ge=1)  # concurrent PushUpdate streams per site
     max_site_downloads: int = Field(4, ge=1)  # concurrent FetchTensors streams per site
-    max_open_uploads: int = Field(256, ge=1)  # PushUpdate streams in all (each holds an open file)
+    max_open_uploads: int = Field(256, ge=1)  # PushUpdate streams received at once (more wait their turn)
     stream_idle_seconds: float = Field(60.0, gt=0)  # a stream that sends or reads nothing this long ends
     rpc_threads: int = Field(8, ge=1, le=64)  # threads for database and disk work of Worker calls
     admin_threads: int = Field(4, ge=1, le=64)  # threads for Admin calls (kept apart from the sites')

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -13,13 +12,10 @@ from coordinator.clock import Clock
 from coordinator.notify import Notifier
 from coordinator.ratelimit import SlidingWindow
 from coordinator.settings import CoordinatorSettings
-from coordinator.stages import base_version_for_stage
-from coordinator.strategies.registry import build_strategy
+from coordinator.task_records import TaskRecords
 from fedtune import limits
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.serde import TaskRecord
-from fedtune.spec import load_spec_json
-from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.states import TaskState, WorkerState
 from storage.uow import UnitOfWork, UowFactory
@@ -40,19 +36,6 @@ def get_own_task(uow: UnitOfWork, site_id: int, task_id: str) -> models.Task:
     return task
 
 
-def spec_json_for_stage(spec_json: str, stage_index: int) -> str:
-    """The spec with the stage strategy's client-side overrides merged into the stage's training."""
-    spec = load_spec_json(spec_json)
-    stage = spec.stages[stage_index]
-    overrides = build_strategy(stage.strategy.name, dict(stage.strategy.options)).client_training_overrides()
-    doc: dict[str, Any] = json.loads(spec_json)
-    if overrides:
-        training = spec.training_for(stage_index).model_dump(mode="json")
-        training.update(overrides)
-        doc["stages"][stage_index]["training"] = training
-    return json.dumps(doc)
-
-
 def check_registration(worker_version: str, device: dict[str, Any], dataset_sizes: dict[str, int]) -> None:
     """INVALID_ARGUMENT unless what a worker says about itself fits the door limits."""
     limits.check_text("worker_version", worker_version, limits.MAX_WORKER_VERSION_CHARS, multiline=False)
@@ -71,6 +54,7 @@ class TaskService:
         self._clock = clock
         self._settings = settings
         self._notifier = notifier
+        self._records = TaskRecords()
         self._registrations = SlidingWindow(
             settings.registrations_per_window, settings.registration_window_seconds
         )
@@ -163,7 +147,7 @@ class TaskService:
             )
             if not self._needs_write(worker, task_id, task, cancel):
                 return cancel
-        with self._uow_factory() as uow:
+        with self._uow_factory.relaxed() as uow:  # last-seen and lease times: no fsync (decision 42)
             worker = self._own_worker(uow, site_id, worker_id)
             self._touch(uow, worker)
             cancel = False
@@ -189,7 +173,7 @@ class TaskService:
         with self._uow_factory.reader() as uow:
             if not self._needs_write(self._own_worker(uow, site_id, worker_id), "", None, False):
                 return self._settings.max_pull_wait_seconds
-        with self._uow_factory() as uow:
+        with self._uow_factory.relaxed() as uow:
             self._touch(uow, self._own_worker(uow, site_id, worker_id))
             uow.commit()
         return self._settings.max_pull_wait_seconds
@@ -210,11 +194,18 @@ class TaskService:
             self._notifier.wait(generation, min(remaining, 1.0))
 
     def try_lease(self, site_id: int, worker_id: str) -> TaskRecord | None:
+        """Lease the site's oldest leasable task to the worker; None if it has none.
+
+        Reads first (no write lock): most attempts of an idle site's long-poll find nothing, and on
+        SQLite a write transaction would queue every one of them behind the others (decision 42)."""
+        with self._uow_factory.reader() as uow:
+            if not uow.tasks.leasable_for_site(site_id, 1):
+                return None
         now = self._clock.now()
-        with self._uow_factory() as uow:
+        with self._uow_factory.relaxed() as uow:  # a lease a power cut undoes is leased again
             worker = uow.workers.get(worker_id)
             assert worker is not None
-            for task in uow.tasks.leasable_for_site(site_id, LEASE_CANDIDATES):
+            for task in uow.tasks.leasable_for_site(site_id, LEASE_CANDIDATES):  # re-read under the lock
                 if not lifecycle.lease_task(uow, task, worker, now + self._settings.task_lease_seconds, now):
                     continue  # another worker of the site took it
                 record = self._task_record(uow, task)
@@ -223,25 +214,7 @@ class TaskService:
         return None
 
     def _task_record(self, uow: UnitOfWork, task: models.Task) -> TaskRecord:
-        experiment = uow.experiments.get(task.experiment_id)
-        assert experiment is not None
-        stage = uow.stages.get(task.experiment_id, task.stage_index)
-        rnd = uow.rounds.get(task.round_id) if task.round_id else None
-        version = uow.versions.get(task.model_version_id) if task.model_version_id else None
-        return TaskRecord(
-            task_id=task.id,
-            kind=task.kind,
-            experiment_id=task.experiment_id,
-            stage=stage.name,
-            stage_index=task.stage_index,
-            round=rnd.round if rnd is not None else 0,
-            spec_json=spec_json_for_stage(experiment.spec_json, task.stage_index),
-            model_version_id=task.model_version_id or "",
-            model_manifest=Manifest.from_json(version.manifest) if version is not None else None,
-            deadline_unix=task.deadline_at,
-            update_kind="weights",
-            base_version_id=base_version_for_stage(uow, task.experiment_id, task.stage_index) or "",
-        )
+        return self._records.record(uow, task)
 
     def report_result(
         self,

@@ -91,7 +91,7 @@ class UploadService:
             self._wait_for_handover(header.task_id)
             self._uploading.add(header.task_id)
         try:
-            with self._uow_factory() as uow:
+            with self._uow_factory.reader() as uow:  # admission only reads: no write lock
                 admission = admit(uow, site_id, header, self._spool_path, self._settings.max_update_bytes)
             admission.spool_path.parent.mkdir(parents=True, exist_ok=True)
             options = {
@@ -142,7 +142,7 @@ class UploadService:
 
     def round_closed(self, admission: Admission) -> FedtuneError | None:
         """TASK_CLOSED if the admitted task or its round ended while the update was in flight."""
-        with self._uow_factory() as uow:
+        with self._uow_factory.reader() as uow:
             task = uow.tasks.get(admission.task_id)
             rnd = uow.rounds.get(admission.round_id) if admission.round_id else None
             if admission.round_id is not None and (rnd is None or rnd.state != RoundState.COLLECTING):

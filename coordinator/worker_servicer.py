@@ -52,8 +52,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 UPLOAD: settings.max_site_uploads,
                 DOWNLOAD: settings.max_site_downloads,
             },
-            totals={UPLOAD: settings.max_open_uploads},
         )
+        # Uploads past `max_open_uploads` in all wait (a coroutine, no thread, no file) for a place
+        # instead of being refused: a thousand sites finishing together are served in turn, not told
+        # `busy:` thousands of times (decision 42). A site over its own limit is still refused at once.
+        self._upload_places = asyncio.Semaphore(settings.max_open_uploads)
 
     # -- identity -------------------------------------------------------------------------------------
     def _authenticate_blocking(self, context: Context, site: str, token: str) -> int:
@@ -190,28 +193,32 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     ) -> worker_pb2.PushUpdateResponse:
         async with aio_rpc_errors(context, "PushUpdate", self._on_error):
             site_id, site = await self._site(context)
-            uploads = self._services.uploads
             with self.limits.hold(site_id, site, UPLOAD), self._metrics.counting_upload():
-                messages = aiter(request_iterator)
-                header = await self._next_item(messages)
-                if not isinstance(header, UpdateHeaderRecord):
-                    raise FedtuneError(
-                        ErrorCode.INVALID_ARGUMENT, "the first PushUpdate message must be the header"
-                    )
-                opening = asyncio.ensure_future(self._pool.run(uploads.open, site_id, header))
-                try:
-                    session = await asyncio.shield(opening)
-                except asyncio.CancelledError:  # the client left while the header was admitted
-                    await _settle(opening, on_result=lambda opened: self._pool.run(opened.close))
-                    raise
-                try:
-                    while (item := await self._next_item(messages)) is not None:
-                        await self._step(session.add, item)
-                    update_id, received = await self._step(session.finish)
-                finally:
-                    await asyncio.shield(self._pool.run(session.close))
-            return worker_pb2.PushUpdateResponse(update_id=update_id, received_bytes=received)
+                async with self._upload_places:
+                    return await self._push(site_id, aiter(request_iterator))
         raise AssertionError("unreachable")
+
+    async def _push(
+        self, site_id: int, messages: AsyncIterator[worker_pb2.PushUpdateRequest]
+    ) -> worker_pb2.PushUpdateResponse:
+        """One admitted upload stream, from its header to the accepted update (holding a place)."""
+        uploads = self._services.uploads
+        header = await self._next_item(messages)
+        if not isinstance(header, UpdateHeaderRecord):
+            raise FedtuneError(ErrorCode.INVALID_ARGUMENT, "the first PushUpdate message must be the header")
+        opening = asyncio.ensure_future(self._pool.run(uploads.open, site_id, header))
+        try:
+            session = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the client left while the header was admitted
+            await _settle(opening, on_result=lambda opened: self._pool.run(opened.close))
+            raise
+        try:
+            while (item := await self._next_item(messages)) is not None:
+                await self._step(session.add, item)
+            update_id, received = await self._step(session.finish)
+        finally:
+            await asyncio.shield(self._pool.run(session.close))
+        return worker_pb2.PushUpdateResponse(update_id=update_id, received_bytes=received)
 
     async def _step(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """One blocking step of an upload session, carried to its end even if the call is cancelled

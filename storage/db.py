@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from storage.uow import READ_ONLY_OPTION, UnitOfWorkFactory
+from storage.uow import READ_ONLY_OPTION, RELAXED_OPTION, UnitOfWorkFactory
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -42,7 +42,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     SQLite docs) and use BEGIN IMMEDIATE: one writer at a time, waiting up to `timeout`.
     """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        server = create_engine(url, pool_pre_ping=True, **kwargs)
+
+        @event.listens_for(server, "begin")
+        def _relaxed_commit(conn):  # type: ignore[no-untyped-def]
+            if conn.get_execution_options().get(RELAXED_OPTION, False):
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+        return server
     if _is_memory_sqlite(url):
         kwargs.setdefault("poolclass", StaticPool)  # one shared connection: one shared database
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
@@ -61,7 +68,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # A read-only unit of work (``UnitOfWorkFactory.reader``) takes no write lock: in WAL mode it
         # reads a snapshot while a writer commits, so authentication and checks do not queue behind
         # commits. Everything that may write begins IMMEDIATE (one writer at a time, no upgrade race).
-        read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+        options = conn.get_execution_options()
+        read_only = options.get(READ_ONLY_OPTION, False)
+        if not read_only:  # a relaxed commit skips the WAL's fsync (decision 42); every other one syncs
+            relaxed = options.get(RELAXED_OPTION, False)
+            conn.exec_driver_sql(f"PRAGMA synchronous={'NORMAL' if relaxed else 'FULL'}")
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine

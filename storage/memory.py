@@ -463,6 +463,10 @@ class FakeUnitOfWorkFactory:
         """A unit of work that cannot commit, like ``UnitOfWorkFactory.reader``."""
         return FakeUnitOfWork(self.registry, self.after_commit, read_only=True)
 
+    def relaxed(self) -> FakeUnitOfWork:
+        """Like ``UnitOfWorkFactory.relaxed`` (in memory, durability is moot)."""
+        return self()
+
     @property
     def commits(self) -> int:
         return sum(uow.committed for uow in self._made)

@@ -44,6 +44,10 @@ from storage.repositories import (
 
 log = logging.getLogger("fedtune.storage.uow")
 READ_ONLY_OPTION = "fedtune_read_only"  # an engine execution option: SQLite begins without the write lock
+# An engine execution option: the commit need not reach the disk before it returns (SQLite
+# synchronous=NORMAL, PostgreSQL synchronous_commit=off). It survives a killed coordinator (the data is
+# in the OS, WAL order kept) but a power cut may undo it; never for an accepted update (decision 42).
+RELAXED_OPTION = "fedtune_relaxed_durability"
 
 
 @dataclass(frozen=True)
@@ -125,11 +129,13 @@ class SqlUnitOfWork(UnitOfWork):
         after_commit: AfterCommit | None = None,
         *,
         read_only: bool = False,
+        relaxed: bool = False,
     ) -> None:
         super().__init__(after_commit)
         self._session_factory = session_factory
         self._session: Session | None = None
         self._read_only = read_only
+        self._relaxed = relaxed
 
     @property
     def session(self) -> Session:
@@ -141,11 +147,10 @@ class SqlUnitOfWork(UnitOfWork):
     def __enter__(self) -> SqlUnitOfWork:
         if self._session is not None:
             raise RuntimeError("this unit of work is already open; make a new one per thread/block")
-        if self._read_only:
+        if self._read_only or self._relaxed:
             bind = self._session_factory.kw["bind"]
-            session = self._session = self._session_factory(
-                bind=bind.execution_options(**{READ_ONLY_OPTION: True})
-            )
+            option = READ_ONLY_OPTION if self._read_only else RELAXED_OPTION
+            session = self._session = self._session_factory(bind=bind.execution_options(**{option: True}))
         else:
             session = self._session = self._session_factory()
         self.sites = SqlSiteRepository(session)
@@ -207,6 +212,12 @@ class UnitOfWorkFactory:
         lookups (authentication, a heartbeat that changes nothing) never wait behind a commit."""
         return SqlUnitOfWork(self.session_factory, self.after_commit, read_only=True)
 
+    def relaxed(self) -> SqlUnitOfWork:
+        """A unit of work whose commit does not wait for the disk (``RELAXED_OPTION``): for writes a
+        power cut may undo without losing anything accepted (a lease, a worker's last-seen time), so
+        a thousand sites' leases do not queue one fsync each behind the write lock."""
+        return SqlUnitOfWork(self.session_factory, self.after_commit, relaxed=True)
+
 
 # What services take: anything that makes a unit of work (a ``UnitOfWorkFactory``, or the in-memory
 # ``storage.memory.FakeUnitOfWorkFactory`` in tests).
@@ -215,4 +226,8 @@ class UowFactory(Protocol):
 
     def reader(self) -> UnitOfWork:
         """A unit of work for reads only (cannot commit)."""
+        ...
+
+    def relaxed(self) -> UnitOfWork:
+        """A unit of work whose commit may be undone by a power cut (never by a killed process)."""
         ...

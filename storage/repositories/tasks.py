@@ -29,6 +29,10 @@ class TaskRepository(ABC):
     def site_ids_in_round(self, round_id: str) -> list[int]:
         return [task.site_id for task in self.in_round(round_id)]
 
+    def live_site_ids_in_round(self, round_id: str) -> set[int]:
+        """The sites of the round's live (pending or leased) tasks."""
+        return {task.site_id for task in self.live_for_round(round_id)}
+
     @abstractmethod
     def init_tasks(self, experiment_id: str, stage_index: int) -> list[Task]:
         """The INIT tasks made for the stage, oldest first."""
@@ -96,6 +100,10 @@ class SqlTaskRepository(TaskRepository):
 
     def site_ids_in_round(self, round_id: str) -> list[int]:
         return list(self._session.scalars(select(Task.site_id).where(Task.round_id == round_id)))
+
+    def live_site_ids_in_round(self, round_id: str) -> set[int]:
+        query = select(Task.site_id).where(Task.round_id == round_id, Task.state.in_(LIVE_TASK_STATES))
+        return set(self._session.scalars(query))  # one column: no Task objects built
 
     def init_tasks(self, experiment_id: str, stage_index: int) -> list[Task]:
         return list(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from fedtune.v1 import admin_pb2, worker_pb2, worker_pb2_grpc
+from fedtune.v1 import admin_pb2, common_pb2, worker_pb2, worker_pb2_grpc
 from tests.support.cluster import Cluster
 from tests.support.waiting import wait_for
 
@@ -144,3 +144,32 @@ def test_idle_long_polling_sites_hold_no_thread_and_do_not_delay_a_heartbeat(
         future.cancel()
     channel.close()
 
+
+def _chunk_first_stream(release: threading.Event) -> Iterator[worker_pb2.PushUpdateRequest]:
+    """A PushUpdate stream whose first message is a chunk (INVALID_ARGUMENT once it is read)."""
+    release.wait(30)
+    yield worker_pb2.PushUpdateRequest(chunk=common_pb2.TensorChunk())
+
+
+def test_uploads_past_the_coordinators_total_wait_for_a_place_instead_of_being_refused(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    # Prepare: one upload place in all, held by site a's silent stream (ends idle after 1.5 s)
+    cluster = cluster_factory(max_open_uploads=1, stream_idle_seconds=1.5)
+    hog, other = cluster.worker("a"), cluster.worker("b")
+    never = threading.Event()
+    held = hog.stub.PushUpdate.future(_silent_stream(never), metadata=hog.metadata, timeout=30)
+    limits = cluster.server.worker_servicer.limits
+    assert wait_for(lambda: limits.open_calls("PushUpdate") == 1, timeout=5)
+    # Execute: site b's stream arrives while the place is taken
+    ready = threading.Event()
+    ready.set()
+    started = time.monotonic()
+    waiting = other.stub.PushUpdate.future(_chunk_first_stream(ready), metadata=other.metadata, timeout=30)
+    code, details = _code_and_details(waiting)
+    waited = time.monotonic() - started
+    never.set()
+    # Assert: b was served (its bad first message judged) once a's stream ended, never told busy
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "header" in details
+    assert _code_and_details(held)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert waited >= 1.0

@@ -193,12 +193,14 @@ def test_leasable_tasks_and_the_compare_and_set_that_leases_one(uows: Callable[[
         assert stored is not None
         leased = (stored.state, stored.worker_id, stored.attempts)
         live = sorted(t.id for t in uow.tasks.live_for_round("r-1"))
+        live_sites = uow.tasks.live_site_ids_in_round("r-1")
         after = [t.id for t in uow.tasks.leasable_for_site(ids["a"], 5)]
 
     # Assert
     assert candidates == ["t-a"] and first and not second
     assert leased == ("leased", "w", 1)
     assert live == ["t-a", "t-b"] and after == []
+    assert live_sites == {ids["a"], ids["b"]}
 
 
 def test_a_round_that_is_not_collecting_hides_its_tasks(uows: Callable[[], UnitOfWork]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from storage.models import Site
 from storage.uow import UnitOfWorkFactory
@@ -102,3 +102,31 @@ def test_constraint_violation_rolls_back_the_whole_unit(uow_factory: UnitOfWorkF
         uow.commit()
 
     assert _site_names(uow_factory) == ["dup"]
+
+
+def _durability(uow: object) -> str:
+    """The database's commit-durability setting inside this unit of work's transaction."""
+    session = uow.session  # type: ignore[attr-defined]
+    if session.get_bind().dialect.name == "sqlite":
+        return {0: "off", 1: "normal", 2: "full", 3: "extra"}[
+            session.execute(text("PRAGMA synchronous")).scalar()
+        ]
+    return str(session.execute(text("SHOW synchronous_commit")).scalar())
+
+
+def test_a_relaxed_unit_of_work_commits_without_waiting_for_the_disk_and_only_it(
+    uow_factory: UnitOfWorkFactory,
+) -> None:
+    # Execute: a relaxed commit between two ordinary ones, on the same pooled connection(s)
+    with uow_factory() as uow:
+        before = _durability(uow)
+    with uow_factory.relaxed() as uow:
+        relaxed = _durability(uow)
+        uow.session.add(Site(name="leased", token_hash="h"))
+        uow.commit()
+    with uow_factory() as uow:
+        after = _durability(uow)
+
+    # Assert: only the relaxed one skips the sync; its commit is kept like any other
+    assert (before, relaxed, after) in {("full", "normal", "full"), ("on", "off", "on")}
+    assert _site_names(uow_factory) == ["leased"]
