@@ -114,7 +114,10 @@ def _start_two_round_experiment(cluster: Cluster, name: str) -> tuple[Admin, lis
 
 
 def test_every_strategy_but_fedncm_has_an_expected_result_here() -> None:
-    assert set(EXPECTED) == set(STRATEGIES) - {"fedncm"}
+    # hetero_lora needs LoRA factor pairs (lora_A / lora_B names), which these plain tensors are not; its
+    # exactness is pinned in tests/strategies/test_hetero_lora.py and over gRPC with real workers in
+    # tests/daemon/test_hetero_lora_end_to_end.py.
+    assert set(EXPECTED) == set(STRATEGIES) - {"fedncm", "hetero_lora"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
