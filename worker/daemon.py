@@ -402,6 +402,7 @@ class WorkerDaemon:
                 device=s.device,
                 base_adapter_path=base_path,
             )
+            output = self._compress(task, spec, global_path, output)
             self._push(task, state, output)
         elif task.kind == "personalize":
             global_path = self._fetch(task, state)
@@ -426,6 +427,21 @@ class WorkerDaemon:
             raise FedtuneError(
                 ErrorCode.INVALID_ARGUMENT, f"task kind {task.kind} is not known to worker {worker_version()}"
             )
+
+    def _compress(
+        self, task: TaskRecord, spec: ExperimentSpec, global_path: Path, output: TaskOutput
+    ) -> TaskOutput:
+        """The output as the spec's transport sends it (deltas, encoded; error feedback kept on disk)."""
+        if spec.transport.is_plain:
+            return output
+        from worker.compression import compress_train_output
+        from worker.error_feedback import ResidualStore
+        from worker.task_io import read_global
+
+        residuals = ResidualStore(self.settings.resolved_work_dir / "residuals")
+        return compress_train_output(
+            output, spec, task.stage_index, read_global(global_path), residuals, task.experiment_id
+        )
 
     def _finish_with_metrics(self, task: TaskRecord, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None
