@@ -2,7 +2,7 @@
 
 int8: per block, ``scale = max|x| / 127`` (float32) and ``q = round(x / scale)``, so every element
 decodes within scale / 2 of its value (plus float32 rounding). bf16: round to nearest even, a relative
-error of at most 2^-9. top-k: the k elements of largest magnitude per tensor, k = ceil(fraction x
+error of at most 2^-8. top-k: the k elements of largest magnitude per tensor, k = ceil(fraction x
 numel) (at least 1), indices sorted ascending.
 """
 

@@ -101,15 +101,15 @@ def _sparse_pieces(
     for start in range(0, values.numel, chunk):
         count = min(chunk, values.numel - start)
         indices = reader.raw(index_name, start, count).astype(np.int64)
+        if indices.min() < 0 or indices.max() >= numel:
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"manifest tensor {index_name!r}: an index is outside [0, {numel}) (entries from {start})",
+            )
         if indices[0] <= previous or (count > 1 and bool(np.any(np.diff(indices) <= 0))):
             raise FedtuneError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"manifest tensor {index_name!r}: indices must be strictly increasing (entries from {start})",
-            )
-        if indices[0] < 0 or indices[-1] >= numel:
-            raise FedtuneError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"manifest tensor {index_name!r}: an index is outside [0, {numel}) (entries from {start})",
             )
         previous = int(indices[-1])
         yield indices, values.read(start, count)
