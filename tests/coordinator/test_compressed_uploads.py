@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+import pytest
 
 from fedtune.compression.codec import encode_update
 from fedtune.compression.encoding import UpdateEncoding
@@ -19,6 +20,7 @@ from tests.support.flow import (
     train_update,
     weighted_mean,
 )
+from tests.support.waiting import wait_for
 from tests.support.wire import expect_error
 
 
@@ -132,7 +134,6 @@ def test_an_init_update_cannot_be_compressed(cluster_factory) -> None:  # type: 
     a = cluster.worker("a")
     from tests.support.fake_worker import initial_arrays
     from tests.support.flow import submit
-    from tests.support.waiting import wait_for
 
     submit(admin, spec_yaml(rounds=1, min_sites=1, sites=["a"]))
     task = wait_for(lambda: a.pull(wait_seconds=0.5))
@@ -143,3 +144,40 @@ def test_an_init_update_cannot_be_compressed(cluster_factory) -> None:  # type: 
         grpc.StatusCode.INVALID_ARGUMENT,
         "encoding: an INIT update defines the stage's layout",
     )
+
+
+def test_a_broken_compressed_upload_resumes_and_a_restarted_coordinator_refolds_it(
+    cluster: Cluster,
+) -> None:
+    # Prepare
+    admin = cluster.admin()
+    a, b = cluster.worker("a"), cluster.worker("b")
+    experiment_id, base = initialize(admin, [a, b], spec_yaml(rounds=1, min_sites=2, sites=["a", "b"]))
+    rng = np.random.default_rng(6)
+    task_a, task_b = pull_train(a), pull_train(b)
+    trained = {n: base[n] + 0.01 * v for n, v in train_update(a, task_a, rng).items()}
+    encoding = UpdateEncoding("int8", 8, True)
+    encoded = encode_update({n: trained[n] - base[n] for n in base}, encoding, topk_fraction=0.5)
+    options = {"num_examples": 5, "encoding": encoding, "dtypes": encoded.dtypes, "chunk_bytes": 16}
+
+    # Execute: the stream breaks after 3 chunks (the client closes it), then resumes where the
+    # coordinator stopped; then the coordinator restarts before b's update closes the round
+    with pytest.raises(grpc.RpcError):
+        a.stub.PushUpdate(
+            a.push_requests(task_a.task_id, encoded.arrays, stop_after_chunks=3, **options),  # type: ignore[arg-type]
+            metadata=a.metadata,
+            timeout=10,
+        )
+    status = wait_for(lambda: (s := a.upload_status(task_a.task_id)).in_progress and s)
+    assert (status.next_tensor, status.next_offset) > (0, 0)
+    a.push(task_a.task_id, encoded.arrays, resume_from=(status.next_tensor, status.next_offset), **options)
+    cluster.restart()
+    admin = cluster.admin()
+    a, b = cluster.worker("a", register=False), cluster.worker("b", register=False)  # same workers
+    plain = {n: base[n] + 0.01 * v for n, v in train_update(b, task_b, rng).items()}
+    b.push(task_b.task_id, plain, num_examples=2)
+    version_id = committed_version(admin, experiment_id, 1)
+
+    # Assert: the re-folded decoded spool gives the same mean
+    rebuilt = {n: base[n] + encoded.decoded[n] for n in base}
+    assert_arrays_close(a.fetch(version_id), weighted_mean([(rebuilt, 5), (plain, 2)]))
