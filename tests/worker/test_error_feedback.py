@@ -106,3 +106,33 @@ def test_a_plain_transport_leaves_the_output_untouched() -> None:
 
     # Execute / Assert
     assert compress_output(output, base, TransportSpec()) is output
+
+
+def test_class_statistics_rounds_go_out_plain(tmp_path: Path) -> None:
+    # Prepare: a fedncm round (its stage's training carries class_statistics) in an int8 experiment
+    from fedtune.spec import parse_spec
+    from worker.compression import compress_train_output
+
+    spec = parse_spec(
+        {
+            "name": "t",
+            "base_model": {"name": "m"},
+            "labels": ["a", "b"],
+            "transport": {"update_encoding": "int8"},
+            "stages": [
+                {"kind": "finetune", "training": {"class_statistics": "classifier"}},
+                {"kind": "finetune", "name": "tune"},
+            ],
+        }
+    )
+    base = _global()
+    output = TaskOutput(_trained(base, 1), 5, {})
+    store = ResidualStore(tmp_path)
+
+    # Execute
+    statistics = compress_train_output(output, spec, 0, base, store, "e")
+    tuned = compress_train_output(output, spec, 1, base, store, "e")
+
+    # Assert
+    assert statistics is output and statistics.encoding.is_plain
+    assert tuned.encoding.values == "int8" and tuned.arrays["h.bias"].dtype == np.int8
