@@ -14,6 +14,7 @@ from bench.config import (
     BenchConfig,
     parse_configs,
     parse_methods,
+    parse_transport,
 )
 from fedtune.errors import FedtuneError
 
@@ -123,6 +124,11 @@ def bench_group() -> None:
 )
 @click.option("--quick", is_flag=True, help="smoke run: 2 rounds x 3 steps, test set capped at 64")
 @click.option("--timeout", type=float, default=6 * 3600, show_default=True, help="seconds per federated run")
+@click.option(
+    "--transport",
+    default="",
+    help="the spec's transport for federated runs, e.g. update_encoding=int8,topk_fraction=0.1 [fp32]",
+)
 def quality_command(
     sites: int,
     alpha: float,
@@ -144,6 +150,7 @@ def quality_command(
     corpus_dir: Path | None,
     quick: bool,
     timeout: float,
+    transport: str,
 ) -> None:
     """Train every configuration on one non-IID split and compare held-out test accuracy.
 
@@ -191,6 +198,7 @@ def quality_command(
             out_dir=out_dir,
             quick=quick,
             timeout_seconds=timeout,
+            transport=parse_transport(transport),
         )
         from bench.comparison import run_quality
         from bench.report import write_outputs

@@ -124,6 +124,8 @@ class BenchConfig(BaseModel):
     quick: bool = False
     max_test_examples: int | None = None  # cap the held-out test set (--quick)
     timeout_seconds: float = 6 * 3600
+    # the spec's `transport` for every federated run (decision 40), e.g. {"update_encoding": "int8"}
+    transport: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def federated(self) -> list[RunConfig]:
@@ -273,7 +275,23 @@ def experiment_spec(
         "seed": config.seed,
         "privacy": privacy,
     }
+    if config.transport:
+        data["transport"] = dict(config.transport)
     return parse_spec(data)
+
+
+def parse_transport(text: str) -> dict[str, Any]:
+    """``update_encoding=int8,topk_fraction=0.1`` -> the spec's transport mapping (values parsed as YAML)."""
+    transport: dict[str, Any] = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"--transport {text!r}: {pair!r} is not key=value (e.g. update_encoding=int8)",
+            )
+        transport[key.strip()] = yaml.safe_load(value)
+    return transport
 
 
 def spec_yaml(spec: ExperimentSpec) -> str:

@@ -6,11 +6,12 @@ Every refusal happens here, before anything about the round changes (and before 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.tasks import get_own_task
 from fedtune import limits
+from fedtune.compression.encoding import UpdateEncoding, check_encoded_manifest
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.serde import UpdateHeaderRecord
 from fedtune.tensorstream.manifest import Manifest
@@ -29,6 +30,10 @@ class Admission:
     site: str
     spool_path: Path
     stage_index: int = 0
+    # A compressed update (decision 40) is decoded against the task's model version once verified.
+    encoding: UpdateEncoding = field(default_factory=UpdateEncoding)
+    model_manifest: Manifest | None = None  # the task's model version's layout (TRAIN)
+    base_blob_digest: str | None = None  # the blob of the task's model version (TRAIN)
 
 
 def check_update_header(header: UpdateHeaderRecord, max_examples: int) -> None:
@@ -76,8 +81,15 @@ def admit(
         raise FedtuneError(
             ErrorCode.TASK_CLOSED, f"task {task.id} is {task.state}, not leased; pull it first"
         )
+    base: models.ModelVersion | None = None
     if task.kind == "train":
-        _check_train(uow, task, header)
+        base = _check_train(uow, task, header)
+    elif not header.encoding.is_plain:
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"encoding: an INIT update defines the stage's layout and is sent plain fp32, not "
+            f"{header.encoding.describe()}; leave the header's encoding unset",
+        )
     elif latest_model_version(uow, task.experiment_id, stage_index=task.stage_index) is not None:
         raise FedtuneError(
             ErrorCode.TASK_CLOSED,
@@ -89,11 +101,21 @@ def admit(
             f"update of {header.manifest.total_bytes} bytes exceeds max_update_bytes ({max_update_bytes})",
         )
     return Admission(
-        task.id, task.kind, task.experiment_id, task.round_id, site.name, spool_path(task), task.stage_index
+        task.id,
+        task.kind,
+        task.experiment_id,
+        task.round_id,
+        site.name,
+        spool_path(task),
+        task.stage_index,
+        encoding=header.encoding,
+        model_manifest=Manifest.from_json(base.manifest) if base is not None else None,
+        base_blob_digest=base.blob_digest if base is not None else None,
     )
 
 
-def _check_train(uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord) -> None:
+def _check_train(uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord) -> models.ModelVersion:
+    """The task's model version, once the header fits the round and that version's layout."""
     rnd = uow.rounds.get(task.round_id) if task.round_id else None
     if rnd is None or rnd.state != RoundState.COLLECTING:
         raise FedtuneError(
@@ -106,9 +128,13 @@ def _check_train(uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord)
         )
     base = uow.versions.get(task.model_version_id) if task.model_version_id else None
     assert base is not None
+    if not header.encoding.is_plain:
+        check_encoded_manifest(Manifest.from_json(base.manifest), header.encoding, header.manifest)
+        return base
     difference = first_layout_difference(Manifest.from_json(base.manifest), header.manifest)
     if difference is not None:
         raise FedtuneError(
             ErrorCode.BAD_MANIFEST,
             f"the update does not match model version {base.version}: {difference}",
         )
+    return base

@@ -87,6 +87,7 @@ class UploadSession:
             self._closed = True  # finish() consumes the partial either way
             digest = decoder.finish()  # CHECKSUM_MISMATCH removes the partial
             service, admission = self._service, self._admission
+            service.decode(admission)  # a compressed update becomes the model's layout (or is refused)
             return service.accept(self._site_id, admission, self._header, digest, received), received
 
     def close(self) -> None:

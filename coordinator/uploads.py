@@ -23,6 +23,7 @@ from coordinator.clock import Clock
 from coordinator.settings import CoordinatorSettings
 from coordinator.tasks import get_own_task
 from coordinator.upload_session import UploadItem, UploadSession, next_item
+from fedtune.compression.decode import decode_update
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.serde import UpdateHeaderRecord
 from fedtune.tensorstream.decoder import StreamDecoder
@@ -139,6 +140,25 @@ class UploadService:
                     f"an upload for task {task_id} is still being received; retry shortly",
                 )
             self._guard.wait(remaining)
+
+    def decode(self, admission: Admission) -> None:
+        """A verified compressed upload: its spool file becomes the model version plus the decoded delta
+        (the layout every strategy folds), O(chunk) memory. A refusal removes the spool file."""
+        if admission.encoding.is_plain:
+            return
+        assert admission.model_manifest is not None and admission.base_blob_digest is not None
+        try:
+            decode_update(
+                admission.spool_path,
+                admission.encoding,
+                admission.model_manifest,
+                self._blobs.local_path(admission.base_blob_digest),
+                admission.spool_path,
+                max_abs_value=self._settings.max_update_abs_value,
+            )
+        except BaseException:
+            admission.spool_path.unlink(missing_ok=True)
+            raise
 
     def round_closed(self, admission: Admission) -> FedtuneError | None:
         """TASK_CLOSED if the admitted task or its round ended while the update was in flight."""

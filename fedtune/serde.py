@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedtune.compression.encoding import UpdateEncoding
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.tensorstream.serde import manifest_from_proto, manifest_to_proto
 from fedtune.v1 import admin_pb2, worker_pb2
@@ -435,10 +436,12 @@ class UpdateHeaderRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     resume: bool = False
+    encoding: UpdateEncoding = field(default_factory=UpdateEncoding)  # plain fp32 unless compressed
 
 
 def update_header_to_proto(rec: UpdateHeaderRecord) -> worker_pb2.UpdateHeader:
-    return worker_pb2.UpdateHeader(
+    """The header; a plain fp32 update leaves `encoding` unset (the bytes of a header before it)."""
+    header = worker_pb2.UpdateHeader(
         task_id=rec.task_id,
         num_examples=rec.num_examples,
         metrics=rec.metrics,
@@ -446,10 +449,19 @@ def update_header_to_proto(rec: UpdateHeaderRecord) -> worker_pb2.UpdateHeader:
         files=rec.files,
         resume=rec.resume,
     )
+    if not rec.encoding.is_plain:
+        header.encoding.CopyFrom(
+            worker_pb2.UpdateEncoding(
+                values=rec.encoding.values,
+                int8_block_size=rec.encoding.int8_block_size,
+                topk=rec.encoding.topk,
+            )
+        )
+    return header
 
 
 def update_header_from_proto(msg: worker_pb2.UpdateHeader) -> UpdateHeaderRecord:
-    """The header; BAD_MANIFEST when its manifest is malformed."""
+    """The header; BAD_MANIFEST when its manifest is malformed, INVALID_ARGUMENT for an unknown encoding."""
     return UpdateHeaderRecord(
         task_id=msg.task_id,
         num_examples=msg.num_examples,
@@ -457,6 +469,9 @@ def update_header_from_proto(msg: worker_pb2.UpdateHeader) -> UpdateHeaderRecord
         metrics=dict(msg.metrics),
         files=dict(msg.files),
         resume=msg.resume,
+        encoding=UpdateEncoding.checked(
+            msg.encoding.values, int(msg.encoding.int8_block_size), msg.encoding.topk
+        ),
     )
 
 

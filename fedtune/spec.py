@@ -392,6 +392,53 @@ def _dp_problem(spec: ExperimentSpec) -> str | None:
     return None
 
 
+MAX_INT8_BLOCK_SIZE = 1 << 24  # = fedtune.compression.encoding.MAX_INT8_BLOCK_SIZE
+DEFAULT_INT8_BLOCK_SIZE = 256
+
+
+class TransportSpec(_Strict):
+    """How sites encode the updates they upload (docs/decisions.md 40; docs/protocol.md section 5).
+
+    fp32 (the default) sends the trained tensors as they are. bf16 and int8 send each tensor's delta
+    from the round's model version, in bfloat16 or in int8 with one float32 scale per
+    `int8_block_size` elements (0: one per tensor). `topk_fraction` sends only that fraction of each
+    tensor's delta entries (largest magnitude first), as indices + values in `update_encoding`;
+    `error_feedback` keeps what a site left out (or rounded away) and adds it to its next update.
+    Downloads of the global model stay fp32. Class-statistics (fedncm) rounds always send fp32.
+    """
+
+    update_encoding: Literal["fp32", "bf16", "int8"] = "fp32"
+    int8_block_size: int = Field(default=DEFAULT_INT8_BLOCK_SIZE, ge=0, le=MAX_INT8_BLOCK_SIZE)
+    topk_fraction: float | None = Field(default=None, gt=0, lt=1)
+    # Default: on with topk_fraction, off otherwise (the site keeps its residual in its work folder).
+    error_feedback: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TransportSpec:
+        # (compared with the default, not fields_set: the stored JSON spells every default out)
+        if self.int8_block_size != DEFAULT_INT8_BLOCK_SIZE and self.update_encoding != "int8":
+            raise ValueError(
+                f"transport.int8_block_size applies to update_encoding int8, not {self.update_encoding}; "
+                "remove it or set update_encoding: int8"
+            )
+        if self.error_feedback and self.is_plain:
+            raise ValueError(
+                "transport.error_feedback needs a lossy encoding (update_encoding bf16 or int8, or "
+                "topk_fraction): fp32 updates lose nothing to feed back; remove it"
+            )
+        return self
+
+    @property
+    def is_plain(self) -> bool:
+        return self.update_encoding == "fp32" and self.topk_fraction is None
+
+    @property
+    def uses_error_feedback(self) -> bool:
+        if self.error_feedback is not None:
+            return self.error_feedback
+        return self.topk_fraction is not None
+
+
 class StageSpec(_Strict):
     name: str | None = Field(default=None, min_length=1, max_length=MAX_STAGE_NAME_CHARS)  # default: kind
     kind: Literal["global", "finetune", "personalize"]
@@ -416,6 +463,7 @@ class ExperimentSpec(_Strict):
     peft: PeftSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    transport: TransportSpec = Field(default_factory=TransportSpec)
     stages: list[StageSpec] = Field(min_length=1)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
@@ -451,6 +499,13 @@ class ExperimentSpec(_Strict):
         names = [s.stage_name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}; give repeated kinds a `name`")
+        if self.privacy.secure_aggregation and not self.transport.is_plain:
+            raise ValueError(
+                "transport.update_encoding / transport.topk_fraction cannot be combined with "
+                "privacy.secure_aggregation: a masked update is a uint32 vector in which every bit counts "
+                "(quantized before masking, decision 40), so it cannot be compressed; use "
+                "update_encoding: fp32 without topk_fraction, or turn secure_aggregation off"
+            )
         if self.privacy.secure_aggregation:
             _check_secure_aggregation(self)
         _refuse_unwired_privacy(self.privacy)

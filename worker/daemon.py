@@ -387,7 +387,10 @@ class WorkerDaemon:
             )
             self._push(task, state, output)
         elif task.kind == "train" and s.processes > 1 and tasks.trains_on_ranks(spec, task.stage_index):
-            output = self._train_on_ranks(task, state, base_path)
+            global_path = self._fetch(task, state)
+            self._check(state)
+            output = self._train_on_ranks(task, state, base_path, global_path)
+            output = self._compress(task, spec, global_path, output)
             self._push(task, state, output)
         elif task.kind == "train":
             global_path = self._fetch(task, state)
@@ -406,6 +409,7 @@ class WorkerDaemon:
                 base_adapter_path=base_path,
                 max_lora_rank=s.max_lora_rank,
             )
+            output = self._compress(task, spec, global_path, output)
             self._push(task, state, output)
         elif task.kind == "personalize":
             global_path = self._fetch(task, state)
@@ -432,15 +436,15 @@ class WorkerDaemon:
                 ErrorCode.INVALID_ARGUMENT, f"task kind {task.kind} is not known to worker {worker_version()}"
             )
 
-    def _train_on_ranks(self, task: TaskRecord, state: RunningTask, base_path: Path | None) -> TaskOutput:
+    def _train_on_ranks(
+        self, task: TaskRecord, state: RunningTask, base_path: Path | None, global_path: Path
+    ) -> TaskOutput:
         """A train task on `settings.processes` torchrun processes (worker/launcher.py); this process
         keeps the coordinator connection and uploads rank 0's update."""
         from worker.launcher import train_on_ranks
         from worker.rank_job import RankJob
 
         s = self.settings
-        global_path = self._fetch(task, state)
-        self._check(state)
         job = RankJob(
             spec_json=task.spec_json,
             stage_index=task.stage_index,
@@ -455,6 +459,21 @@ class WorkerDaemon:
             max_lora_rank=s.max_lora_rank,
         )
         return train_on_ranks(job, s.processes, s.resolved_work_dir / "ranks", self._progress(state))
+
+    def _compress(
+        self, task: TaskRecord, spec: ExperimentSpec, global_path: Path, output: TaskOutput
+    ) -> TaskOutput:
+        """The output as the spec's transport sends it (deltas, encoded; error feedback kept on disk)."""
+        if spec.transport.is_plain:
+            return output
+        from worker.compression import compress_train_output
+        from worker.error_feedback import ResidualStore
+        from worker.task_io import read_global
+
+        residuals = ResidualStore(self.settings.resolved_work_dir / "residuals")
+        return compress_train_output(
+            output, spec, task.stage_index, read_global(global_path), residuals, task.experiment_id
+        )
 
     def _finish_with_metrics(self, task: TaskRecord, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedtune.compression.encoding import UpdateEncoding
 from fedtune.errors import ErrorCode, FedtuneError
 
 
@@ -20,6 +21,10 @@ class TaskOutput:
     num_examples: int
     metrics: dict[str, float]  # e.g. train_loss, eval_accuracy, eval_loss, train_seconds
     files: dict[str, bytes] = field(default_factory=dict)  # side files, e.g. adapter_config.json for INIT
+    # A compressed update (worker/compression.py): `arrays` are the encoded tensors, `dtypes` names the
+    # wire dtype where numpy's differs (bfloat16 bits travel as uint16).
+    encoding: UpdateEncoding = field(default_factory=UpdateEncoding)
+    dtypes: dict[str, str] = field(default_factory=dict)
 
 
 def read_global(path: Path) -> dict[str, np.ndarray]:

@@ -53,7 +53,7 @@ def push_update(
     """Stream header + chunks; after a break, resume where the coordinator stopped."""
     from fedtune.tensorstream.encoder import manifest_for_arrays
 
-    manifest = manifest_for_arrays(output.arrays)
+    manifest = manifest_for_arrays(output.arrays, output.dtypes)
     start: tuple[int, int] | None = (0, 0)
     backoff = connection.new_backoff()
     restarts = 0
@@ -117,6 +117,7 @@ def _upload_requests(
         metrics=clip_metrics(output.metrics),  # what the coordinator's door accepts (fedtune.limits)
         files=dict(output.files),
         resume=resume,
+        encoding=output.encoding,
     )
     if resume:
         log.info("resuming upload for task %s at tensor %d offset %d", task_id, *start)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedtune.v1 import common_pb2 as fedtune_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64tune/v1/worker.proto\x12\nfedtune.v1\x1a\x17\x66\x65\x64tune/v1/common.proto\"L\n\nDeviceInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x62\x66\x31\x36\x18\x04 \x01(\x08\"\xe9\x01\n\x0fRegisterRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x16\n\x0eworker_version\x18\x03 \x01(\t\x12&\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x16.fedtune.v1.DeviceInfo\x12\x44\n\rdataset_sizes\x18\x05 \x03(\x0b\x32-.fedtune.v1.RegisterRequest.DatasetSizesEntry\x1a\x33\n\x11\x44\x61tasetSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"@\n\x10RegisterResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"H\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\t\"(\n\x11HeartbeatResponse\x12\x13\n\x0b\x63\x61ncel_task\x18\x01 \x01(\x08\":\n\x0fPullTaskRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"\xa5\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.fedtune.v1.TaskKind\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x13\n\x0bstage_index\x18\x05 \x01(\x05\x12\r\n\x05round\x18\x06 \x01(\x05\x12\x11\n\tspec_json\x18\x07 \x01(\t\x12\x18\n\x10model_version_id\x18\x08 \x01(\t\x12,\n\x0emodel_manifest\x18\t \x01(\x0b\x32\x14.fedtune.v1.Manifest\x12\x15\n\rdeadline_unix\x18\n \x01(\x01\x12\x13\n\x0bupdate_kind\x18\x0b \x01(\t\x12\x17\n\x0f\x62\x61se_version_id\x18\x0c \x01(\t\"D\n\x10PullTaskResponse\x12\x10\n\x08has_task\x18\x01 \x01(\x08\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x10.fedtune.v1.Task\"i\n\x13\x46\x65tchTensorsRequest\x12\x12\n\nversion_id\x18\x01 \x01(\t\x12\x14\n\x0cstart_tensor\x18\x02 \x01(\r\x12\x14\n\x0cstart_offset\x18\x03 \x01(\x03\x12\x12\n\nchunk_size\x18\x04 \x01(\x03\"r\n\x14\x46\x65tchTensorsResponse\x12(\n\x08manifest\x18\x01 \x01(\x0b\x32\x14.fedtune.v1.ManifestH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.fedtune.v1.TensorChunkH\x00\x42\x06\n\x04item\"\xb7\x02\n\x0cUpdateHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x03\x12\x36\n\x07metrics\x18\x03 \x03(\x0b\x32%.fedtune.v1.UpdateHeader.MetricsEntry\x12&\n\x08manifest\x18\x04 \x01(\x0b\x32\x14.fedtune.v1.Manifest\x12\x32\n\x05\x66iles\x18\x05 \x03(\x0b\x32#.fedtune.v1.UpdateHeader.FilesEntry\x12\x0e\n\x06resume\x18\x06 \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"q\n\x11PushUpdateRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtune.v1.UpdateHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.fedtune.v1.TensorChunkH\x00\x42\x06\n\x04item\"?\n\x12PushUpdateResponse\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x03\")\n\x16GetUploadStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"j\n\x17GetUploadStatusResponse\x12\x13\n\x0bin_progress\x18\x01 \x01(\x08\x12\x13\n\x0bnext_tensor\x18\x02 \x01(\r\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x03\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\"\xc6\x01\n\x13ReportResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12=\n\x07metrics\x18\x04 \x03(\x0b\x32,.fedtune.v1.ReportResultRequest.MetricsEntry\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x16\n\x14ReportResultResponse*\x81\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_INIT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x12\x19\n\x15TASK_KIND_PERSONALIZE\x10\x03\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x04\x32\xb3\x04\n\x06Worker\x12\x45\n\x08Register\x12\x1b.fedtune.v1.RegisterRequest\x1a\x1c.fedtune.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.fedtune.v1.HeartbeatRequest\x1a\x1d.fedtune.v1.HeartbeatResponse\x12\x45\n\x08PullTask\x12\x1b.fedtune.v1.PullTaskRequest\x1a\x1c.fedtune.v1.PullTaskResponse\x12S\n\x0c\x46\x65tchTensors\x12\x1f.fedtune.v1.FetchTensorsRequest\x1a .fedtune.v1.FetchTensorsResponse0\x01\x12M\n\nPushUpdate\x12\x1d.fedtune.v1.PushUpdateRequest\x1a\x1e.fedtune.v1.PushUpdateResponse(\x01\x12Z\n\x0fGetUploadStatus\x12\".fedtune.v1.GetUploadStatusRequest\x1a#.fedtune.v1.GetUploadStatusResponse\x12Q\n\x0cReportResult\x12\x1f.fedtune.v1.ReportResultRequest\x1a .fedtune.v1.ReportResultResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64tune/v1/worker.proto\x12\nfedtune.v1\x1a\x17\x66\x65\x64tune/v1/common.proto\"L\n\nDeviceInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x62\x66\x31\x36\x18\x04 \x01(\x08\"\xe9\x01\n\x0fRegisterRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x16\n\x0eworker_version\x18\x03 \x01(\t\x12&\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x16.fedtune.v1.DeviceInfo\x12\x44\n\rdataset_sizes\x18\x05 \x03(\x0b\x32-.fedtune.v1.RegisterRequest.DatasetSizesEntry\x1a\x33\n\x11\x44\x61tasetSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"@\n\x10RegisterResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"H\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\t\"(\n\x11HeartbeatResponse\x12\x13\n\x0b\x63\x61ncel_task\x18\x01 \x01(\x08\":\n\x0fPullTaskRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"\xa5\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.fedtune.v1.TaskKind\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x13\n\x0bstage_index\x18\x05 \x01(\x05\x12\r\n\x05round\x18\x06 \x01(\x05\x12\x11\n\tspec_json\x18\x07 \x01(\t\x12\x18\n\x10model_version_id\x18\x08 \x01(\t\x12,\n\x0emodel_manifest\x18\t \x01(\x0b\x32\x14.fedtune.v1.Manifest\x12\x15\n\rdeadline_unix\x18\n \x01(\x01\x12\x13\n\x0bupdate_kind\x18\x0b \x01(\t\x12\x17\n\x0f\x62\x61se_version_id\x18\x0c \x01(\t\"D\n\x10PullTaskResponse\x12\x10\n\x08has_task\x18\x01 \x01(\x08\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x10.fedtune.v1.Task\"i\n\x13\x46\x65tchTensorsRequest\x12\x12\n\nversion_id\x18\x01 \x01(\t\x12\x14\n\x0cstart_tensor\x18\x02 \x01(\r\x12\x14\n\x0cstart_offset\x18\x03 \x01(\x03\x12\x12\n\nchunk_size\x18\x04 \x01(\x03\"r\n\x14\x46\x65tchTensorsResponse\x12(\n\x08manifest\x18\x01 \x01(\x0b\x32\x14.fedtune.v1.ManifestH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.fedtune.v1.TensorChunkH\x00\x42\x06\n\x04item\"G\n\x0eUpdateEncoding\x12\x0e\n\x06values\x18\x01 \x01(\t\x12\x17\n\x0fint8_block_size\x18\x02 \x01(\r\x12\x0c\n\x04topk\x18\x03 \x01(\x08\"\xe5\x02\n\x0cUpdateHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x03\x12\x36\n\x07metrics\x18\x03 \x03(\x0b\x32%.fedtune.v1.UpdateHeader.MetricsEntry\x12&\n\x08manifest\x18\x04 \x01(\x0b\x32\x14.fedtune.v1.Manifest\x12\x32\n\x05\x66iles\x18\x05 \x03(\x0b\x32#.fedtune.v1.UpdateHeader.FilesEntry\x12\x0e\n\x06resume\x18\x06 \x01(\x08\x12,\n\x08\x65ncoding\x18\x07 \x01(\x0b\x32\x1a.fedtune.v1.UpdateEncoding\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"q\n\x11PushUpdateRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtune.v1.UpdateHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.fedtune.v1.TensorChunkH\x00\x42\x06\n\x04item\"?\n\x12PushUpdateResponse\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x03\")\n\x16GetUploadStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"j\n\x17GetUploadStatusResponse\x12\x13\n\x0bin_progress\x18\x01 \x01(\x08\x12\x13\n\x0bnext_tensor\x18\x02 \x01(\r\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x03\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\"\xc6\x01\n\x13ReportResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12=\n\x07metrics\x18\x04 \x03(\x0b\x32,.fedtune.v1.ReportResultRequest.MetricsEntry\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x16\n\x14ReportResultResponse*\x81\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_INIT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x12\x19\n\x15TASK_KIND_PERSONALIZE\x10\x03\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x04\x32\xb3\x04\n\x06Worker\x12\x45\n\x08Register\x12\x1b.fedtune.v1.RegisterRequest\x1a\x1c.fedtune.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.fedtune.v1.HeartbeatRequest\x1a\x1d.fedtune.v1.HeartbeatResponse\x12\x45\n\x08PullTask\x12\x1b.fedtune.v1.PullTaskRequest\x1a\x1c.fedtune.v1.PullTaskResponse\x12S\n\x0c\x46\x65tchTensors\x12\x1f.fedtune.v1.FetchTensorsRequest\x1a .fedtune.v1.FetchTensorsResponse0\x01\x12M\n\nPushUpdate\x12\x1d.fedtune.v1.PushUpdateRequest\x1a\x1e.fedtune.v1.PushUpdateResponse(\x01\x12Z\n\x0fGetUploadStatus\x12\".fedtune.v1.GetUploadStatusRequest\x1a#.fedtune.v1.GetUploadStatusResponse\x12Q\n\x0cReportResult\x12\x1f.fedtune.v1.ReportResultRequest\x1a .fedtune.v1.ReportResultResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEHEADER_FILESENTRY']._serialized_options = b'8\001'
   _globals['_REPORTRESULTREQUEST_METRICSENTRY']._loaded_options = None
   _globals['_REPORTRESULTREQUEST_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=2080
-  _globals['_TASKKIND']._serialized_end=2209
+  _globals['_TASKKIND']._serialized_start=2199
+  _globals['_TASKKIND']._serialized_end=2328
   _globals['_DEVICEINFO']._serialized_start=64
   _globals['_DEVICEINFO']._serialized_end=140
   _globals['_REGISTERREQUEST']._serialized_start=143
@@ -64,26 +64,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FETCHTENSORSREQUEST']._serialized_end=1091
   _globals['_FETCHTENSORSRESPONSE']._serialized_start=1093
   _globals['_FETCHTENSORSRESPONSE']._serialized_end=1207
-  _globals['_UPDATEHEADER']._serialized_start=1210
-  _globals['_UPDATEHEADER']._serialized_end=1521
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1429
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1475
-  _globals['_UPDATEHEADER_FILESENTRY']._serialized_start=1477
-  _globals['_UPDATEHEADER_FILESENTRY']._serialized_end=1521
-  _globals['_PUSHUPDATEREQUEST']._serialized_start=1523
-  _globals['_PUSHUPDATEREQUEST']._serialized_end=1636
-  _globals['_PUSHUPDATERESPONSE']._serialized_start=1638
-  _globals['_PUSHUPDATERESPONSE']._serialized_end=1701
-  _globals['_GETUPLOADSTATUSREQUEST']._serialized_start=1703
-  _globals['_GETUPLOADSTATUSREQUEST']._serialized_end=1744
-  _globals['_GETUPLOADSTATUSRESPONSE']._serialized_start=1746
-  _globals['_GETUPLOADSTATUSRESPONSE']._serialized_end=1852
-  _globals['_REPORTRESULTREQUEST']._serialized_start=1855
-  _globals['_REPORTRESULTREQUEST']._serialized_end=2053
-  _globals['_REPORTRESULTREQUEST_METRICSENTRY']._serialized_start=1429
-  _globals['_REPORTRESULTREQUEST_METRICSENTRY']._serialized_end=1475
-  _globals['_REPORTRESULTRESPONSE']._serialized_start=2055
-  _globals['_REPORTRESULTRESPONSE']._serialized_end=2077
-  _globals['_WORKER']._serialized_start=2212
-  _globals['_WORKER']._serialized_end=2775
+  _globals['_UPDATEENCODING']._serialized_start=1209
+  _globals['_UPDATEENCODING']._serialized_end=1280
+  _globals['_UPDATEHEADER']._serialized_start=1283
+  _globals['_UPDATEHEADER']._serialized_end=1640
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1548
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1594
+  _globals['_UPDATEHEADER_FILESENTRY']._serialized_start=1596
+  _globals['_UPDATEHEADER_FILESENTRY']._serialized_end=1640
+  _globals['_PUSHUPDATEREQUEST']._serialized_start=1642
+  _globals['_PUSHUPDATEREQUEST']._serialized_end=1755
+  _globals['_PUSHUPDATERESPONSE']._serialized_start=1757
+  _globals['_PUSHUPDATERESPONSE']._serialized_end=1820
+  _globals['_GETUPLOADSTATUSREQUEST']._serialized_start=1822
+  _globals['_GETUPLOADSTATUSREQUEST']._serialized_end=1863
+  _globals['_GETUPLOADSTATUSRESPONSE']._serialized_start=1865
+  _globals['_GETUPLOADSTATUSRESPONSE']._serialized_end=1971
+  _globals['_REPORTRESULTREQUEST']._serialized_start=1974
+  _globals['_REPORTRESULTREQUEST']._serialized_end=2172
+  _globals['_REPORTRESULTREQUEST_METRICSENTRY']._serialized_start=1548
+  _globals['_REPORTRESULTREQUEST_METRICSENTRY']._serialized_end=1594
+  _globals['_REPORTRESULTRESPONSE']._serialized_start=2174
+  _globals['_REPORTRESULTRESPONSE']._serialized_end=2196
+  _globals['_WORKER']._serialized_start=2331
+  _globals['_WORKER']._serialized_end=2894
 # @@protoc_insertion_point(module_scope)

@@ -142,8 +142,18 @@ class FetchTensorsResponse(_message.Message):
     chunk: _common_pb2.TensorChunk
     def __init__(self, manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
+class UpdateEncoding(_message.Message):
+    __slots__ = ("values", "int8_block_size", "topk")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    INT8_BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOPK_FIELD_NUMBER: _ClassVar[int]
+    values: str
+    int8_block_size: int
+    topk: bool
+    def __init__(self, values: _Optional[str] = ..., int8_block_size: _Optional[int] = ..., topk: _Optional[bool] = ...) -> None: ...
+
 class UpdateHeader(_message.Message):
-    __slots__ = ("task_id", "num_examples", "metrics", "manifest", "files", "resume")
+    __slots__ = ("task_id", "num_examples", "metrics", "manifest", "files", "resume", "encoding")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,13 +174,15 @@ class UpdateHeader(_message.Message):
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
     manifest: _common_pb2.Manifest
     files: _containers.ScalarMap[str, bytes]
     resume: bool
-    def __init__(self, task_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., files: _Optional[_Mapping[str, bytes]] = ..., resume: _Optional[bool] = ...) -> None: ...
+    encoding: UpdateEncoding
+    def __init__(self, task_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., files: _Optional[_Mapping[str, bytes]] = ..., resume: _Optional[bool] = ..., encoding: _Optional[_Union[UpdateEncoding, _Mapping]] = ...) -> None: ...
 
 class PushUpdateRequest(_message.Message):
     __slots__ = ("header", "chunk")

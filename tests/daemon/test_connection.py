@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
+from fedtune.compression.encoding import UpdateEncoding
 from fedtune.tensorstream.decoder import StreamDecoder
 from fedtune.tensorstream.safetensors_file import partial_path, read_arrays
 from tests.daemon.fake_coordinator import FakeCoordinator
@@ -22,6 +23,8 @@ class Output:  # same fields as worker.task_io.TaskOutput
     num_examples: int = 10
     metrics: dict[str, float] = field(default_factory=lambda: {"loss": 0.5})
     files: dict[str, bytes] = field(default_factory=lambda: {"adapter_config.json": b"{}"})
+    encoding: UpdateEncoding = field(default_factory=UpdateEncoding)
+    dtypes: dict[str, str] = field(default_factory=dict)
 
 
 def _arrays(seed: int = 0) -> dict[str, np.ndarray]:

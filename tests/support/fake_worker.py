@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from fedtune.compression.encoding import UpdateEncoding
 from fedtune.serde import UpdateHeaderRecord, task_from_proto, update_header_to_proto
 from fedtune.tensorstream.dtypes import wire_dtype
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_arrays
@@ -127,8 +128,10 @@ class FakeWorker:
         manifest: Manifest | None = None,
         resume_from: tuple[int, int] | None = None,
         stop_after_chunks: int | None = None,
+        encoding: UpdateEncoding | None = None,
+        dtypes: Mapping[str, str] | None = None,
     ) -> Iterator[worker_pb2.PushUpdateRequest]:
-        manifest = manifest or manifest_for_arrays(dict(arrays))
+        manifest = manifest or manifest_for_arrays(dict(arrays), dict(dtypes or {}))
         header = UpdateHeaderRecord(
             task_id=task_id,
             num_examples=num_examples,
@@ -136,6 +139,7 @@ class FakeWorker:
             metrics=dict(metrics or {}),
             files=dict(files or {}),
             resume=resume_from is not None,
+            encoding=encoding or UpdateEncoding(),
         )
         yield worker_pb2.PushUpdateRequest(header=update_header_to_proto(header))
         start = resume_from or (0, 0)
