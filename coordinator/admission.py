@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.secagg.payload import masked_manifest
 from coordinator.tasks import get_own_task
 from fedtune import limits
 from fedtune.errors import ErrorCode, FedtuneError
@@ -29,6 +30,7 @@ class Admission:
     site: str
     spool_path: Path
     stage_index: int = 0
+    masked: bool = False  # a secure-aggregation round's update: one int32 vector of Z_2^32 elements
 
 
 def check_update_header(header: UpdateHeaderRecord, max_examples: int) -> None:
@@ -76,8 +78,9 @@ def admit(
         raise FedtuneError(
             ErrorCode.TASK_CLOSED, f"task {task.id} is {task.state}, not leased; pull it first"
         )
+    masked = False
     if task.kind == "train":
-        _check_train(uow, task, header)
+        masked = _check_train(uow, task, header)
     elif latest_model_version(uow, task.experiment_id, stage_index=task.stage_index) is not None:
         raise FedtuneError(
             ErrorCode.TASK_CLOSED,
@@ -89,11 +92,19 @@ def admit(
             f"update of {header.manifest.total_bytes} bytes exceeds max_update_bytes ({max_update_bytes})",
         )
     return Admission(
-        task.id, task.kind, task.experiment_id, task.round_id, site.name, spool_path(task), task.stage_index
+        task.id,
+        task.kind,
+        task.experiment_id,
+        task.round_id,
+        site.name,
+        spool_path(task),
+        task.stage_index,
+        masked,
     )
 
 
-def _check_train(uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord) -> None:
+def _check_train(uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord) -> bool:
+    """Refuses a train update that does not fit its round; True when it must arrive masked."""
     rnd = uow.rounds.get(task.round_id) if task.round_id else None
     if rnd is None or rnd.state != RoundState.COLLECTING:
         raise FedtuneError(
@@ -106,9 +117,15 @@ def _check_train(uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord)
         )
     base = uow.versions.get(task.model_version_id) if task.model_version_id else None
     assert base is not None
-    difference = first_layout_difference(Manifest.from_json(base.manifest), header.manifest)
+    expected = Manifest.from_json(base.manifest)
+    masked = uow.secagg.round(rnd.id) is not None
+    if masked:
+        expected = masked_manifest(expected)
+    difference = first_layout_difference(expected, header.manifest)
     if difference is not None:
+        what = "the masked layout (secure aggregation) of" if masked else ""
         raise FedtuneError(
             ErrorCode.BAD_MANIFEST,
-            f"the update does not match model version {base.version}: {difference}",
+            f"the update does not match {what} model version {base.version}: {difference}".replace("  ", " "),
         )
+    return masked

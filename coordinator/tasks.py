@@ -12,11 +12,13 @@ from coordinator import lifecycle
 from coordinator.clock import Clock
 from coordinator.notify import Notifier
 from coordinator.ratelimit import SlidingWindow
+from coordinator.secagg.payload import secagg_payload
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import base_version_for_stage
 from coordinator.strategies.registry import build_strategy
 from fedtune import limits
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.secagg.wire import SECAGG_TASK_KINDS
 from fedtune.serde import TaskRecord
 from fedtune.spec import load_spec_json
 from fedtune.tensorstream.manifest import Manifest
@@ -241,6 +243,7 @@ class TaskService:
             deadline_unix=task.deadline_at,
             update_kind="weights",
             base_version_id=base_version_for_stage(uow, task.experiment_id, task.stage_index) or "",
+            secagg=secagg_payload(uow, task),
         )
 
     def report_result(
@@ -263,10 +266,11 @@ class TaskService:
                 raise FedtuneError(
                     ErrorCode.TASK_CLOSED, f"task {task_id} is {task.state}; nothing to report"
                 )
-            if ok and task.kind in ("init", "train"):
+            if ok and task.kind in ("init", "train", *SECAGG_TASK_KINDS):
+                ending = "SubmitSecAgg" if task.kind in SECAGG_TASK_KINDS else "PushUpdate"
                 raise FedtuneError(
                     ErrorCode.WRONG_STATE,
-                    f"a {task.kind} task ends with PushUpdate, or ReportResult(ok=false)",
+                    f"a {task.kind} task ends with {ending}, or ReportResult(ok=false)",
                 )
             target = TaskState.DONE if ok else TaskState.FAILED
             lifecycle.end_task(

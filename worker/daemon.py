@@ -25,6 +25,7 @@ import grpc
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.metrics_http import MetricsEndpoint, serve_metrics
 from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
+from fedtune.secagg.wire import SECAGG_TASK_KINDS
 from fedtune.serde import TaskRecord
 from fedtune.spec import ExperimentSpec, load_spec_json
 from fedtune.tensorstream.manifest import Manifest
@@ -33,6 +34,7 @@ from worker.connection import Connection, UnreadableTask
 from worker.interrupt import TaskAbandoned, interruptible
 from worker.metrics import WorkerMetrics
 from worker.retry import RpcFailure, Stopped
+from worker.secagg import SiteSecAgg
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -110,6 +112,7 @@ class WorkerDaemon:
         self._models: ModelFactory | None = None
         self.metrics = WorkerMetrics(settings.site, worker_version())
         self.metrics_endpoint: MetricsEndpoint | None = None  # while running, when metrics_port is set
+        self.secagg = SiteSecAgg(settings.resolved_work_dir / "secagg")
 
     @property
     def models(self) -> ModelFactory:
@@ -374,6 +377,9 @@ class WorkerDaemon:
             )
         spec: ExperimentSpec = load_spec_json(task.spec_json)
         s = self.settings
+        if task.kind in SECAGG_TASK_KINDS:
+            self._secagg_step(task, spec, state)
+            return
         base_path = self._fetch_base(task, state)
         if task.kind == "init":
             state.progress = "building initial tensors"
@@ -402,6 +408,8 @@ class WorkerDaemon:
                 device=s.device,
                 base_adapter_path=base_path,
             )
+            if task.secagg is not None:  # secure aggregation: the update leaves the site masked only
+                output = self.secagg.masked_output(task, spec, output)
             self._push(task, state, output)
         elif task.kind == "personalize":
             global_path = self._fetch(task, state)
@@ -426,6 +434,17 @@ class WorkerDaemon:
             raise FedtuneError(
                 ErrorCode.INVALID_ARGUMENT, f"task kind {task.kind} is not known to worker {worker_version()}"
             )
+
+    def _secagg_step(self, task: TaskRecord, spec: ExperimentSpec, state: RunningTask) -> None:
+        """Advertise keys, deal shares or reveal shares (worker/secagg.py) and send the answer."""
+        assert self.connection is not None
+        state.progress = f"secure aggregation: {task.kind.removeprefix('secagg_')}"
+        request = self.secagg.answer(task, spec)
+        self._check(state)
+        self.connection.submit_secagg(request)
+        if task.kind == "secagg_unmask":
+            self.secagg.forget(task)
+        log.info("task %s: secure aggregation %s answered", task.task_id, task.kind)
 
     def _finish_with_metrics(self, task: TaskRecord, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None
