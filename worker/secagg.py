@@ -34,7 +34,9 @@ class SiteSecAgg:
 
     def _record(self, task: TaskRecord) -> SecAggTaskRecord:
         if task.secagg is None:
-            raise FedtuneError(ErrorCode.INVALID_ARGUMENT, f"{task.kind} task {task.task_id} has no secagg part")
+            raise FedtuneError(
+                ErrorCode.INVALID_ARGUMENT, f"{task.kind} task {task.task_id} has no secagg part"
+            )
         return task.secagg
 
     def state_path(self, task: TaskRecord) -> Path:

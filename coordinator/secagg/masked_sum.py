@@ -107,7 +107,9 @@ class MaskedSumStrategy(Strategy):
             int(plan.unmask_chunk(self._sum.read(WEIGHT_OFFSET, 1), WEIGHT_OFFSET)[0]), q
         )
         if not math.isfinite(weight_sum) or weight_sum <= 0:
-            raise FedtuneError(ErrorCode.WRONG_STATE, f"secure aggregation: the unmasked weight sum is {weight_sum}")
+            raise FedtuneError(
+                ErrorCode.WRONG_STATE, f"secure aggregation: the unmasked weight sum is {weight_sum}"
+            )
         position = 0  # the inner strategy's sum is in manifest order
         for tensor in inputs.manifest.tensors:
             for start in range(0, tensor.numel, CHUNK_ELEMENTS):

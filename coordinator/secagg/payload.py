@@ -16,7 +16,9 @@ def advertised_keys(rows: Sequence[models.SecAggSite]) -> dict[int, SitePublic]:
     """``{site index: public keys}`` of the rows that advertised."""
     return {
         row.site_index: SitePublic(
-            cipher_key=bytes(row.cipher_key), mask_key=bytes(row.mask_key), seed_commitment=bytes(row.seed_commitment)
+            cipher_key=bytes(row.cipher_key),
+            mask_key=bytes(row.mask_key),
+            seed_commitment=bytes(row.seed_commitment),
         )
         for row in rows
         if row.cipher_key is not None and row.mask_key is not None and row.seed_commitment is not None
@@ -44,7 +46,11 @@ def secagg_payload(uow: UnitOfWork, task: models.Task) -> SecAggTaskRecord | Non
         sites = advertised_keys([row for row in rows if row.shared_at is not None])
     boxes: dict[int, bytes] = {}
     if task.kind == "secagg_unmask":
-        boxes = {box.owner: bytes(box.box) for box in uow.secagg.shares(state.round_id, holder=me) if box.owner in sites}
+        boxes = {
+            box.owner: bytes(box.box)
+            for box in uow.secagg.shares(state.round_id, holder=me)
+            if box.owner in sites
+        }
     return SecAggTaskRecord(
         round_id=state.round_id,
         site_index=me,

@@ -66,15 +66,25 @@ def open_secagg_round(
 ) -> None:
     """The protocol row, each site's index, and the advertise tasks (leasable once the round collects)."""
     ordered = sorted(sites, key=lambda s: s.name)
-    uow.secagg.add(models.SecAggRound(round_id=rnd.id, phase=Phase.ADVERTISE, phase_started_at=now,
-                                      num_sites=len(ordered), survivors=[], dropped=[]))
+    uow.secagg.add(
+        models.SecAggRound(
+            round_id=rnd.id,
+            phase=Phase.ADVERTISE,
+            phase_started_at=now,
+            num_sites=len(ordered),
+            survivors=[],
+            dropped=[],
+        )
+    )
     for index, site in enumerate(ordered):
         uow.secagg.add(models.SecAggSite(round_id=rnd.id, site_index=index, site_id=site.id))
     for site in ordered:
         _task(uow, rnd, site.id, Phase.ADVERTISE, deadline, now)
 
 
-def _task(uow: UnitOfWork, rnd: models.Round, site_id: int, phase: Phase, deadline: float, now: float) -> None:
+def _task(
+    uow: UnitOfWork, rnd: models.Round, site_id: int, phase: Phase, deadline: float, now: float
+) -> None:
     lifecycle.create_task(
         uow,
         experiment_id=rnd.experiment_id,
@@ -162,9 +172,9 @@ class SecAggPhases:
         record_event(
             uow,
             "round.secagg_step",
-            f"round {rnd.round}: secure aggregation {previous} step done ({len(ready)} site(s) {did}); {phase}",
+            f"round {rnd.round}: secure aggregation {previous} step done ({len(ready)} site(s) {did}); "
+            f"{phase} next",
             rnd.experiment_id,
             {"round_id": rnd.id, "step": str(phase), "sites": [s.site_index for s in ready]},
         )
         return Decision(Step.WAIT)
-

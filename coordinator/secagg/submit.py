@@ -57,7 +57,9 @@ class SecAggSubmissions:
                     ErrorCode.WRONG_STATE, f"a {task.kind} task is not answered with SubmitSecAgg"
                 )
             if task.state != TaskState.LEASED:
-                raise FedtuneError(ErrorCode.TASK_CLOSED, f"task {task_id} is {task.state}; answer not needed")
+                raise FedtuneError(
+                    ErrorCode.TASK_CLOSED, f"task {task_id} is {task.state}; answer not needed"
+                )
             state = uow.secagg.round(round_id)
             assert state is not None
             rows = uow.secagg.sites(round_id)
@@ -105,7 +107,9 @@ class SecAggSubmissions:
         for holder, box in sorted(boxes.items()):
             if len(box) != SEALED_BYTES:
                 raise _bad(f"a sealed share box has {SEALED_BYTES} bytes, not {len(box)}")
-            uow.secagg.add(models.SecAggShare(round_id=state.round_id, owner=me.site_index, holder=holder, box=box))
+            uow.secagg.add(
+                models.SecAggShare(round_id=state.round_id, owner=me.site_index, holder=holder, box=box)
+            )
 
     @staticmethod
     def _store_reveal(

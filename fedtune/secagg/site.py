@@ -59,7 +59,9 @@ class RoundSetup:
     ) -> RoundSetup:
         return cls(
             graph=choose_graph_params(num_sites, neighbours, threshold),
-            quantization=QuantizationParams(clip_range=clip_range, max_weight=max_weight, max_sites=num_sites),
+            quantization=QuantizationParams(
+                clip_range=clip_range, max_weight=max_weight, max_sites=num_sites
+            ),
             context=round_context(experiment_id, round_id),
         )
 
@@ -150,7 +152,9 @@ class SiteRound:
                 ErrorCode.INVALID_ARGUMENT, "the graph seed does not match the advertised keys"
             )
         if self._state.get("graph_seed") not in (None, seed.hex()):
-            raise FedtuneError(ErrorCode.WRONG_STATE, "this site already dealt its shares under another graph")
+            raise FedtuneError(
+                ErrorCode.WRONG_STATE, "this site already dealt its shares under another graph"
+            )
         self._state["graph_seed"] = seed.hex()
         self._save()
         graph = setup.neighbours(seed)

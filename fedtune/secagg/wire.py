@@ -56,7 +56,9 @@ def keys_to_proto(index: int, public: SitePublic) -> worker_pb2.SecAggKeys:
 def keys_from_proto(msg: worker_pb2.SecAggKeys) -> tuple[int, SitePublic]:
     """(site index, public keys); INVALID_ARGUMENT unless each key has 32 bytes."""
     return msg.site_index, SitePublic(
-        cipher_key=bytes(msg.cipher_key), mask_key=bytes(msg.mask_key), seed_commitment=bytes(msg.seed_commitment)
+        cipher_key=bytes(msg.cipher_key),
+        mask_key=bytes(msg.mask_key),
+        seed_commitment=bytes(msg.seed_commitment),
     )
 
 
@@ -93,12 +95,14 @@ def revealed_to_proto(shares: Iterable[RevealedShare]) -> list[worker_pb2.SecAgg
     ]
 
 
-def revealed_from_proto(
-    msgs: Iterable[worker_pb2.SecAggRevealedShare], holder: int
-) -> list[RevealedShare]:
+def revealed_from_proto(msgs: Iterable[worker_pb2.SecAggRevealedShare], holder: int) -> list[RevealedShare]:
     return [
         RevealedShare(
-            owner=m.owner, holder=holder, x=m.x, kind="mask_key" if m.mask_key else "seed", share=bytes(m.share)
+            owner=m.owner,
+            holder=holder,
+            x=m.x,
+            kind="mask_key" if m.mask_key else "seed",
+            share=bytes(m.share),
         )
         for m in msgs
     ]

@@ -21,7 +21,6 @@ from fedtune.secagg.quantize import QuantizationParams, mean_error_bound
 from fedtune.serde import TaskRecord
 from fedtune.tensorstream.safetensors_file import read_arrays
 from tests.support.cluster import Cluster, spec_yaml
-from tests.support.fake_worker import FakeWorker
 from tests.support.flow import initialize
 from tests.support.secagg_site import SecAggFakeSite
 from tests.support.waiting import wait_for
@@ -144,7 +143,9 @@ def test_a_site_that_dies_during_its_upload_is_unmasked_from_its_neighbours_shar
 ) -> None:
     cluster = start(cluster_factory, "abcd")
     sites = connect(cluster, "abcd", tmp_path / "sites")
-    experiment_id, _ = initialize(cluster.admin(), [s.worker for s in sites.values()], secagg_spec(deadline=6.0))
+    experiment_id, _ = initialize(
+        cluster.admin(), [s.worker for s in sites.values()], secagg_spec(deadline=6.0)
+    )
     updates = updates_for("abcd", seed=5)
     trains = until_train(sites)
 
@@ -200,13 +201,11 @@ def test_a_plain_update_in_a_secure_round_is_refused(
     assert "masked layout (secure aggregation)" in (refused.value.details() or "")
 
 
-def test_a_secure_experiment_with_median_is_refused_over_grpc(cluster_factory: Callable[..., Cluster]) -> None:
+def test_a_secure_experiment_with_median_is_refused_over_grpc(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
     cluster = start(cluster_factory, "abc")
     with pytest.raises(grpc.RpcError) as refused:
         initialize(cluster.admin(), [], secagg_spec(strategy="median"))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "median needs each site's own update" in (refused.value.details() or "")
-
-
-def test_unused_fake_worker_import_guard() -> None:
-    assert FakeWorker

@@ -41,12 +41,19 @@ class SecAggFakeSite:
         else:
             setup = record.setup(load_spec_json(task.spec_json), task.experiment_id)
             if task.kind == "secagg_share":
-                request.boxes.update(site_round.deal(setup, record.site_index, record.sites, record.graph_seed))
+                request.boxes.update(
+                    site_round.deal(setup, record.site_index, record.sites, record.graph_seed)
+                )
             else:
                 assert task.kind == "secagg_unmask", task.kind
                 shares = site_round.reveal(
-                    setup, record.site_index, record.sites, record.graph_seed, record.boxes,
-                    record.survivors, record.dropped,
+                    setup,
+                    record.site_index,
+                    record.sites,
+                    record.graph_seed,
+                    record.boxes,
+                    record.survivors,
+                    record.dropped,
                 )
                 request.shares.extend(revealed_to_proto(shares))
         self.worker.stub.SubmitSecAgg(request, metadata=self.worker.metadata, timeout=10)
