@@ -55,7 +55,8 @@ class MaskedSumStrategy(Strategy):
     config_model: ClassVar[type[BaseModel]] = SecAggSpec
 
     def __init__(self, inner: Strategy, quantization: QuantizationParams) -> None:
-        if not isinstance(inner, WeightedMeanStrategy):
+        # a strategy that weighs each update by its content (fedavg_adaptive) needs the update itself
+        if not isinstance(inner, WeightedMeanStrategy) or type(inner).weight is not Strategy.weight:
             raise FedtuneError(
                 ErrorCode.INVALID_SPEC,
                 f"strategy {inner.name} cannot run with privacy.secure_aggregation: the coordinator sees "
