@@ -330,14 +330,22 @@ def run_one(
     }
 
 
+NOTE = " ".join(
+    [
+        "Shared with other jobs (see loadavg in the JSON): indicative, noisy.",
+        "Sites are threads of one process on the same machine,",
+        "so the site-side masking CPU competes with the coordinator.",
+        f"Dropouts die after sharing; the round waits ~{OFFLINE_AFTER_SECONDS:g} s to mark them offline",
+        "(worker_offline_after_seconds), part of the round time.",
+    ]
+)
+
+
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
     lines = [
         "# Secure aggregation: round overhead (bench/secagg_round.py)",
         "",
-        f"{result['date']}, {result['machine']['cpus']} CPUs shared with other jobs "
-        "(see loadavg in the JSON): indicative, noisy. Sites are threads of one process on the same "
-        "machine, so the site-side masking CPU competes with the coordinator. Dropouts die after sharing; the round waits ~15 s to mark them "
-        "offline (worker_offline_after_seconds), part of the round time.",
+        f"{result['date']}, {result['machine']['cpus']} CPUs. {NOTE}",
         "",
         "| sites | update MiB | secagg | dropouts | state | round s | bytes sent / site | bytes recv / site "
         "(tasks) | coord CPU s | coord RSS MiB |",
