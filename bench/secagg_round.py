@@ -94,7 +94,7 @@ class Site(threading.Thread):
         self.heavy, self.state_dir, self.stop = heavy, state_dir, stop
         options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
         self.channel = grpc.insecure_channel(target, options=options)
-        self.stub = worker_pb2_grpc.WorkerStub(self.channel)
+        self.stub = worker_pb2_grpc.WorkerStub(self.channel)  # type: ignore[no-untyped-call]
         self.metadata = [("x-fedtune-site", name), ("authorization", f"Bearer {token}")]
         self.sent = self.received = 0
         self.error = ""
@@ -261,7 +261,7 @@ def run_one(
             coordinator = group.start("coordinator", ["coordinator", "serve", "--config", str(config)])
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             grpc.channel_ready_future(channel).result(timeout=60)
-            admin = admin_pb2_grpc.AdminStub(channel)
+            admin = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
             metadata = [("authorization", f"Bearer {ADMIN_TOKEN}")]
             stop, heavy = threading.Event(), threading.Semaphore(parallel)
             dying = set(list(names)[1 : 1 + dropouts])  # never the first site (it builds version 0)
