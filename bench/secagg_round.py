@@ -281,6 +281,12 @@ def run_one(
             ]
             for thread in threads:
                 thread.start()
+            connected = time.monotonic()
+            while time.monotonic() - connected < 120:  # every site selected: all registered first
+                status = admin.GetStatus(admin_pb2.GetStatusRequest(), metadata=metadata, timeout=30)
+                if status.workers_online >= sites_n:
+                    break
+                time.sleep(0.2)
             cpu0, rss_max = proc_sample(coordinator.pid)[0], 0.0
             experiment = admin.SubmitExperiment(
                 admin_pb2.SubmitExperimentRequest(
