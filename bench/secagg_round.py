@@ -364,7 +364,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
             f"{r['round_seconds']} | {r['bytes_sent_per_site']:,} | {r['bytes_received_per_site']:,} | "
             f"{r['coordinator_cpu_seconds']} | {r['coordinator_rss_mib_max']} |"
         )
-    lines += ["", f"Command: `{result['command']}`", ""]
+    lines += ["", "Commands (each adds or replaces its configurations):", ""]
+    lines += [f"- `{command}`" for command in result["commands"]] + [""]
     path.write_text("\n".join(lines))
 
 
@@ -378,8 +379,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "secagg-round.json")
     args = parser.parse_args()
     runs: list[dict[str, Any]] = []
+    commands: list[str] = []
     if args.out.is_file():  # keep earlier configurations measured by other invocations
-        runs = [r for r in json.loads(args.out.read_text()).get("runs", [])]
+        earlier = json.loads(args.out.read_text())
+        runs = list(earlier.get("runs", []))
+        commands = list(earlier.get("commands", [earlier["command"]] if "command" in earlier else []))
     for sites_n in [int(s) for s in args.sites.split(",")]:
         for mib in [float(m) for m in args.mib.split(",")]:
             drops = sorted(
@@ -402,7 +406,7 @@ def main() -> None:
         "benchmark": "secagg_round",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "command": "python " + " ".join(sys.argv),
+        "commands": [*commands, "python " + " ".join(sys.argv)],
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
