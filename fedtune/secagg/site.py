@@ -173,9 +173,20 @@ class SiteRound:
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     ) -> NDArray[np.int32]:
         """The masked vector of ``update`` (clipped, weighted, quantized, masked with the neighbours that
-        dealt shares): int32 bits of the Z_2^32 elements, the weight element first."""
+        dealt shares): int32 bits of the Z_2^32 elements, the weight element first.
+
+        Once per round: a second vector under the same masks (a worker restarted mid-upload that trained
+        again) would show the coordinator the difference of the two updates, so it is refused and the
+        site drops out of the round (its self-mask, never revealed for a dropped site, keeps whatever
+        part of the first upload arrived hidden)."""
         secrets = self._secrets()
         self._check_seed(seed)
+        if self._state.get("masked"):
+            raise FedtuneError(
+                ErrorCode.WRONG_STATE,
+                "this site already masked an update this round; a second one under the same masks would "
+                "reveal the difference of the two, so the site leaves the round",
+            )
         if dealt.get(me) != secrets.public():
             raise FedtuneError(
                 ErrorCode.WRONG_STATE, "this site is not among the sites that dealt shares this round"
@@ -198,6 +209,8 @@ class SiteRound:
                 offset = layout.offset(name, start)
                 quantized = quantize_chunk(values, weight, setup.quantization, rng)
                 out[offset : offset + values.size] = mask_chunk(quantized, offset, keys)
+        self._state["masked"] = True
+        self._save()  # before the vector leaves: a restarted worker will not mask again
         return out.view(np.int32)
 
     def reveal(

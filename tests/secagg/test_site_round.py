@@ -66,6 +66,16 @@ def test_a_site_refuses_a_graph_seed_that_does_not_match_the_keys(tmp_path: Path
         sites[0].deal(setup, 0, publics, b"chosen by the coordinator")
 
 
+def test_a_site_masks_one_update_per_round_even_after_a_restart(tmp_path: Path) -> None:
+    setup, sites, publics, seed, _ = _dealt_round(tmp_path)
+    update = {"w": np.ones(4, np.float32)}
+    sites[2].mask(setup, 2, publics, seed, update, 5.0)
+
+    restarted = SiteRound(tmp_path / "2.json")
+    with pytest.raises(FedtuneError, match="already masked an update this round"):
+        restarted.mask(setup, 2, publics, seed, update, 5.0)
+
+
 def test_the_state_file_is_private(tmp_path: Path) -> None:
     site = SiteRound(tmp_path / "state" / "r.json")
     site.advertise()
