@@ -373,7 +373,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", default="8,32")
     parser.add_argument("--mib", default="1.3,64")
-    parser.add_argument("--dropouts", default="0,1,quarter", help="counts, or 'quarter' for floor(n/4)")
+    parser.add_argument(
+        "--dropouts",
+        default="plain,0,1,quarter",
+        help="runs: 'plain' (no secure aggregation), then dropout counts with it ('quarter': floor(n/4))",
+    )
     parser.add_argument("--parallel", type=int, default=2, help="sites encoding/uploading at once")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "secagg-round.json")
@@ -386,10 +390,11 @@ def main() -> None:
         commands = list(earlier.get("commands", [earlier["command"]] if "command" in earlier else []))
     for sites_n in [int(s) for s in args.sites.split(",")]:
         for mib in [float(m) for m in args.mib.split(",")]:
+            items = args.dropouts.split(",")
             drops = sorted(
-                {math.floor(sites_n / 4) if d == "quarter" else int(d) for d in args.dropouts.split(",")}
+                {math.floor(sites_n / 4) if d == "quarter" else int(d) for d in items if d != "plain"}
             )
-            plans = [(False, 0)] + [(True, d) for d in drops]
+            plans = [(False, 0)] * ("plain" in items) + [(True, d) for d in drops]
             for secure, dropouts in plans:
                 print(f"n={sites_n} {mib} MiB secagg={secure} dropouts={dropouts} ...", flush=True)
                 result = run_one(sites_n, mib, secure, dropouts, args.parallel, args.timeout)
