@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.secagg.payload import masked_manifest
 from coordinator.tasks import get_own_task
 from fedtune import limits
 from fedtune.compression.encoding import UpdateEncoding, check_encoded_manifest
@@ -34,6 +35,7 @@ class Admission:
     encoding: UpdateEncoding = field(default_factory=UpdateEncoding)
     model_manifest: Manifest | None = None  # the task's model version's layout (TRAIN)
     base_blob_digest: str | None = None  # the blob of the task's model version (TRAIN)
+    masked: bool = False  # a secure-aggregation round's update: one int32 vector of Z_2^32 elements
 
 
 def check_update_header(header: UpdateHeaderRecord, max_examples: int) -> None:
@@ -82,8 +84,9 @@ def admit(
             ErrorCode.TASK_CLOSED, f"task {task.id} is {task.state}, not leased; pull it first"
         )
     base: models.ModelVersion | None = None
+    masked = False
     if task.kind == "train":
-        base = _check_train(uow, task, header)
+        base, masked = _check_train(uow, task, header)
     elif not header.encoding.is_plain:
         raise FedtuneError(
             ErrorCode.INVALID_ARGUMENT,
@@ -108,14 +111,18 @@ def admit(
         site.name,
         spool_path(task),
         task.stage_index,
+        masked=masked,
         encoding=header.encoding,
         model_manifest=Manifest.from_json(base.manifest) if base is not None else None,
         base_blob_digest=base.blob_digest if base is not None else None,
     )
 
 
-def _check_train(uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord) -> models.ModelVersion:
-    """The task's model version, once the header fits the round and that version's layout."""
+def _check_train(
+    uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord
+) -> tuple[models.ModelVersion, bool]:
+    """The task's model version, once the header fits the round and that version's layout, and whether
+    the update must arrive masked (a secure-aggregation round)."""
     rnd = uow.rounds.get(task.round_id) if task.round_id else None
     if rnd is None or rnd.state != RoundState.COLLECTING:
         raise FedtuneError(
@@ -128,13 +135,24 @@ def _check_train(uow: UnitOfWork, task: models.Task, header: UpdateHeaderRecord)
         )
     base = uow.versions.get(task.model_version_id) if task.model_version_id else None
     assert base is not None
+    expected = Manifest.from_json(base.manifest)
+    masked = uow.secagg.round(rnd.id) is not None
     if not header.encoding.is_plain:
-        check_encoded_manifest(Manifest.from_json(base.manifest), header.encoding, header.manifest)
-        return base
-    difference = first_layout_difference(Manifest.from_json(base.manifest), header.manifest)
+        if masked:
+            raise FedtuneError(
+                ErrorCode.BAD_MANIFEST,
+                "a secure-aggregation round takes the masked update only, not a compressed one; "
+                "leave the header's encoding unset",
+            )
+        check_encoded_manifest(expected, header.encoding, header.manifest)
+        return base, False
+    if masked:
+        expected = masked_manifest(expected)
+    difference = first_layout_difference(expected, header.manifest)
     if difference is not None:
+        what = "the masked layout (secure aggregation) of" if masked else ""
         raise FedtuneError(
             ErrorCode.BAD_MANIFEST,
-            f"the update does not match model version {base.version}: {difference}",
+            f"the update does not match {what} model version {base.version}: {difference}".replace("  ", " "),
         )
-    return base
+    return base, masked

@@ -21,6 +21,7 @@ from coordinator import lifecycle
 from coordinator.clock import Clock
 from coordinator.privacy_budget import round_privacy_metrics
 from coordinator.round_commit import apply_commit, commit_plan, get_round
+from coordinator.secagg.masked_sum import MaskedSumStrategy, quantization_for, unmask_plan
 from coordinator.strategies.base import RoundInputs, Strategy, UpdateInfo
 from coordinator.strategies.registry import build_strategy
 from fedtune.dp_mechanism import site_noise
@@ -99,6 +100,8 @@ class RoundAggregator:
                 raise FedtuneError(ErrorCode.STORAGE, f"round {round_id} has no base model version")
             state = uow.versions.strategy_state_before(rnd.experiment_id, rnd.stage_index, rnd.round)
             manifest = Manifest.from_json(base.manifest)
+            secagg = uow.secagg.round(round_id)
+            secagg_sites = secagg.num_sites if secagg is not None else 0
             base_digest, round_number = base.blob_digest, rnd.round
             state_digest = state.blob_digest if state is not None else None
             state_scalars = {k: float(v) for k, v in (state.scalars if state is not None else {}).items()}
@@ -115,6 +118,8 @@ class RoundAggregator:
             sum_noise_std=noise.sum_std if noise is not None else 0.0,
         )
         strategy = build_strategy(stage.strategy.name, dict(stage.strategy.options))
+        if secagg_sites:  # the updates arrive masked: fold their modular sum, unmask at commit
+            strategy = MaskedSumStrategy(strategy, quantization_for(spec.privacy.secagg, secagg_sites))
         strategy.begin_round(inputs)
         return _ActiveRound(round_id, strategy, inputs)
 
@@ -235,6 +240,13 @@ class RoundAggregator:
     def _finish_and_store(self, round_id: str) -> str:
         """finish_round, then the new version + the committed round in one transaction (round lock held)."""
         active = self._ensure(round_id)
+        if isinstance(active.strategy, MaskedSumStrategy):
+            with self._uow_factory() as uow:
+                rnd = get_round(uow, round_id)
+                experiment = uow.experiments.get(rnd.experiment_id)
+                assert experiment is not None
+                secagg_spec = load_spec_json(experiment.spec_json).privacy.secagg
+                active.strategy.unmask_with(unmask_plan(uow, round_id, rnd.experiment_id, secagg_spec))
         result = active.strategy.finish_round()
         state_digest = self._blobs.put_file(result.state_path) if result.state_path else None
         with self._uow_factory() as uow:

@@ -18,6 +18,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.notify import Notifier
 from coordinator.queries import AdminQueries
 from coordinator.scheduler import Scheduler
+from coordinator.secagg.submit import SecAggSubmissions
 from coordinator.settings import CoordinatorSettings
 from coordinator.sites import SiteService
 from coordinator.tasks import TaskService
@@ -48,6 +49,7 @@ class Services:
     queries: AdminQueries
     metrics: CoordinatorMetrics
     collector: StorageCollector
+    secagg: SecAggSubmissions
 
     def close(self) -> None:
         self.scheduler.close()
@@ -104,6 +106,7 @@ def bootstrap(settings: CoordinatorSettings, *, clock: Clock | None = None) -> S
         queries=AdminQueries(uow_factory, clock, settings.worker_offline_after_seconds),
         metrics=metrics,
         collector=collector,
+        secagg=SecAggSubmissions(uow_factory, aggregator, clock),
     )
     metrics.watch_registry(lambda: _rounds_by_state(uow_factory), sites.list_sites, clock.now)
     if auth.admin_open:

@@ -23,9 +23,11 @@ from coordinator.aggregation import RoundAggregator
 from coordinator.clock import Clock
 from coordinator.commit_retry import CommitRetries, describe_error, is_transient_io_error
 from coordinator.round_waiting import drop_lost_sites
+from coordinator.secagg.phases import SecAggPhases, Step
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import commit_personalize_round
 from fedtune.errors import FedtuneError
+from fedtune.spec import load_spec_json
 from storage.registry import record_event
 from storage.states import LIVE_TASK_STATES, OPEN_ROUND_STATES, RoundState, TaskState
 from storage.uow import UowFactory
@@ -51,6 +53,7 @@ class RoundCloser:
         self._in_flight: dict[str, Future[None]] = {}
         self._guard = threading.Lock()
         self._closed = False
+        self._secagg = SecAggPhases(settings.secagg_phase_seconds)
 
     # ----------------------------------------------------------------- the pool
     def submit(self, round_id: str, *, personalize: bool) -> Future[None] | None:
@@ -138,6 +141,8 @@ class RoundCloser:
             if not self._wait_after_io_failure(round_id, "start aggregation", err):
                 self.fail_round(round_id, f"could not start aggregation: {_message(err)}")
             return
+        if not self._secure_aggregation_step(round_id):
+            return
         now = self._clock.now()
         if not self._may_act(round_id, now):
             return
@@ -170,6 +175,24 @@ class RoundCloser:
         attempts = self._commit_retries.forget(round_id)
         if attempts:
             log.info("round committed after waiting on I/O", extra={"round": round_id, "failures": attempts})
+
+    def _secure_aggregation_step(self, round_id: str) -> bool:
+        """Move a secure-aggregation round's protocol on (``coordinator/secagg/phases.py``); True when the
+        round closes as any other now (it is not a secagg round, or its last step is over)."""
+        now = self._clock.now()
+        with self._aggregator.round_lock(round_id), self._uow_factory() as uow:
+            rnd = uow.rounds.get(round_id)
+            if rnd is None or rnd.state != RoundState.COLLECTING or uow.secagg.round(round_id) is None:
+                return True
+            experiment = uow.experiments.get(rnd.experiment_id)
+            assert experiment is not None
+            spec = load_spec_json(experiment.spec_json).privacy.secagg
+            drop_lost_sites(uow, rnd, uow.rounds.count_foldable(round_id), now)
+            decision = self._secagg.advance(uow, rnd, spec, now)
+            uow.commit()
+        if decision.step is Step.FAIL:
+            self.fail_round(round_id, decision.reason)
+        return decision.step is Step.COMMIT
 
     # ----------------------------------------------------------------- commit retry
     def _wait_after_io_failure(self, round_id: str, action: str, err: Exception) -> bool:

@@ -68,6 +68,9 @@ def describe_wait(
     lost = sorted(names.get(task.site_id, str(task.site_id)) for task in live if task.site_id not in online)
     left = max(0.0, rnd.deadline_at - now)
     text = f"{received} update(s) in, min_sites={rnd.min_updates}"
+    secagg = uow.secagg.round(rnd.id)
+    if secagg is not None:  # which step of secure aggregation the round is in (docs/privacy.md)
+        text = f"secure aggregation, {secagg.phase} step; " + text
     if not live:
         text += "; every task ended: closing"
     else:

@@ -24,11 +24,12 @@ from coordinator.collector import StorageCollector
 from coordinator.notify import Notifier
 from coordinator.privacy_budget import NOISE_MULTIPLIER, SAMPLING_RATE, next_round_refusal
 from coordinator.round_closer import RoundCloser
+from coordinator.secagg.phases import open_secagg_round
 from coordinator.selection import eligible_sites, select_sites
 from coordinator.settings import CoordinatorSettings
 from coordinator.stages import stage_needs_init
 from coordinator.waiting import announce_waiting, round_waiting_reason
-from fedtune.spec import ExperimentSpec, load_spec_json
+from fedtune.spec import SECURE_AGGREGATION_MIN_SITES, ExperimentSpec, load_spec_json
 from storage.registry import latest_model_version, record_event
 from storage.states import LIVE_TASK_STATES, OPEN_ROUND_STATES, RoundState, TaskState
 from storage.uow import UowFactory
@@ -216,14 +217,17 @@ class Scheduler:
     def _open_round(self, experiment_id: str, spec: ExperimentSpec, stage_index: int, number: int) -> None:
         stage = spec.stages[stage_index]
         now = self._clock.now()
+        secure = spec.privacy.secure_aggregation and stage.kind != "personalize"
+        selection = stage.selection
+        if secure:  # a secure sum needs at least 3 sites (docs/privacy.md)
+            wanted = max(selection.min_sites, SECURE_AGGREGATION_MIN_SITES)
+            selection = selection.model_copy(update={"min_sites": wanted})
         with self._uow_factory() as uow:
             online = uow.sites.online_names(now, self._settings.worker_offline_after_seconds)
-            chosen = select_sites(online, stage.selection, spec.seed, number)
+            chosen = select_sites(online, selection, spec.seed, number)
             if chosen is None:  # fewer than min_sites online: wait, and say why (once)
                 what = f"{stage.stage_name} round {number}"
-                if announce_waiting(
-                    uow, experiment_id, round_waiting_reason(uow, stage.selection, online, what)
-                ):
+                if announce_waiting(uow, experiment_id, round_waiting_reason(uow, selection, online, what)):
                     uow.commit()
                 return
             base = latest_model_version(uow, experiment_id)
@@ -237,19 +241,24 @@ class Scheduler:
                 uow.commit()
                 log.info("privacy budget spent: %s", refusal, extra={"experiment": experiment_id})
                 return
+            sites = uow.sites.by_names(chosen)
+            deadline = now + stage.deadline_seconds
             rnd = lifecycle.open_round(
                 uow,
                 experiment=experiment,
                 stage=uow.stages.get(experiment_id, stage_index),
                 number=number,
                 base_version_id=base.id,
-                sites=uow.sites.by_names(chosen),
-                min_updates=stage.selection.min_sites,
-                deadline=now + stage.deadline_seconds,
+                sites=sites,
+                min_updates=selection.min_sites,
+                deadline=deadline,
                 now=now,
+                secure_aggregation=secure,
             )
             if accounted and spec.privacy.dp is not None and spec.privacy.dp.level == "site":
                 rnd.metrics = {NOISE_MULTIPLIER: spec.privacy.dp.noise_multiplier, SAMPLING_RATE: rate}
+            if secure:
+                open_secagg_round(uow, rnd, sites, deadline, now)
             uow.commit()
             round_id = rnd.id
         log.info(

@@ -46,6 +46,10 @@ class CoordinatorSettings(BaseModel):
     # value x weight x sites (1e9 x 1e9 x 1e3) far from float32's 3.4e38, so no accumulator overflows.
     max_update_abs_value: float = Field(1e9, gt=0, allow_inf_nan=False)
     scheduler_tick_seconds: float = Field(0.5, gt=0)
+    # Secure aggregation (docs/privacy.md): how long each key step (advertise, share, unmask) of a round
+    # waits for its sites at most; advertise and share end at the round's deadline at the latest, and the
+    # unmask step runs after it (its sites have sent their updates by then).
+    secagg_phase_seconds: float = Field(120.0, gt=0)
     # Capacity (docs/decisions.md 28): calls wait on the event loop, not on threads; these bound
     # what one site may hold open and how long a stream may stay silent.
     max_site_pulls: int = Field(4, ge=1)  # concurrent PullTask long-polls per site

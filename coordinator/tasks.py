@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -11,10 +12,12 @@ from coordinator import lifecycle
 from coordinator.clock import Clock
 from coordinator.notify import Notifier
 from coordinator.ratelimit import SlidingWindow
+from coordinator.secagg.payload import secagg_payload
 from coordinator.settings import CoordinatorSettings
 from coordinator.task_records import TaskRecords
 from fedtune import limits
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.secagg.wire import SECAGG_TASK_KINDS
 from fedtune.serde import TaskRecord
 from storage import models
 from storage.states import TaskState, WorkerState
@@ -214,7 +217,9 @@ class TaskService:
         return None
 
     def _task_record(self, uow: UnitOfWork, task: models.Task) -> TaskRecord:
-        return self._records.record(uow, task)
+        record = self._records.record(uow, task)
+        secagg = secagg_payload(uow, task)  # per site and phase: not part of the cached template
+        return record if secagg is None else dataclasses.replace(record, secagg=secagg)
 
     def report_result(
         self,
@@ -236,10 +241,11 @@ class TaskService:
                 raise FedtuneError(
                     ErrorCode.TASK_CLOSED, f"task {task_id} is {task.state}; nothing to report"
                 )
-            if ok and task.kind in ("init", "train"):
+            if ok and task.kind in ("init", "train", *SECAGG_TASK_KINDS):
+                ending = "SubmitSecAgg" if task.kind in SECAGG_TASK_KINDS else "PushUpdate"
                 raise FedtuneError(
                     ErrorCode.WRONG_STATE,
-                    f"a {task.kind} task ends with PushUpdate, or ReportResult(ok=false)",
+                    f"a {task.kind} task ends with {ending}, or ReportResult(ok=false)",
                 )
             target = TaskState.DONE if ok else TaskState.FAILED
             lifecycle.end_task(

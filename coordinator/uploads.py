@@ -98,7 +98,8 @@ class UploadService:
             options = {
                 "max_chunk_bytes": self._settings.max_chunk_bytes,
                 "check_finite": True,
-                "max_abs_value": self._settings.max_update_abs_value,
+                # a masked update's elements are uniform in Z_2^32: no magnitude means anything
+                "max_abs_value": None if admission.masked else self._settings.max_update_abs_value,
             }
             restarted = False
             if header.resume:

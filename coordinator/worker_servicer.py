@@ -20,10 +20,12 @@ import grpc.aio
 from coordinator.auth import bearer, check_certificate_site
 from coordinator.blocking import BlockingPool
 from coordinator.bootstrap import Services
+from coordinator.secagg.submit import SecAggAnswer
 from coordinator.site_limits import DOWNLOAD, PULL, UPLOAD, SiteCallLimits
 from coordinator.streaming import send
 from coordinator.upload_session import UploadItem
 from fedtune.errors import ErrorCode, FedtuneError, aio_rpc_errors
+from fedtune.secagg.wire import boxes_from_proto, keys_from_proto, revealed_from_proto
 from fedtune.serde import UpdateHeaderRecord, task_to_proto, update_header_from_proto
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.tensorstream.serde import chunk_from_proto, chunk_to_proto, manifest_to_proto
@@ -160,6 +162,20 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 num_examples=request.num_examples,
             )
             return worker_pb2.ReportResultResponse()
+        raise AssertionError("unreachable")
+
+    async def SubmitSecAgg(
+        self, request: worker_pb2.SubmitSecAggRequest, context: Context
+    ) -> worker_pb2.SubmitSecAggResponse:
+        async with aio_rpc_errors(context, "SubmitSecAgg", self._on_error):
+            site_id, _ = await self._site(context)
+            answer = SecAggAnswer(
+                keys=keys_from_proto(request.keys)[1] if request.HasField("keys") else None,
+                boxes=boxes_from_proto(request.boxes),
+                shares=revealed_from_proto(request.shares, holder=-1),  # the holder is the caller
+            )
+            await self._pool.run(self._services.secagg.submit, site_id, request.task_id, answer)
+            return worker_pb2.SubmitSecAggResponse()
         raise AssertionError("unreachable")
 
     # -- streams --------------------------------------------------------------------------------------

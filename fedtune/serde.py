@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedtune.compression.encoding import UpdateEncoding
+from fedtune.secagg.wire import SecAggTaskRecord, secagg_task_from_proto, secagg_task_to_proto
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.tensorstream.serde import manifest_from_proto, manifest_to_proto
 from fedtune.v1 import admin_pb2, worker_pb2
@@ -372,6 +373,9 @@ TASK_KINDS: dict[str, int] = {
     "train": worker_pb2.TASK_KIND_TRAIN,
     "personalize": worker_pb2.TASK_KIND_PERSONALIZE,
     "evaluate": worker_pb2.TASK_KIND_EVALUATE,
+    "secagg_advertise": worker_pb2.TASK_KIND_SECAGG_ADVERTISE,
+    "secagg_share": worker_pb2.TASK_KIND_SECAGG_SHARE,
+    "secagg_unmask": worker_pb2.TASK_KIND_SECAGG_UNMASK,
 }
 _TASK_KIND_NAMES = {v: k for k, v in TASK_KINDS.items()}
 
@@ -390,6 +394,7 @@ class TaskRecord:
     deadline_unix: float = 0.0
     update_kind: str = "weights"  # deprecated (worker.proto): workers send weights, refuse anything else
     base_version_id: str = ""
+    secagg: SecAggTaskRecord | None = None  # secure aggregation: secagg_* tasks and a secagg round's train
 
 
 def task_to_proto(rec: TaskRecord) -> worker_pb2.Task:
@@ -408,6 +413,8 @@ def task_to_proto(rec: TaskRecord) -> worker_pb2.Task:
     )
     if rec.model_manifest is not None:
         msg.model_manifest.CopyFrom(manifest_to_proto(rec.model_manifest))
+    if rec.secagg is not None:
+        msg.secagg.CopyFrom(secagg_task_to_proto(rec.secagg))
     return msg
 
 
@@ -425,6 +432,7 @@ def task_from_proto(msg: worker_pb2.Task) -> TaskRecord:
         deadline_unix=msg.deadline_unix,
         update_kind=msg.update_kind,
         base_version_id=msg.base_version_id,
+        secagg=secagg_task_from_proto(msg.secagg) if msg.HasField("secagg") else None,
     )
 
 

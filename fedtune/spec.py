@@ -205,10 +205,13 @@ class StrategySpec(_Strict):
 
 # Strategies that combine each site's update on its own (a coordinate-wise median, a trimmed mean, a
 # weighting by each site's distance): secure aggregation only ever shows the coordinator the sum, so
-# they cannot run with it. The FedAvg and FedOpt families, fedprox and fedncm need only the weighted
-# sum. (Kept here, not on the coordinator's strategy classes, because the spec cannot import them; the
-# wiring of issue 10 adds a registry-wide test that this set matches what each strategy needs.)
+# they cannot run with it. The FedAvg and FedOpt families and fedprox need only the weighted sum.
+# (Kept here, not on the coordinator's strategy classes, because the spec cannot import them;
+# tests/secagg/test_strategy_sets.py checks them against the registry.)
 STRATEGIES_NEEDING_SITE_UPDATES = frozenset({"median", "trimmed_mean", "fedavg_adaptive", "hetero_lora"})
+# fedncm needs only a sum, but an unweighted sum of unclipped class statistics: not the masked
+# weighted sum of clipped elements (decision 35).
+STRATEGIES_REFUSED_WITH_SECURE_AGGREGATION = frozenset({"fedncm"})
 SECURE_AGGREGATION_MIN_SITES = 3  # with 2, each site learns the other's update from the sum (secagg/graph.py)
 MAX_SECAGG_NEIGHBOURS = 100_000
 
@@ -266,9 +269,8 @@ class PrivacySpec(_Strict):
     # Client-side clip + Gaussian noise on each update (no accountant): works today.
     clip_norm: float | None = Field(default=None, gt=0, le=1e6)
     noise_multiplier: float = Field(default=0.0, ge=0, le=1000)
-    # Secure aggregation (SecAgg+): the coordinator sees only the sum of the sites' updates. The kernel
-    # exists (fedtune/secagg); the round protocol is not wired yet, so `true` is refused (see
-    # ExperimentSpec._check) rather than accepted and ignored.
+    # Secure aggregation (SecAgg+): the coordinator sees only the sum of the sites' updates
+    # (fedtune/secagg, coordinator/secagg; docs/privacy.md).
     secure_aggregation: bool = False
     secagg: SecAggSpec = Field(default_factory=SecAggSpec)
     # Accounted DP (site or record level) with a budget (docs/privacy.md, decision 36).
@@ -301,7 +303,15 @@ def _check_secure_aggregation(spec: ExperimentSpec) -> None:
                 f"stages.{index}.strategy.name: {name} needs each site's own update, which "
                 "privacy.secure_aggregation hides from the coordinator (it sees only the sum); use a "
                 "strategy that needs only the weighted sum (fedavg, fedprox, fedavgm, fedadagrad, fedadam, "
-                "fedyogi, fedncm) or turn secure_aggregation off"
+                "fedyogi) or turn secure_aggregation off"
+            )
+        if name in STRATEGIES_REFUSED_WITH_SECURE_AGGREGATION:
+            raise ValueError(
+                f"stages.{index}.strategy.name: {name} cannot run with privacy.secure_aggregation: its "
+                "update is per-class feature sums and class counts, added up unweighted, whose magnitude "
+                "grows with a site's example count (thousands), while the masked sum clips every element "
+                "to secagg.clip_range and weights it by the site's example count; use it in a stage "
+                "without secure aggregation, or another strategy"
             )
         # A round with fewer sites cannot be secure; the round protocol treats min_sites as at least
         # SECURE_AGGREGATION_MIN_SITES. A stage that lists fewer sites could never run: refused here.
@@ -312,16 +322,6 @@ def _check_secure_aggregation(spec: ExperimentSpec) -> None:
                 f"{SECURE_AGGREGATION_MIN_SITES} sites in a round (with fewer, a site learns the others' "
                 f"updates from the sum); list {SECURE_AGGREGATION_MIN_SITES} or more"
             )
-
-
-def _refuse_unwired_privacy(privacy: PrivacySpec) -> None:
-    """Settings whose kernel exists but which no round honours yet are refused, never silently ignored."""
-    if privacy.secure_aggregation:
-        raise ValueError(
-            "privacy.secure_aggregation is not available yet: the secure-aggregation kernel exists "
-            "(fedtune/secagg) but the round protocol is not wired, so updates would reach the coordinator "
-            "unmasked. Remove it (or set false); clip_norm + noise_multiplier give client-side noise today"
-        )
 
 
 # Record-level DP-SGD (worker/dp_sgd.py) computes per-example gradients with Opacus; these are the
@@ -508,7 +508,6 @@ class ExperimentSpec(_Strict):
             )
         if self.privacy.secure_aggregation:
             _check_secure_aggregation(self)
-        _refuse_unwired_privacy(self.privacy)
         problem = _dp_problem(self)
         if problem is not None:
             raise ValueError(problem)

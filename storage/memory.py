@@ -21,6 +21,9 @@ from storage.models import (
     Experiment,
     ModelVersion,
     Round,
+    SecAggRound,
+    SecAggShare,
+    SecAggSite,
     Site,
     Stage,
     StrategyState,
@@ -32,6 +35,7 @@ from storage.repositories import (
     EventRepository,
     ExperimentRepository,
     RoundRepository,
+    SecAggRepository,
     SiteRepository,
     StageRepository,
     TaskRepository,
@@ -404,6 +408,27 @@ class FakeEventRepository(_Repo, EventRepository):
         return max(events, key=lambda e: e.id, default=None)
 
 
+class FakeSecAggRepository(_Repo, SecAggRepository):
+    def add(self, row: SecAggRound | SecAggSite | SecAggShare) -> None:
+        self._db.add(row)
+
+    def round(self, round_id: str) -> SecAggRound | None:
+        return self._db.table(SecAggRound).get(round_id)
+
+    def sites(self, round_id: str) -> list[SecAggSite]:
+        return sorted(
+            (s for s in self._db.rows(SecAggSite) if s.round_id == round_id), key=lambda s: s.site_index
+        )
+
+    def shares(self, round_id: str, *, holder: int | None = None) -> list[SecAggShare]:
+        rows = [
+            s
+            for s in self._db.rows(SecAggShare)
+            if s.round_id == round_id and (holder is None or s.holder == holder)
+        ]
+        return sorted(rows, key=lambda s: (s.owner, s.holder))
+
+
 class FakeUnitOfWork(UnitOfWork):
     def __init__(
         self, registry: InMemoryRegistry, after_commit: AfterCommit | None = None, *, read_only: bool = False
@@ -420,6 +445,7 @@ class FakeUnitOfWork(UnitOfWork):
         self.updates = FakeUpdateRepository(registry)
         self.versions = FakeVersionRepository(registry)
         self.events = FakeEventRepository(registry)
+        self.secagg = FakeSecAggRepository(registry)
         self.committed = 0
 
     def __enter__(self) -> FakeUnitOfWork:

@@ -12,7 +12,18 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -210,3 +221,50 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class SecAggRound(Base):
+    """A secure-aggregation round's protocol state (docs/privacy.md): its phase and the split it named.
+
+    phase: advertise -> share -> train -> unmask (then the round commits or fails like any other)."""
+
+    __tablename__ = "secagg_rounds"
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id"), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(32), default="advertise")
+    phase_started_at: Mapped[float] = mapped_column(Float, default=now)
+    num_sites: Mapped[int] = mapped_column(Integer)
+    graph_seed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # set when sharing starts
+    survivors: Mapped[list[Any]] = mapped_column(default=list)  # site indices, set when unmasking starts
+    dropped: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class SecAggSite(Base):
+    """One selected site of a secure-aggregation round: its index, advertised keys, and how far it got."""
+
+    __tablename__ = "secagg_sites"
+    __table_args__ = (UniqueConstraint("round_id", "site_index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id"), index=True)
+    site_index: Mapped[int] = mapped_column(Integer)  # rank of the site's name among the selected sites
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    cipher_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    mask_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    seed_commitment: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    shared_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # dealt its share boxes
+    revealed_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # revealed its shares
+
+
+class SecAggShare(Base):
+    """A sealed share box from `owner` to `holder` (relayed, unreadable here), and what the holder later
+    revealed of it: one share, of the owner's seed or of its mask key (never both)."""
+
+    __tablename__ = "secagg_shares"
+    __table_args__ = (UniqueConstraint("round_id", "owner", "holder"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id"), index=True)
+    owner: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[int] = mapped_column(Integer)
+    box: Mapped[bytes] = mapped_column(LargeBinary)
+    revealed_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)  # seed | mask_key
+    revealed_x: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revealed_share: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

@@ -25,10 +25,12 @@ from storage.repositories import (
     EventRepository,
     ExperimentRepository,
     RoundRepository,
+    SecAggRepository,
     SiteRepository,
     SqlEventRepository,
     SqlExperimentRepository,
     SqlRoundRepository,
+    SqlSecAggRepository,
     SqlSiteRepository,
     SqlStageRepository,
     SqlTaskRepository,
@@ -73,6 +75,7 @@ class UnitOfWork(ABC):
     updates: UpdateRepository
     versions: VersionRepository
     events: EventRepository
+    secagg: SecAggRepository
 
     def __init__(self, after_commit: AfterCommit | None = None) -> None:
         self._after_commit = after_commit
@@ -162,6 +165,7 @@ class SqlUnitOfWork(UnitOfWork):
         self.updates = SqlUpdateRepository(session)
         self.versions = SqlVersionRepository(session)
         self.events = SqlEventRepository(session)
+        self.secagg = SqlSecAggRepository(session)
         return self
 
     def __exit__(

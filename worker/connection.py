@@ -207,6 +207,10 @@ class Connection:
         )
         self._unary("ReportResult", request, max_attempts=8)
 
+    def submit_secagg(self, request: worker_pb2.SubmitSecAggRequest) -> None:
+        """A secure-aggregation step's answer (worker/secagg.py builds it)."""
+        self._unary("SubmitSecAgg", request, max_attempts=8)
+
     def upload_position(self, task_id: str, cancel: threading.Event | None = None) -> tuple[int, int] | None:
         """Where to resume an upload: (tensor, offset), (0, 0) to restart, None when complete."""
         status = self._unary(

@@ -25,6 +25,7 @@ import grpc
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.metrics_http import MetricsEndpoint, serve_metrics
 from fedtune.sanitize import ERROR_TEXT_LIMIT, public_text
+from fedtune.secagg.wire import SECAGG_TASK_KINDS
 from fedtune.serde import TaskRecord
 from fedtune.spec import ExperimentSpec, load_spec_json
 from fedtune.tensorstream.manifest import Manifest
@@ -33,6 +34,7 @@ from worker.connection import Connection, UnreadableTask
 from worker.interrupt import TaskAbandoned, interruptible
 from worker.metrics import WorkerMetrics
 from worker.retry import RpcFailure, Stopped
+from worker.secagg import SiteSecAgg
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -110,6 +112,7 @@ class WorkerDaemon:
         self._models: ModelFactory | None = None
         self.metrics = WorkerMetrics(settings.site, worker_version())
         self.metrics_endpoint: MetricsEndpoint | None = None  # while running, when metrics_port is set
+        self.secagg = SiteSecAgg(settings.resolved_work_dir / "secagg")
 
     @property
     def models(self) -> ModelFactory:
@@ -374,6 +377,9 @@ class WorkerDaemon:
             )
         spec: ExperimentSpec = load_spec_json(task.spec_json)
         s = self.settings
+        if task.kind in SECAGG_TASK_KINDS:
+            self._secagg_step(task, spec, state)
+            return
         base_path = self._fetch_base(task, state)
         if task.kind == "init":
             state.progress = "building initial tensors"
@@ -390,7 +396,7 @@ class WorkerDaemon:
             global_path = self._fetch(task, state)
             self._check(state)
             output = self._train_on_ranks(task, state, base_path, global_path)
-            output = self._compress(task, spec, global_path, output)
+            output = self._as_sent(task, spec, global_path, output)
             self._push(task, state, output)
         elif task.kind == "train":
             global_path = self._fetch(task, state)
@@ -408,8 +414,9 @@ class WorkerDaemon:
                 device=s.device,
                 base_adapter_path=base_path,
                 max_lora_rank=s.max_lora_rank,
+                sites_in_round=task.secagg.num_sites if task.secagg is not None else None,
             )
-            output = self._compress(task, spec, global_path, output)
+            output = self._as_sent(task, spec, global_path, output)
             self._push(task, state, output)
         elif task.kind == "personalize":
             global_path = self._fetch(task, state)
@@ -457,8 +464,18 @@ class WorkerDaemon:
             base_adapter_path=base_path,
             torch_threads=s.torch_threads,
             max_lora_rank=s.max_lora_rank,
+            sites_in_round=task.secagg.num_sites if task.secagg is not None else None,
         )
         return train_on_ranks(job, s.processes, s.resolved_work_dir / "ranks", self._progress(state))
+
+    def _as_sent(
+        self, task: TaskRecord, spec: ExperimentSpec, global_path: Path, output: TaskOutput
+    ) -> TaskOutput:
+        """A train task's update as it leaves the site: masked in a secure-aggregation round (the only
+        form it may take there), else encoded as the spec's transport asks."""
+        if task.secagg is not None:
+            return self.secagg.masked_output(task, spec, output)
+        return self._compress(task, spec, global_path, output)
 
     def _compress(
         self, task: TaskRecord, spec: ExperimentSpec, global_path: Path, output: TaskOutput
@@ -474,6 +491,17 @@ class WorkerDaemon:
         return compress_train_output(
             output, spec, task.stage_index, read_global(global_path), residuals, task.experiment_id
         )
+
+    def _secagg_step(self, task: TaskRecord, spec: ExperimentSpec, state: RunningTask) -> None:
+        """Advertise keys, deal shares or reveal shares (worker/secagg.py) and send the answer."""
+        assert self.connection is not None
+        state.progress = f"secure aggregation: {task.kind.removeprefix('secagg_')}"
+        request = self.secagg.answer(task, spec)
+        self._check(state)
+        self.connection.submit_secagg(request)
+        if task.kind == "secagg_unmask":
+            self.secagg.forget(task)
+        log.info("task %s: secure aggregation %s answered", task.task_id, task.kind)
 
     def _finish_with_metrics(self, task: TaskRecord, state: RunningTask, output: TaskOutput) -> None:
         assert self.connection is not None

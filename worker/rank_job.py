@@ -40,6 +40,7 @@ class RankJob(BaseModel):
     base_adapter_path: Path | None = None
     torch_threads: int | None = None
     max_lora_rank: int | None = None  # the worker's --max-lora-rank (docs/decisions.md 37)
+    sites_in_round: int | None = None  # a secure-aggregation round's sites (site-level DP noise share)
 
 
 class RankError(BaseModel):

@@ -59,6 +59,7 @@ def run(job_dir: Path) -> None:
             device=device,
             base_adapter_path=job.base_adapter_path,
             max_lora_rank=job.max_lora_rank,
+            sites_in_round=job.sites_in_round,
             ranks=group,
         )
         if group.is_main:

@@ -209,6 +209,7 @@ def run_train(
     base_adapter_path: Path | None = None,
     max_lora_rank: int | None = None,
     ranks: RankGroup | None = None,
+    sites_in_round: int | None = None,
 ) -> TaskOutput:
     """Train from the global tensors on the site's train split; returns the trained weights (not a delta).
 
@@ -216,6 +217,8 @@ def run_train(
     and returns its factors zero-padded to the global layout (worker/site_rank.py).
     With `ranks` (one of a site's training processes, worker/rank_main.py), this process trains its
     shard in DDP; rank 0 then evaluates and returns the update, the others return their metrics only.
+    `sites_in_round`: a secure-aggregation round's selected sites, for this site's share of site-level
+    DP noise (worker/privacy.py).
     """
     check_data_paths(spec.data, data_root)  # a hostile spec is refused before the model is even loaded
     training = _training(spec, stage_index, training_overrides)
@@ -257,7 +260,9 @@ def run_train(
             metrics["training_processes"] = float(ranks.world_size)
             if not ranks.is_main:
                 return TaskOutput(arrays={}, num_examples=result.num_examples, metrics=metrics)
-        arrays, privacy_metrics = update_to_send(built.model, lora.slice(global_arrays), spec.privacy)
+        arrays, privacy_metrics = update_to_send(
+            built.model, lora.slice(global_arrays), spec.privacy, sites_in_round
+        )
         metrics.update(privacy_metrics)
         metrics.update(site_data.evaluate(built, training, "eval_"))
     metrics.update(memory.metrics())

@@ -24,9 +24,12 @@ def open_round(
     min_updates: int,
     deadline: float,
     now: float,
+    secure_aggregation: bool = False,
 ) -> models.Round:
     """A new round with one task per selected site. A personalize round has no accumulator to start,
-    so it collects at once; others collect once their accumulator is ready (``start_collecting``)."""
+    so it collects at once; others collect once their accumulator is ready (``start_collecting``).
+    With `secure_aggregation` no task is made here: the caller opens the protocol's first step
+    (``coordinator.secagg.phases.open_secagg_round``)."""
     personalize = stage.kind == "personalize"
     names = sorted(site.name for site in sites)
     rnd = models.Round(
@@ -43,7 +46,7 @@ def open_round(
     )
     uow.rounds.add(rnd)
     uow.flush()
-    for site in sites:
+    for site in [] if secure_aggregation else sites:
         create_task(
             uow,
             experiment_id=experiment.id,

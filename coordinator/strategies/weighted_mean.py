@@ -96,6 +96,17 @@ class WeightedMeanStrategy(Strategy):
         self._total_weight += weight
         self._num_folded += 1
 
+    def fold_weighted_sum(self, start: int, weighted_sum: np.ndarray) -> None:
+        """Add a chunk of sum_i w_i u_i computed elsewhere (secure aggregation: the unmasked, dequantized
+        sum of the masked updates, coordinator/secagg/masked_sum.py); flat element `start` on."""
+        self._round()
+        self._sum.add(start, weighted_sum)
+
+    def count_folded(self, total_weight: float, updates: int) -> None:
+        """Count updates whose weighted sum came through ``fold_weighted_sum``, with their total weight."""
+        self._total_weight += total_weight
+        self._num_folded += updates
+
     # --- hooks for variants -------------------------------------------------------------------
     def state_buffers(self) -> dict[str, float]:
         """Per-tensor buffers persisted as server state: name -> value before the first round."""

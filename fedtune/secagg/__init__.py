@@ -12,6 +12,9 @@ shared by coordinator and worker. One job per module:
 - ``masking``: a site's masks, masking a chunk, the modular fold of masked chunks.
 - ``recovery``: which shares a survivor reveals, and the unmasking of the modular sum.
 - ``local_round``: every role of one round in one process: the call order the round protocol follows.
+- ``site``: one site's four steps with their state on disk (``SiteRound``), the round's public setup.
+- ``wire``: the secure-aggregation messages of worker.proto and their records.
 
-The round protocol (tasks and messages, spool, resume) is not wired yet: see docs/privacy.md.
+The round protocol runs these through tasks (coordinator/secagg/, worker/secagg.py): docs/privacy.md,
+docs/decisions.md 35.
 """

@@ -3,7 +3,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -15,11 +15,17 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_TRAIN: _ClassVar[TaskKind]
     TASK_KIND_PERSONALIZE: _ClassVar[TaskKind]
     TASK_KIND_EVALUATE: _ClassVar[TaskKind]
+    TASK_KIND_SECAGG_ADVERTISE: _ClassVar[TaskKind]
+    TASK_KIND_SECAGG_SHARE: _ClassVar[TaskKind]
+    TASK_KIND_SECAGG_UNMASK: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_INIT: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_PERSONALIZE: TaskKind
 TASK_KIND_EVALUATE: TaskKind
+TASK_KIND_SECAGG_ADVERTISE: TaskKind
+TASK_KIND_SECAGG_SHARE: TaskKind
+TASK_KIND_SECAGG_UNMASK: TaskKind
 
 class DeviceInfo(_message.Message):
     __slots__ = ("kind", "name", "memory_bytes", "bf16")
@@ -86,8 +92,82 @@ class PullTaskRequest(_message.Message):
     wait_seconds: float
     def __init__(self, worker_id: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
+class SecAggKeys(_message.Message):
+    __slots__ = ("site_index", "cipher_key", "mask_key", "seed_commitment")
+    SITE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CIPHER_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    site_index: int
+    cipher_key: bytes
+    mask_key: bytes
+    seed_commitment: bytes
+    def __init__(self, site_index: _Optional[int] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ...) -> None: ...
+
+class SecAggTask(_message.Message):
+    __slots__ = ("round_id", "site_index", "num_sites", "sites", "graph_seed", "boxes", "survivors", "dropped")
+    class BoxesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_SITES_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_SEED_FIELD_NUMBER: _ClassVar[int]
+    BOXES_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    site_index: int
+    num_sites: int
+    sites: _containers.RepeatedCompositeFieldContainer[SecAggKeys]
+    graph_seed: bytes
+    boxes: _containers.ScalarMap[int, bytes]
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    dropped: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round_id: _Optional[str] = ..., site_index: _Optional[int] = ..., num_sites: _Optional[int] = ..., sites: _Optional[_Iterable[_Union[SecAggKeys, _Mapping]]] = ..., graph_seed: _Optional[bytes] = ..., boxes: _Optional[_Mapping[int, bytes]] = ..., survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecAggRevealedShare(_message.Message):
+    __slots__ = ("owner", "x", "mask_key", "share")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    owner: int
+    x: int
+    mask_key: bool
+    share: bytes
+    def __init__(self, owner: _Optional[int] = ..., x: _Optional[int] = ..., mask_key: _Optional[bool] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class SubmitSecAggRequest(_message.Message):
+    __slots__ = ("task_id", "keys", "boxes", "shares")
+    class BoxesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    BOXES_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    keys: SecAggKeys
+    boxes: _containers.ScalarMap[int, bytes]
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggRevealedShare]
+    def __init__(self, task_id: _Optional[str] = ..., keys: _Optional[_Union[SecAggKeys, _Mapping]] = ..., boxes: _Optional[_Mapping[int, bytes]] = ..., shares: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ...) -> None: ...
+
+class SubmitSecAggResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Task(_message.Message):
-    __slots__ = ("task_id", "kind", "experiment_id", "stage", "stage_index", "round", "spec_json", "model_version_id", "model_manifest", "deadline_unix", "update_kind", "base_version_id")
+    __slots__ = ("task_id", "kind", "experiment_id", "stage", "stage_index", "round", "spec_json", "model_version_id", "model_manifest", "deadline_unix", "update_kind", "base_version_id", "secagg")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +180,7 @@ class Task(_message.Message):
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     UPDATE_KIND_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: TaskKind
     experiment_id: str
@@ -112,7 +193,8 @@ class Task(_message.Message):
     deadline_unix: float
     update_kind: str
     base_version_id: str
-    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., experiment_id: _Optional[str] = ..., stage: _Optional[str] = ..., stage_index: _Optional[int] = ..., round: _Optional[int] = ..., spec_json: _Optional[str] = ..., model_version_id: _Optional[str] = ..., model_manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., deadline_unix: _Optional[float] = ..., update_kind: _Optional[str] = ..., base_version_id: _Optional[str] = ...) -> None: ...
+    secagg: SecAggTask
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., experiment_id: _Optional[str] = ..., stage: _Optional[str] = ..., stage_index: _Optional[int] = ..., round: _Optional[int] = ..., spec_json: _Optional[str] = ..., model_version_id: _Optional[str] = ..., model_manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., deadline_unix: _Optional[float] = ..., update_kind: _Optional[str] = ..., base_version_id: _Optional[str] = ..., secagg: _Optional[_Union[SecAggTask, _Mapping]] = ...) -> None: ...
 
 class PullTaskResponse(_message.Message):
     __slots__ = ("has_task", "task")

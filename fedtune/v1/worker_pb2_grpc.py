@@ -88,6 +88,11 @@ class WorkerStub:
                 request_serializer=fedtune_dot_v1_dot_worker__pb2.ReportResultRequest.SerializeToString,
                 response_deserializer=fedtune_dot_v1_dot_worker__pb2.ReportResultResponse.FromString,
                 _registered_method=True)
+        self.SubmitSecAgg = channel.unary_unary(
+                '/fedtune.v1.Worker/SubmitSecAgg',
+                request_serializer=fedtune_dot_v1_dot_worker__pb2.SubmitSecAggRequest.SerializeToString,
+                response_deserializer=fedtune_dot_v1_dot_worker__pb2.SubmitSecAggResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -178,6 +183,16 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitSecAgg(self, request, context):
+        """Ends a SECAGG_ADVERTISE, SECAGG_SHARE or SECAGG_UNMASK task with its answer (docs/privacy.md):
+        the site's public keys, its sealed share boxes, or the shares it reveals. A failed secagg task
+        ends with ReportResult(ok=false). A task no longer leased: `task_closed:`; an answer that does
+        not fit the task (wrong kind, sizes, indices): INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +230,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ReportResult,
                     request_deserializer=fedtune_dot_v1_dot_worker__pb2.ReportResultRequest.FromString,
                     response_serializer=fedtune_dot_v1_dot_worker__pb2.ReportResultResponse.SerializeToString,
+            ),
+            'SubmitSecAgg': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitSecAgg,
+                    request_deserializer=fedtune_dot_v1_dot_worker__pb2.SubmitSecAggRequest.FromString,
+                    response_serializer=fedtune_dot_v1_dot_worker__pb2.SubmitSecAggResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -425,6 +445,33 @@ class Worker:
             '/fedtune.v1.Worker/ReportResult',
             fedtune_dot_v1_dot_worker__pb2.ReportResultRequest.SerializeToString,
             fedtune_dot_v1_dot_worker__pb2.ReportResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitSecAgg(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtune.v1.Worker/SubmitSecAgg',
+            fedtune_dot_v1_dot_worker__pb2.SubmitSecAggRequest.SerializeToString,
+            fedtune_dot_v1_dot_worker__pb2.SubmitSecAggResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ Coordinator code reads and writes the registry only through these (never through
 from storage.repositories.events import EventRepository, SqlEventRepository
 from storage.repositories.experiments import ExperimentRepository, SqlExperimentRepository
 from storage.repositories.rounds import RoundRepository, SqlRoundRepository
+from storage.repositories.secagg import SecAggRepository, SqlSecAggRepository
 from storage.repositories.sites import SiteRepository, SqlSiteRepository
 from storage.repositories.stages import SqlStageRepository, StageRepository
 from storage.repositories.tasks import SqlTaskRepository, TaskRepository
@@ -21,10 +22,12 @@ __all__ = [
     "EventRepository",
     "ExperimentRepository",
     "RoundRepository",
+    "SecAggRepository",
     "SiteRepository",
     "SqlEventRepository",
     "SqlExperimentRepository",
     "SqlRoundRepository",
+    "SqlSecAggRepository",
     "SqlSiteRepository",
     "SqlStageRepository",
     "SqlTaskRepository",

@@ -28,10 +28,15 @@ def _error(text: str) -> str:
     return caught.value.message
 
 
-def test_secure_aggregation_is_refused_while_the_round_protocol_is_pending() -> None:
-    message = _error(_spec("{secure_aggregation: true}"))
-    assert "secure_aggregation is not available yet" in message
-    assert "kernel exists" in message and "round protocol is not wired" in message
+def test_secure_aggregation_is_accepted_with_a_weighted_mean_strategy() -> None:
+    spec = load_spec_yaml(_spec("{secure_aggregation: true, secagg: {clip_range: 4.0}}", strategy="fedadam"))
+    assert spec.privacy.secure_aggregation and spec.privacy.secagg.clip_range == 4.0
+
+
+def test_fedncm_is_refused_with_secure_aggregation_saying_why() -> None:
+    message = _error(_spec("{secure_aggregation: true}", strategy="fedncm"))
+    assert "stages.0.strategy.name: fedncm cannot run with privacy.secure_aggregation" in message
+    assert "unweighted" in message and "clip_range" in message
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES_NEEDING_SITE_UPDATES))

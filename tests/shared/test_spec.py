@@ -126,8 +126,8 @@ def test_causal_lm_with_logit_adjustment_zero_is_fine() -> None:
     assert spec.training.logit_adjustment == 0.0
 
 
-def test_secure_aggregation_is_refused_until_it_exists() -> None:
-    err = _error(MINIMAL + "privacy: {clip_norm: 1.0, secure_aggregation: true}\n")
+def test_secure_aggregation_is_accepted_next_to_client_side_clipping() -> None:
+    spec = load_spec_yaml(MINIMAL + "privacy: {clip_norm: 1.0, secure_aggregation: true}\n")
 
-    assert "privacy.secure_aggregation is not available yet" in err.message
+    assert spec.privacy.secure_aggregation and spec.privacy.clip_norm == 1.0
     assert load_spec_yaml(MINIMAL + "privacy: {secure_aggregation: false}\n").privacy.clip_norm is None
