@@ -24,7 +24,7 @@ from coordinator.round_commit import apply_commit, commit_plan, get_round
 from coordinator.secagg.masked_sum import MaskedSumStrategy, quantization_for, unmask_plan
 from coordinator.strategies.base import RoundInputs, Strategy, UpdateInfo
 from coordinator.strategies.registry import build_strategy
-from fedtune.dp_mechanism import site_noise
+from fedtune.dp_mechanism import round_noise
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import load_spec_json
 from fedtune.tensorstream.encoder import manifest_for_file
@@ -90,11 +90,7 @@ class RoundAggregator:
             assert experiment is not None
             spec = load_spec_json(experiment.spec_json)
             stage = spec.stages[rnd.stage_index]
-            noise = (
-                site_noise(spec.privacy.dp, spec.privacy.secure_aggregation, len(rnd.selected_sites))
-                if spec.privacy.dp is not None and spec.privacy.dp.level == "site"
-                else None
-            )
+            noise = round_noise(spec.privacy, len(rnd.selected_sites))
             base = uow.versions.get(rnd.base_version_id) if rnd.base_version_id else None
             if base is None:
                 raise FedtuneError(ErrorCode.STORAGE, f"round {round_id} has no base model version")

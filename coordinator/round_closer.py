@@ -260,7 +260,7 @@ class RoundCloser:
             lifecycle.fail_experiment(uow, rnd.experiment_id, f"round {rnd.round} failed: {reason}", now)
             uow.commit()
         self._commit_retries.forget(round_id)
-        log.warning("round failed", extra={"round": round_id, "reason": reason})
+        log.warning("round failed: %s", reason, extra={"round": round_id, "reason": reason})
         self._aggregator.discard(round_id)
 
 

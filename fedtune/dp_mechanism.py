@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.spec import DpSpec
+from fedtune.spec import DpSpec, PrivacySpec
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,12 @@ def clip_and_noise(
 def secure_rng() -> np.random.Generator:
     """A generator seeded from the OS's entropy: DP noise must not follow from a spec's seed."""
     return np.random.default_rng()
+
+
+def round_noise(privacy: PrivacySpec, sites_in_round: int) -> SiteNoise | None:
+    """The noise of a round under site-level ``privacy.dp`` (None without it): the coordinator's part
+    is ``sum_std``, zero when the sites add theirs (secure aggregation)."""
+    dp = privacy.dp
+    if dp is None or dp.level != "site":
+        return None
+    return site_noise(dp, privacy.secure_aggregation, sites_in_round)

@@ -48,6 +48,12 @@ def iter_masked(path: Path, chunk_elements: int) -> Any:
             yield start, np.frombuffer(buffer, dtype="<u4").astype(np.uint32, copy=False)
 
 
+# Weights a masked sum can carry: the example count (each site masks its own, capped), or 1 under
+# site-level DP (WeightedMeanStrategy's uniform weights; the site masks weight 1, worker/secagg.py).
+# A strategy with any other weight (fedavg_adaptive: a distance to the global) needs each update.
+SUM_WEIGHTS = (Strategy.weight, WeightedMeanStrategy.weight)
+
+
 class MaskedSumStrategy(Strategy):
     """A weighted-mean strategy fed the modular sum of masked updates instead of the updates."""
 
@@ -56,7 +62,7 @@ class MaskedSumStrategy(Strategy):
 
     def __init__(self, inner: Strategy, quantization: QuantizationParams) -> None:
         # a strategy that weighs each update by its content (fedavg_adaptive) needs the update itself
-        if not isinstance(inner, WeightedMeanStrategy) or type(inner).weight is not Strategy.weight:
+        if not isinstance(inner, WeightedMeanStrategy) or type(inner).weight not in SUM_WEIGHTS:
             raise FedtuneError(
                 ErrorCode.INVALID_SPEC,
                 f"strategy {inner.name} cannot run with privacy.secure_aggregation: the coordinator sees "

@@ -95,7 +95,11 @@ def test_the_refused_strategy_sets_match_the_registry(name: str) -> None:
     strategy = build_strategy(name, {})
     params = QuantizationParams(clip_range=1.0, max_weight=1.0, max_sites=3)
     refused = name in STRATEGIES_NEEDING_SITE_UPDATES | STRATEGIES_REFUSED_WITH_SECURE_AGGREGATION
-    sum_only = isinstance(strategy, WeightedMeanStrategy) and type(strategy).weight is Strategy.weight
+    # the weighted mean's own weight is the example count (or 1 under site-level DP), as the masked sum
+    sum_only = isinstance(strategy, WeightedMeanStrategy) and type(strategy).weight in (
+        Strategy.weight,
+        WeightedMeanStrategy.weight,
+    )
     assert refused != sum_only
     if refused:
         with pytest.raises(FedtuneError, match="cannot run with privacy.secure_aggregation"):
