@@ -114,7 +114,8 @@ def generate_replies(
             chunk = examples[start : start + batch_size]
             ids, mask = _left_padded(chunk, pad_id, device.device)
             with torch.autocast(device.device.type, dtype=device.train_dtype, enabled=device.autocast):
-                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                generate: Any = model.generate  # peft's and transformers' generate (untyped here)
+                out = generate(input_ids=ids, attention_mask=mask, generation_config=config)
             for row in out[:, ids.shape[1] :].tolist():
                 end = next((i for i, token in enumerate(row) if token in stops), len(row))
                 replies.append(str(tokenizer.decode(row[:end], skip_special_tokens=True)).strip())
