@@ -63,19 +63,27 @@ def score_adapter(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from worker.device import select_device
-    from worker.evaluation import evaluate
-    from worker.generation import generation_examples, generation_metrics
-    from worker.instruction import evaluate_loss, prepare
     from worker.model import quiet_transformers
 
     device = device or select_device()
-    training = spec.training_for(len(spec.stages) - 1)
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         base = AutoModelForCausalLM.from_pretrained(model_dir)
         model = PeftModel.from_pretrained(base, adapter_dir).to(device.device)
+    return score_model(spec, model, tokenizer, test, device)
+
+
+def score_model(
+    spec: ExperimentSpec, model: Any, tokenizer: Any, test: GenerativeTest, device: Any
+) -> dict[str, float]:
+    """The test figures of a loaded model (an adapter on its base), as `score_adapter` reports them."""
+    from worker.evaluation import evaluate
+    from worker.generation import generation_examples, generation_metrics
+    from worker.instruction import evaluate_loss, prepare
+
+    training = spec.training_for(len(spec.stages) - 1)
     model.eval()
     batch_size = max(training.batch_size, 32)
     if spec.task != "instruction":
