@@ -24,7 +24,7 @@ class BaseModelConfig:
     heads: int = 4
     intermediate_size: int = 256
     max_positions: int = 256
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 16
     learning_rate: float = 3e-3
     seed: int = 0
@@ -52,7 +52,7 @@ def build_model(config: BaseModelConfig, tokenizer: Any) -> Any:
 
 
 def pretrain(config: BaseModelConfig, texts: list[str], out_dir: Path) -> dict[str, Any]:
-    """Train a fresh model on `texts` (each a document, BOS first) and save it to `out_dir`."""
+    """Train a fresh model on `texts` (each a document between BOS and EOS) and save it to `out_dir`."""
     import torch
 
     tokenizer = make_tokenizer()
@@ -71,7 +71,8 @@ def pretrain(config: BaseModelConfig, texts: list[str], out_dir: Path) -> dict[s
     started, losses = time.perf_counter(), []
     for step in range(config.steps):
         picks = torch.randint(len(texts), (config.batch_size,), generator=generator).tolist()
-        batch = tokenizer([tokenizer.bos_token + texts[i] for i in picks], padding=True, return_tensors="pt")
+        docs = [tokenizer.bos_token + texts[i] + tokenizer.eos_token for i in picks]
+        batch = tokenizer(docs, padding=True, return_tensors="pt")
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
         loss.backward()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.functional_task import SKILLS, InstructionData
+from bench.functional_task import SKILLS, InstructionData, skill_of
 from fedtune.errors import FedtuneError
 from fedtune.spec import ExperimentSpec, GenerateSpec, parse_spec
 
@@ -109,7 +109,7 @@ def score(
     per_skill = {skill.name: GenerationScores() for skill in SKILLS}
     for convo, example, reply in zip(conversations, examples, replies, strict=True):
         overall.add(reply, example.reference)
-        per_skill[convo.messages[0][1].split(":")[0]].add(reply, example.reference)
+        per_skill[skill_of(convo.messages[0][1]).name].add(reply, example.reference)
     out.update(overall.metrics(""))
     out["exact_match_per_skill"] = {name: s.metrics("")["exact_match"] for name, s in per_skill.items()}
     out["sample_replies"] = [

@@ -1,20 +1,19 @@
-"""The functional benchmark's synthetic world: a character tokenizer, word skills, pretraining text and
+"""The functional benchmark's synthetic world: a word-level tokenizer, list skills, pretraining text and
 instruction data split across sites by skill (bench/llm_functional.py).
 
-Words are random pronounceable letter strings; the held-out words never appear in any training text.
-Eight skills map a word to an answer (upper case, reversed, first letter ...). The *pretraining text*
-states them in prose ("planet backwards is tenalp"); the *instruction task* asks for them in a chat
-("reverse: planet" -> "tenalp") that the base never saw: its chat markers, the instruction names and
-the answer-then-stop format are new, so the base scores no exact match, and tuning has to connect
-instructions to skills the base half-knows. Site i holds skill i only (non-IID by task type); the
-held-out test set asks every skill on held-out words.
+An item is a list of 2 to 4 nouns; held-out items never appear in any training text. Eight skills map an
+item to an answer (first, last, second, backwards, twice ...). The *pretraining text* states them in
+prose, each document ending in EOS ("cat dog sun backwards is sun dog cat . ..."); the *instruction task*
+asks for them in a chat the base never saw (user "cat dog sun backwards", assistant "sun dog cat"): the
+chat markers, answering right after the assistant marker and stopping there are new, so the base scores
+(next to) no exact match, and tuning has to bring skills the base half-knows into the chat. Site i
+holds skill i only (non-IID by task type); the held-out test set asks every skill on held-out items.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,74 +21,79 @@ from typing import Any
 
 BOS, EOS, PAD, UNK = "<s>", "<|eot|>", "<pad>", "<unk>"
 ROLE_MARKERS = ["<|system|>", "<|user|>", "<|assistant|>"]
-CHARS = list(string.ascii_lowercase + string.ascii_uppercase + string.digits + " .,:-?'")
-# No newline in the template: the pre-tokenizer splits characters with a regex whose `.` skips it.
+NOUNS = (
+    "cat dog sun moon tree rock fish bird star lake hill road ship rain snow wind fire leaf seed bone "
+    "milk salt gold iron wool silk corn rice bean pear plum lime nut egg owl fox bee ant elk yak"
+).split()
+ITEM_WORDS = (2, 4)  # an item is a list of 2 to 4 nouns
+# Words separated by spaces, markers as words too: the word-level pre-tokenizer splits on whitespace.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
-    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|eot|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    "{% for m in messages %}{{ ' <|' + m['role'] + '|> ' + m['content'] + ' <|eot|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ ' <|assistant|> ' }}{% endif %}"
 )
-CONSONANTS, VOWELS = "bcdfghjklmnprstvwz", "aeiou"
-
-
-def _no_vowels(word: str) -> str:
-    return "".join(c for c in word if c not in VOWELS) or word[0]
 
 
 @dataclass(frozen=True)
 class Skill:
-    name: str  # the instruction's verb ("reverse: planet")
-    prose: str  # how pretraining text states it, "{w}" and "{a}" filled in
-    apply: Callable[[str], str]
+    name: str
+    ask: str  # the skill's phrase: the prose says "{item} {ask} is {answer}", a user asks "{item} {ask}"
+    apply: Callable[[list[str]], list[str]]
+
+    def prose(self, item: list[str]) -> str:
+        return f"{' '.join(item)} {self.ask} is {' '.join(self.apply(item))}"
+
+    def prompt(self, item: list[str]) -> str:
+        return f"{' '.join(item)} {self.ask}"
 
 
 SKILLS = [
-    Skill("upper", "{w} in capitals is {a}", str.upper),
-    Skill("reverse", "{w} backwards is {a}", lambda w: w[::-1]),
-    Skill("repeat", "{w} twice is {a}", lambda w: f"{w} {w}"),
-    Skill("first", "{w} starts with {a}", lambda w: w[0]),
-    Skill("last", "{w} ends with {a}", lambda w: w[-1]),
-    Skill("spell", "{w} spelled out is {a}", lambda w: "-".join(w)),
-    Skill("capital", "{w} as a name is {a}", str.capitalize),
-    Skill("consonants", "{w} without vowels is {a}", _no_vowels),
+    Skill("first", "first", lambda x: x[:1]),
+    Skill("last", "last", lambda x: x[-1:]),
+    Skill("second", "second", lambda x: x[1:2]),
+    Skill("reverse", "backwards", lambda x: x[::-1]),
+    Skill("repeat", "twice", lambda x: x + x),
+    Skill("rest", "without the first", lambda x: x[1:]),
+    Skill("swap", "swapped", lambda x: [x[1], x[0], *x[2:]]),
+    Skill("ends", "ends", lambda x: [x[0], x[-1]]),
 ]
+VOCABULARY = sorted({*NOUNS, "is", ".", *(w for skill in SKILLS for w in skill.ask.split())})
 
 
-def random_word(rng: random.Random) -> str:
-    """A pronounceable word of 3 to 6 letters (consonant-vowel syllables)."""
-    length = rng.randint(3, 6)
-    return "".join(rng.choice(CONSONANTS if i % 2 == 0 else VOWELS) for i in range(length))
+def skill_of(prompt: str) -> Skill:
+    """The skill a prompt asks for (the longest phrase that ends it)."""
+    return max((s for s in SKILLS if prompt.endswith(" " + s.ask)), key=lambda s: len(s.ask))
 
 
 @dataclass(frozen=True)
 class Words:
-    train: list[str]
-    held_out: list[str]
+    """Items (noun lists): those training text may use, and held-out ones that no training text has."""
+
+    train: list[list[str]]
+    held_out: list[list[str]]
 
 
 def make_words(seed: int, n_train: int, n_held_out: int) -> Words:
     rng = random.Random(seed)
-    seen: set[str] = set()
-    words: list[str] = []
-    while len(words) < n_train + n_held_out:
-        word = random_word(rng)
-        if word not in seen:
-            seen.add(word)
-            words.append(word)
-    return Words(train=words[:n_train], held_out=words[n_train:])
+    seen: set[tuple[str, ...]] = set()
+    items: list[list[str]] = []
+    while len(items) < n_train + n_held_out:
+        item = rng.sample(NOUNS, rng.randint(*ITEM_WORDS))
+        if tuple(item) not in seen:
+            seen.add(tuple(item))
+            items.append(item)
+    return Words(train=items[:n_train], held_out=items[n_train:])
 
 
 def make_tokenizer() -> Any:
-    """A character-level fast tokenizer: one token per character, chat markers as special tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A word-level fast tokenizer over VOCABULARY, chat markers as special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = [PAD, UNK, BOS, EOS, *ROLE_MARKERS]
-    vocab = {tok: i for i, tok in enumerate(specials + CHARS)}
+    vocab = {tok: i for i, tok in enumerate(specials + VOCABULARY)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    core.add_special_tokens(specials)
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS
     )
@@ -97,15 +101,15 @@ def make_tokenizer() -> Any:
     return tokenizer
 
 
-def pretraining_texts(words: list[str], n: int, seed: int, max_chars: int = 64) -> list[str]:
-    """`n` documents of skill sentences about training words, joined by ' . ', each under `max_chars`."""
+def pretraining_texts(words: list[list[str]], n: int, seed: int, max_chars: int = 120) -> list[str]:
+    """`n` documents of skill sentences about training items, joined by ' . ', each under `max_chars`."""
     rng = random.Random(seed)
     docs: list[str] = []
     for _ in range(n):
         parts: list[str] = []
         while True:
             skill, word = rng.choice(SKILLS), rng.choice(words)
-            sentence = skill.prose.format(w=word, a=skill.apply(word))
+            sentence = skill.prose(word)
             if parts and len(" . ".join([*parts, sentence])) > max_chars:
                 break
             parts.append(sentence)
@@ -113,8 +117,8 @@ def pretraining_texts(words: list[str], n: int, seed: int, max_chars: int = 64) 
     return docs
 
 
-def example(skill: Skill, word: str) -> dict[str, Any]:
-    return {"prompt": f"{skill.name}: {word}", "response": skill.apply(word)}
+def example(skill: Skill, word: list[str]) -> dict[str, Any]:
+    return {"prompt": skill.prompt(word), "response": " ".join(skill.apply(word))}
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

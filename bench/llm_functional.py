@@ -101,7 +101,7 @@ def main(
     work = (work_dir or out_dir / "llm-functional-work").resolve()
     shutil.rmtree(work, ignore_errors=True)
     model_root = work / "models"
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(1)  # the cores are shared: more threads only spin (and workers get 1 each)
     words = make_words(seed, n_train=3000, n_held_out=test_words + 80)
     base_config = BaseModelConfig(steps=pretrain_steps, seed=seed)
     runs._log(f"pretraining {base_config}")
