@@ -1,13 +1,14 @@
-"""The functional benchmark's synthetic world: a word-level tokenizer, list skills, pretraining text and
-instruction data split across sites by skill (bench/llm_functional.py).
+"""The functional benchmark's synthetic world: a word-level tokenizer, facts, pretraining text and
+instruction data split across sites by task type (bench/llm_functional.py).
 
-An item is a list of 2 to 4 nouns; held-out items never appear in any training text. Eight skills map an
-item to an answer (first, last, second, backwards, twice ...). The *pretraining text* states them in
-prose, each document ending in EOS ("cat dog sun backwards is sun dog cat . ..."); the *instruction task*
-asks for them in a chat the base never saw (user "cat dog sun backwards", assistant "sun dog cat"): the
-chat markers, answering right after the assistant marker and stopping there are new, so the base scores
-(next to) no exact match, and tuning has to bring skills the base half-knows into the chat. Site i
-holds skill i only (non-IID by task type); the held-out test set asks every skill on held-out items.
+Forty nouns each have eight attributes (color, size, home ...), every value drawn from five words by a
+fixed seed. The *pretraining text* states every fact in prose, each document ending in EOS ("cat color
+is red . owl home is nest ."): the base knows them. The *instruction task* asks for them in a chat the
+base never saw (user "cat color", assistant "red"); the chat markers, answering right after the assistant
+marker and stopping there are new, so the base scores (next to) no exact match. Site i holds attribute i
+only (non-IID by task type), on the nouns instruction tuning may use; the held-out test set asks every
+attribute of nouns no instruction example mentions, so a tuned model must carry the chat format over to
+knowledge it was never tuned on, and to attributes its own site never asked about.
 """
 
 from __future__ import annotations
@@ -25,7 +26,18 @@ NOUNS = (
     "cat dog sun moon tree rock fish bird star lake hill road ship rain snow wind fire leaf seed bone "
     "milk salt gold iron wool silk corn rice bean pear plum lime nut egg owl fox bee ant elk yak"
 ).split()
-ITEM_WORDS = (2, 4)  # an item is a list of 2 to 4 nouns
+# Eight attributes, each with five values; every noun gets one value per attribute (a fixed, seeded table).
+ATTRIBUTES = {
+    "color": "red blue green black white",
+    "size": "tiny small big huge long",
+    "home": "sea cave nest farm field",
+    "taste": "sweet sour bitter salty plain",
+    "sound": "loud quiet soft sharp deep",
+    "shape": "round flat square thin tall",
+    "mood": "happy sad calm angry shy",
+    "speed": "fast slow quick lazy steady",
+}
+TABLE_SEED = 1234
 # Words separated by spaces, markers as words too: the word-level pre-tokenizer splits on whitespace.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -47,17 +59,17 @@ class Skill:
         return f"{' '.join(item)} {self.ask}"
 
 
-SKILLS = [
-    Skill("first", "first", lambda x: x[:1]),
-    Skill("last", "last", lambda x: x[-1:]),
-    Skill("second", "second", lambda x: x[1:2]),
-    Skill("reverse", "backwards", lambda x: x[::-1]),
-    Skill("repeat", "twice", lambda x: x + x),
-    Skill("rest", "without the first", lambda x: x[1:]),
-    Skill("swap", "swapped", lambda x: [x[1], x[0], *x[2:]]),
-    Skill("ends", "ends", lambda x: [x[0], x[-1]]),
-]
-VOCABULARY = sorted({*NOUNS, "is", ".", *(w for skill in SKILLS for w in skill.ask.split())})
+def _attribute_skills() -> list[Skill]:
+    rng = random.Random(TABLE_SEED)
+    skills = []
+    for attribute, values in ATTRIBUTES.items():
+        table = {noun: rng.choice(values.split()) for noun in NOUNS}
+        skills.append(Skill(attribute, attribute, lambda item, table=table: [table[item[0]]]))
+    return skills
+
+
+SKILLS = _attribute_skills()
+VOCABULARY = sorted({*NOUNS, *ATTRIBUTES, *" ".join(ATTRIBUTES.values()).split(), "is", "."})
 
 
 def skill_of(prompt: str) -> Skill:
@@ -67,22 +79,21 @@ def skill_of(prompt: str) -> Skill:
 
 @dataclass(frozen=True)
 class Words:
-    """Items (noun lists): those training text may use, and held-out ones that no training text has."""
+    """Items (one-noun lists): those instruction tuning uses, and held-out ones it never shows.
+    Pretraining states every fact about every noun: the base knows them all in prose."""
 
     train: list[list[str]]
     held_out: list[list[str]]
 
+    @property
+    def all(self) -> list[list[str]]:
+        return self.train + self.held_out
 
-def make_words(seed: int, n_train: int, n_held_out: int) -> Words:
-    rng = random.Random(seed)
-    seen: set[tuple[str, ...]] = set()
-    items: list[list[str]] = []
-    while len(items) < n_train + n_held_out:
-        item = rng.sample(NOUNS, rng.randint(*ITEM_WORDS))
-        if tuple(item) not in seen:
-            seen.add(tuple(item))
-            items.append(item)
-    return Words(train=items[:n_train], held_out=items[n_train:])
+
+def make_words(seed: int, n_held_out: int) -> Words:
+    nouns = list(NOUNS)
+    random.Random(seed).shuffle(nouns)
+    return Words(train=[[n] for n in nouns[n_held_out:]], held_out=[[n] for n in nouns[:n_held_out]])
 
 
 def make_tokenizer() -> Any:
@@ -144,6 +155,10 @@ def write_instruction_data(
     held = list(words.held_out)
     rng.shuffle(held)
     test_words, eval_words = held[:test_per_skill], held[test_per_skill:]
+    if len(eval_words) < eval_per_site:
+        raise ValueError(
+            f"{len(held)} held-out items cannot give {test_per_skill} test + {eval_per_site} eval"
+        )
     for i, skill in enumerate(SKILLS):
         site = f"site-{i + 1}-{skill.name}"
         sites.append(site)

@@ -2,13 +2,14 @@
 
     flock /tmp/fedtune-heavy.lock python bench/llm_functional.py [--rounds 5 --local-steps 12 ...]
 
-1. A Llama-architecture model (LlamaConfig, ~0.7 M parameters) with a character tokenizer made here is
-   trained from scratch, centralized, on synthetic prose stating eight word skills
-   (bench/functional_task.py, bench/functional_pretrain.py).
+1. A Llama-architecture model (LlamaConfig, about 0.7 M parameters) with a word-level tokenizer made here
+   is trained from scratch, centralized, on synthetic prose stating 320 facts (40 nouns x 8 attributes:
+   "cat color is red"; bench/functional_task.py, bench/functional_pretrain.py).
 2. Federated instruction tuning (task: instruction, LoRA, fedavg) over 8 sites through a real coordinator
-   and one worker daemon per site; site i holds one skill only (non-IID by task type).
-3. Variants, each scored on the global held-out test set (every skill on held-out words): federated LoRA
-   per round, heterogeneous ranks (peft.site_ranks + hetero_lora; skipped with the reason where the
+   and one worker daemon per site; site i asks about attribute i only (non-IID by task type), on nouns
+   the test set never asks about.
+3. Variants, each scored on the global held-out test set (every attribute of held-out nouns): federated
+   LoRA per round, heterogeneous ranks (peft.site_ranks + hetero_lora; skipped with the reason where the
    branch lacks them), local-only (each site alone) and centralized (pooled data), both with the
    federated run's examples seen.
 
@@ -62,7 +63,11 @@ def _children_cpu() -> float:
     "--per-site", type=click.IntRange(1), default=240, show_default=True, help="train examples per site"
 )
 @click.option(
-    "--test-words", type=click.IntRange(1), default=12, show_default=True, help="held-out words per skill"
+    "--test-words",
+    type=click.IntRange(1, 30),
+    default=10,
+    show_default=True,
+    help="held-out nouns (x 8 attributes)",
 )
 @click.option(
     "--variants",
@@ -102,14 +107,14 @@ def main(
     shutil.rmtree(work, ignore_errors=True)
     model_root = work / "models"
     torch.set_num_threads(1)  # the cores are shared: more threads only spin (and workers get 1 each)
-    words = make_words(seed, n_train=3000, n_held_out=test_words + 80)
+    words = make_words(seed, n_held_out=test_words + 4)
     base_config = BaseModelConfig(steps=pretrain_steps, seed=seed)
     runs._log(f"pretraining {base_config}")
     base_info = pretrain(
-        base_config, pretraining_texts(words.train, 20000, seed + 1), model_root / runs.MODEL_NAME
+        base_config, pretraining_texts(words.all, 20000, seed + 1), model_root / runs.MODEL_NAME
     )
     data = write_instruction_data(
-        work / "data", words, per_site=per_site, eval_per_site=16, test_per_skill=test_words, seed=seed + 2
+        work / "data", words, per_site=per_site, eval_per_site=4, test_per_skill=test_words, seed=seed + 2
     )
     conversations = runs.test_conversations(data.test_file)
     settings: dict[str, Any] = dict(

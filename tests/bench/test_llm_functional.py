@@ -22,53 +22,47 @@ from fedtune.spec import parse_spec
 def test_word_tokenizer_round_trips_text_and_renders_the_chat_template() -> None:
     tokenizer = make_tokenizer()
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "cat dog backwards"}, {"role": "assistant", "content": "dog cat"}],
-        tokenize=False,
+        [{"role": "user", "content": "cat color"}, {"role": "assistant", "content": "red"}], tokenize=False
     )
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    assert text == "<s> <|user|> cat dog backwards <|eot|> <|assistant|> dog cat <|eot|>"
-    assert len(ids) == 5 + 3 + 2 and tokenizer.unk_token_id not in ids  # one token per word or marker
-    assert tokenizer.decode(ids[-3:-1]) == "dog cat"
+    assert text == "<s> <|user|> cat color <|eot|> <|assistant|> red <|eot|>"
+    assert len(ids) == 5 + 2 + 1 and tokenizer.unk_token_id not in ids  # one token per word or marker
+    assert tokenizer.decode(ids[-2:-1]) == "red"
     assert tokenizer.eos_token == "<|eot|>" and tokenizer.is_fast
 
 
-def test_skills_and_held_out_items_never_meet_the_training_text(tmp_path: Path) -> None:
+def test_pretraining_states_every_fact_and_instruction_data_holds_out_nouns(tmp_path: Path) -> None:
     # Prepare
-    words = make_words(0, n_train=300, n_held_out=40)
-    texts = pretraining_texts(words.train, 200, seed=1)
+    words = make_words(0, n_held_out=14)
+    texts = pretraining_texts(words.all, 300, seed=1)
 
     # Execute
-    data = write_instruction_data(tmp_path, words, per_site=20, eval_per_site=4, test_per_skill=5, seed=2)
+    data = write_instruction_data(tmp_path, words, per_site=20, eval_per_site=4, test_per_skill=10, seed=2)
 
-    # Assert: one skill per site (non-IID by task type), every skill in the test set on held-out items
-    item = ["cat", "dog", "sun"]
-    assert [" ".join(s.apply(item)) for s in SKILLS] == [
-        "cat", "sun", "dog", "sun dog cat", "cat dog sun cat dog sun", "dog sun", "dog cat sun", "cat sun",
-    ]  # fmt: skip
-    assert [skill_of(s.prompt(item)) for s in SKILLS] == SKILLS
-    assert not {tuple(i) for i in words.train} & {tuple(i) for i in words.held_out}
-    sentences = [
-        sentence.split(" is ")[0] for text in texts for sentence in text.removesuffix(" .").split(" . ")
-    ]
-    asked = {sentence.removesuffix(" " + skill_of(sentence).ask) for sentence in sentences}
-    assert asked and not asked & {" ".join(i) for i in words.held_out}
+    # Assert: a fixed table of facts, all of them in the prose (the base can know every one)
+    assert len(SKILLS) == 8 and all(len(s.apply(["cat"])) == 1 for s in SKILLS)
+    sentences = {sentence for text in texts for sentence in text.removesuffix(" .").split(" . ")}
+    facts = {s.prose(item) for s in SKILLS for item in words.all}
+    assert sentences <= facts and len(sentences) > 0.9 * len(facts)
+    # one attribute per site (non-IID by task type), trained on nouns the test set never asks about
+    held = {item[0] for item in words.held_out}
     for site, skill in zip(data.sites, SKILLS, strict=True):
         rows = [
             json.loads(line) for line in (data.sites_root / site / "train.jsonl").read_text().splitlines()
         ]
         assert {skill_of(r["prompt"]) for r in rows} == {skill} and len(rows) == 20
+        assert not {r["prompt"].split()[0] for r in rows} & held
     test = [json.loads(line) for line in data.test_file.read_text().splitlines()]
-    assert len(test) == 5 * len(SKILLS)
-    held = {" ".join(i) for i in words.held_out}
-    assert all(r["prompt"].removesuffix(" " + skill_of(r["prompt"]).ask) in held for r in test)
+    assert len(test) == 10 * len(SKILLS) and {r["prompt"].split()[0] for r in test} <= held
+    assert all(r["response"] == skill_of(r["prompt"]).apply([r["prompt"].split()[0]])[0] for r in test)
 
 
 def test_hetero_variant_is_a_spec_option_that_is_skipped_with_the_reason_when_refused() -> None:
     data = spec_data(rounds=2, local_steps=3, batch_size=4, learning_rate=1e-2, rank=8, sites=8, seed=0)
     assert parse_spec(data).evaluation.generate is not None
 
-    hetero = hetero_spec(data, {"site-1-first": 2})
+    hetero = hetero_spec(data, {"site-1-color": 2})
 
     if isinstance(hetero, str):  # this branch has no peft.site_ranks
         assert "heterogeneous LoRA ranks are not available" in hetero and "site_ranks" in hetero
@@ -77,7 +71,7 @@ def test_hetero_variant_is_a_spec_option_that_is_skipped_with_the_reason_when_re
 
 
 def test_report_renders_tables_skips_and_a_plot(tmp_path: Path) -> None:
-    scores = {"exact_match": 0.5, "rouge_l": 0.6, "loss": 1.2, "exact_match_per_skill": {"first": 1.0}}
+    scores = {"exact_match": 0.5, "rouge_l": 0.6, "loss": 1.2, "exact_match_per_skill": {"color": 1.0}}
     doc = {
         "config": {
             "rank": 8,
@@ -94,8 +88,8 @@ def test_report_renders_tables_skips_and_a_plot(tmp_path: Path) -> None:
             "first_loss": 4.0,
             "final_loss": 2.0,
         },
-        "skills": ["first"],
-        "sites": ["site-1-first"],
+        "skills": ["color"],
+        "sites": ["site-1-color"],
         "test_examples": 8,
         "cpu_count": 2,
         "load_average_before": [1.0, 1.0, 1.0],
@@ -106,7 +100,7 @@ def test_report_renders_tables_skips_and_a_plot(tmp_path: Path) -> None:
             "federated": {
                 "rounds": [
                     {**scores, "round": 0, "exact_match": 0.0, "site_eval_exact_match": {}},
-                    {**scores, "round": 1, "site_eval_exact_match": {"site-1-first": 0.75}},
+                    {**scores, "round": 1, "site_eval_exact_match": {"site-1-color": 0.75}},
                 ]
             }
         },
