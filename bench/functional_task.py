@@ -13,6 +13,7 @@ knowledge it was never tuned on, and to attributes its own site never asked abou
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable
@@ -59,12 +60,16 @@ class Skill:
         return f"{' '.join(item)} {self.ask}"
 
 
+def _look_up(table: dict[str, str], item: list[str]) -> list[str]:
+    return [table[item[0]]]
+
+
 def _attribute_skills() -> list[Skill]:
     rng = random.Random(TABLE_SEED)
     skills = []
     for attribute, values in ATTRIBUTES.items():
         table = {noun: rng.choice(values.split()) for noun in NOUNS}
-        skills.append(Skill(attribute, attribute, lambda item, table=table: [table[item[0]]]))
+        skills.append(Skill(attribute, attribute, functools.partial(_look_up, table)))
     return skills
 
 
