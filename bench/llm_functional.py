@@ -56,7 +56,7 @@ def _children_cpu() -> float:
 @click.option("--rounds", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--local-steps", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--learning-rate", type=float, default=1e-2, show_default=True)
+@click.option("--learning-rate", type=float, default=5e-3, show_default=True)
 @click.option("--rank", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--pretrain-steps", type=click.IntRange(1), default=400, show_default=True)
 @click.option(
