@@ -26,15 +26,17 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# Functional LLM benchmark: federated instruction tuning of a small Llama",
         "",
-        f"Base: Llama architecture, {base['parameters']:,} parameters, character tokenizer, trained "
+        f"Base: Llama architecture, {base['parameters']:,} parameters, word-level tokenizer, trained "
         f"from scratch for {base['config']['steps']} steps ({base['seconds']:.0f} s; loss "
-        f"{base['first_loss']:.2f} -> {base['final_loss']:.2f}) on synthetic prose stating {len(skills)} "
-        f"word skills. Instruction task: `skill: word` -> answer, {len(doc['sites'])} sites, site i holds "
-        f"skill i only. LoRA r {cfg['rank']}, {cfg['rounds']} rounds x {cfg['local_steps']} local steps "
-        f"x batch {cfg['batch_size']}, lr {cfg['learning_rate']}; local-only and centralized see as many "
-        "examples as the federated run.",
-        f"Test set: {doc['test_examples']} held-out examples (every skill on {cfg['test_words']} words no "
-        "training text contains); greedy decoding, exact match and ROUGE-L in %, loss on the answer tokens.",
+        f"{base['first_loss']:.2f} -> {base['final_loss']:.2f}) on synthetic prose stating "
+        f"{len(skills)} attributes of 40 nouns ('cat color is red'). Instruction task: user 'cat color' -> "
+        f"assistant 'red'; {len(doc['sites'])} sites, site i asks about attribute i only. LoRA r "
+        f"{cfg['rank']}, {cfg['rounds']} rounds x {cfg['local_steps']} local steps x batch "
+        f"{cfg['batch_size']}, lr {cfg['learning_rate']}; local-only and centralized see as many examples "
+        "as the federated run.",
+        f"Test set: {doc['test_examples']} questions (every attribute of {cfg['test_words']} nouns no "
+        "instruction example mentions; chance with the right attribute's five values: 20 %); greedy "
+        "decoding, exact match and ROUGE-L in %, loss on the answer tokens.",
         f"Machine: {doc['cpu_count']} CPUs shared with other jobs; load average before "
         f"{doc['load_average_before']}, after {doc['load_average_after']}; wall {doc['wall_seconds']:.0f} s.",
         "",
