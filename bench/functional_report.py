@@ -38,7 +38,11 @@ def markdown(doc: dict[str, Any]) -> str:
         "instruction example mentions; chance with the right attribute's five values: 20 %); greedy "
         "decoding, exact match and ROUGE-L in %, loss on the answer tokens.",
         f"Machine: {doc['cpu_count']} CPUs shared with other jobs; load average before "
-        f"{doc['load_average_before']}, after {doc['load_average_after']}; wall {doc['wall_seconds']:.0f} s.",
+        f"{doc['load_average_before']}, after {doc['load_average_after']}; wall "
+        f"{doc['wall_seconds']:.0f} s, CPU "
+        f"{doc.get('bench_process_cpu_seconds', 0):.0f} s in the bench process + "
+        f"{doc.get('child_process_cpu_seconds', 0):.0f} s in the coordinator and workers. Command: "
+        f"`flock /tmp/fedtune-heavy.lock {doc.get('command', 'python bench/llm_functional.py')}`.",
         "",
         "| run | exact match % | ROUGE-L % | loss | " + " | ".join(skills) + " |",
         "|---|---:|---:|---:|" + "---:|" * len(skills),
