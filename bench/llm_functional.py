@@ -53,12 +53,12 @@ def _children_cpu() -> float:
 
 
 @click.command()
-@click.option("--rounds", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--local-steps", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--learning-rate", type=float, default=5e-3, show_default=True)
 @click.option("--rank", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--pretrain-steps", type=click.IntRange(1), default=400, show_default=True)
+@click.option("--pretrain-steps", type=click.IntRange(1), default=1500, show_default=True)
 @click.option(
     "--per-site", type=click.IntRange(1), default=240, show_default=True, help="train examples per site"
 )
