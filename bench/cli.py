@@ -225,7 +225,8 @@ def quality_command(
     "test_file",
     required=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="held-out labelled examples (.jsonl or .csv with the spec's text and label fields)",
+    help="held-out examples (.jsonl or .csv) as a site's eval file: the spec's text and label fields, "
+    "or for an instruction experiment `messages` / `prompt` + `response` records",
 )
 @click.option(
     "--model-root",
@@ -254,12 +255,14 @@ def report_command(
     tls_key: Path | None,
     tls_server_name: str | None,
 ) -> None:
-    """Score every round's global model of a classification experiment on a held-out test file.
+    """Score every round's global model of an experiment on a held-out test file.
 
     Exports each finetune version (round 0 = the initial adapter) over the Admin API, loads it with
-    peft on the base under --model-root, and reports held-out test accuracy per round next to each
-    site's own eval accuracy and the upload size. Works on running and finished experiments; needs the
-    worker extra (torch), not the coordinator's database.
+    peft on the base under --model-root, and reports per round, next to each site's own eval figures and
+    the upload size: held-out test accuracy (classification), or loss, perplexity, and for instruction
+    experiments greedy-generation exact match and ROUGE-L with the spec's evaluation.generate settings.
+    Works on running and finished experiments; needs the worker extra (torch), not the coordinator's
+    database.
 
     \b
     Example:

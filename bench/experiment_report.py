@@ -1,5 +1,8 @@
 """`fedtune bench report`: held-out accuracy per round of any classification experiment in a registry.
 
+Generative experiments (task instruction or causal-lm) get loss, perplexity, exact match and ROUGE-L
+instead (bench/generative_report.py); `build_report` picks by the spec's task.
+
 The benchmark scores experiments it runs itself; this scores one that users ran on their own sites.
 Every finetune version (round 0 = the initial adapter) is exported over the Admin API and evaluated
 on a labelled test file the user holds (the spec's text and label fields), next to each site's own
@@ -44,6 +47,10 @@ def build_report(
             ErrorCode.INVALID_ARGUMENT,
             f"--model-root {model_root} has no folder {spec.base_model.name!r}, the experiment's base model",
         )
+    if spec.task != "sequence-classification":
+        from bench.generative_report import build_generative_report
+
+        return build_generative_report(admin, experiment_id, experiment, spec, model_root, test_file, work)
     test = load_test_articles(spec, test_file)
     scored = score_finetune_versions(admin, experiment_id, spec, model_root, test, work / "exports")
     sites = sorted({site for row in scored["rounds"] for site in row["site_metrics"]})
@@ -134,4 +141,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    if report["report"] == "generative":
+        from bench import generative_report
+
+        return write_files(out_dir, "report", report, generative_report.markdown, generative_report.plot)
     return write_files(out_dir, "report", report, markdown, plot)

@@ -49,9 +49,16 @@ def _child_env(**extra: str) -> dict[str, str]:
 @contextmanager
 def local_cluster(work: Path, data: BenchData, model_root: Path) -> Iterator[Cluster]:
     """Coordinator (SQLite + local blobs) and one worker per site on 127.0.0.1; stopped on exit."""
+    with site_cluster(work, [site.name for site in data.sites], data.sites_root, model_root) as cluster:
+        yield cluster
+
+
+@contextmanager
+def site_cluster(work: Path, sites: list[str], sites_root: Path, model_root: Path) -> Iterator[Cluster]:
+    """`local_cluster` for any sites: worker `site` reads `<sites_root>/<site>` (its --data-root)."""
     port = free_port()
     target = f"127.0.0.1:{port}"
-    threads = str(max(1, (os.cpu_count() or 2) // len(data.sites)))
+    threads = str(max(1, (os.cpu_count() or 2) // len(sites)))
     coordinator_dir = work / "coordinator"
     with ProcessGroup(work / "logs") as group, AdminClient(target, timeout=30) as admin:
         group.start(
@@ -60,21 +67,21 @@ def local_cluster(work: Path, data: BenchData, model_root: Path) -> Iterator[Clu
             env=_child_env(),
         )
         wait_for_coordinator(admin, group)
-        for site in data.sites:
-            token = admin.add_site(site.name).token
+        for site in sites:
+            token = admin.add_site(site).token
             group.start(
-                f"worker-{site.name}",
+                f"worker-{site}",
                 [
                     "worker",
                     "run",
                     "--coordinator",
                     target,
                     "--site",
-                    site.name,
+                    site,
                     "--token",
                     token,
                     "--data-root",
-                    str(data.sites_root / site.name),
+                    str(sites_root / site),
                     "--model-root",
                     str(model_root),
                     "--device",

@@ -149,6 +149,24 @@ class Ia3Spec(_Strict):
     feedforward_modules: list[str] | None = None
 
 
+class GenerateSpec(_Strict):
+    """Greedy generation on the held-out split (instruction task): exact match and ROUGE-L per site.
+
+    The prompt is each held-out conversation up to its last assistant turn, rendered by the chat
+    template with the generation prompt; the reference is that turn's content (worker/generation.py).
+    """
+
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    examples: int = Field(default=32, ge=1, le=10_000)  # the first N held-out examples, in file order
+    batch_size: int = Field(default=8, ge=1, le=1024)  # prompts decoded together (left-padded)
+
+
+class EvaluationSpec(_Strict):
+    """What a site measures on its held-out split besides the loss (and perplexity)."""
+
+    generate: GenerateSpec | None = None
+
+
 PeftSpec = Annotated[LoraSpec | PromptTuningSpec | PrefixTuningSpec | Ia3Spec, Field(discriminator="method")]
 
 
@@ -464,6 +482,7 @@ class ExperimentSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     transport: TransportSpec = Field(default_factory=TransportSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     stages: list[StageSpec] = Field(min_length=1)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
@@ -493,7 +512,7 @@ class ExperimentSpec(_Strict):
                     f"sequence-classification (it shifts class logits by the site's label prior), "
                     f"not {self.task}; set it to 0 or remove it"
                 )
-        problem = _scale_lever_problem(self) or _site_ranks_problem(self)
+        problem = _scale_lever_problem(self) or _site_ranks_problem(self) or _evaluation_problem(self)
         if problem is not None:
             raise ValueError(problem)
         names = [s.stage_name for s in self.stages]
@@ -562,6 +581,20 @@ def _site_ranks_problem(spec: ExperimentSpec) -> str | None:
                 f"{stage.strategy.name} would average factor by factor (zero-padded A and B do not average "
                 f"to the mean update); use strategy {sorted(RANK_AWARE_STRATEGIES)[0]} or peft.freeze_a: true"
             )
+    return None
+
+
+def _evaluation_problem(spec: ExperimentSpec) -> str | None:
+    """What is wrong with `evaluation` for this task and data, or None."""
+    if spec.evaluation.generate is None:
+        return None
+    if spec.task != "instruction":
+        return (
+            f"evaluation.generate needs task instruction (prompts and references come from its chat "
+            f"examples), not {spec.task}; remove evaluation.generate"
+        )
+    if spec.data.eval is None:
+        return "evaluation.generate needs data.eval, the held-out file it generates for; set data.eval"
     return None
 
 

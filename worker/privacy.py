@@ -37,7 +37,7 @@ OPERATIONAL_METRICS = frozenset(
     }
 )
 OPERATIONAL_PREFIXES = ("dp_",)
-BOUNDED_SUFFIXES = ("accuracy", "f1", "precision", "recall")  # figures in [0, 1]
+BOUNDED_SUFFIXES = ("accuracy", "f1", "precision", "recall", "exact_match", "rouge_l")  # figures in [0, 1]
 LOSS_SUFFIXES = ("loss",)
 LOSS_BOUND = 10.0  # a reported loss is clipped to [0, LOSS_BOUND] before its noise
 METRIC_EPSILON = 1.0  # the Laplace mechanism's epsilon per noised figure and round

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.spec import ExperimentSpec, TrainingSpec
+from fedtune.spec import ExperimentSpec, GenerateSpec, TrainingSpec
 from worker import data as data_files
-from worker import global_stage, instruction
+from worker import generation, global_stage, instruction
 from worker.class_statistics import class_feature_sums, statistics_update
 from worker.data import Example, check_data_paths, data_file, load_conversations, load_examples
 from worker.device import DeviceChoice, resolve_device
@@ -104,6 +104,9 @@ class _SiteData:
     encode: Callable[[list[Any]], dict[str, torch.Tensor]] | None
     metrics: dict[str, float]
     held_out: Sequence[Any] | None
+    # instruction with `evaluation.generate`: held-out prompts and references, and the settings
+    prompts: Sequence[generation.GenerationExample] = ()
+    generate: GenerateSpec | None = None
 
     def evaluate(self, built: BuiltModel, training: TrainingSpec, prefix: str) -> dict[str, float]:
         if not self.held_out:
@@ -120,7 +123,7 @@ class _SiteData:
                 max_length=training.max_length,
                 prefix=prefix,
             )
-        return instruction.evaluate_loss(
+        metrics = instruction.evaluate_loss(
             built.model,
             self.held_out,
             pad_token_id=int(built.tokenizer.pad_token_id),
@@ -128,6 +131,18 @@ class _SiteData:
             batch_size=batch_size,
             prefix=prefix,
         )
+        if self.generate is not None and self.prompts:
+            metrics.update(
+                generation.generation_metrics(
+                    built.model,
+                    built.tokenizer,
+                    self.prompts,
+                    self.generate,
+                    device=built.device,
+                    prefix=prefix,
+                )
+            )
+        return metrics
 
 
 def _site_data(spec: ExperimentSpec, built: BuiltModel, data_root: Path, training: TrainingSpec) -> _SiteData:
@@ -140,10 +155,19 @@ def _site_data(spec: ExperimentSpec, built: BuiltModel, data_root: Path, trainin
         return _SiteData(spec.task, _examples(spec, train_path), None, {}, held_out)
     tokenizer = built.tokenizer
     train_set = instruction.prepare(tokenizer, load_conversations(train_path), training.max_length)
+    eval_conversations = load_conversations(eval_path) if eval_path is not None else []
     eval_set = (
-        instruction.prepare(tokenizer, load_conversations(eval_path), training.max_length)
-        if eval_path is not None
+        instruction.prepare(tokenizer, eval_conversations, training.max_length)
+        if eval_conversations
         else None
+    )
+    settings = spec.evaluation.generate
+    prompts = (
+        generation.generation_examples(
+            tokenizer, eval_conversations, limit=settings.examples, max_length=training.max_length
+        )
+        if settings is not None
+        else []
     )
     pad_id, device, packing = int(tokenizer.pad_token_id), built.device.device, training.packing
 
@@ -154,7 +178,7 @@ def _site_data(spec: ExperimentSpec, built: BuiltModel, data_root: Path, trainin
     if eval_set is not None:
         metrics.update(eval_set.metrics("eval_"))
     held_out_chats = eval_set.examples if eval_set is not None else None
-    return _SiteData(spec.task, train_set.examples, encode, metrics, held_out_chats)
+    return _SiteData(spec.task, train_set.examples, encode, metrics, held_out_chats, prompts, settings)
 
 
 def _safetensors_bytes(arrays: dict[str, np.ndarray]) -> bytes:
