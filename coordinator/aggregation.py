@@ -26,6 +26,7 @@ from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import load_spec_json
 from fedtune.tensorstream.encoder import manifest_for_file
 from fedtune.tensorstream.manifest import Manifest
+from fedtune.tensorstream.safetensors_file import read_header
 from storage import models
 from storage.blobs import BlobStore
 from storage.registry import store_model_version
@@ -214,7 +215,14 @@ class RoundAggregator:
         """finish_round, then the new version + the committed round in one transaction (round lock held)."""
         active = self._ensure(round_id)
         result = active.strategy.finish_round()
-        state_digest = self._blobs.put_file(result.state_path) if result.state_path else None
+        # The work folder's files are the round's own: moved into the blob store, not copied (a retry
+        # after a failed commit rebuilds them from the spool, decision 26).
+        state_digest = self._blobs.put_file(result.state_path, move=True) if result.state_path else None
+        digests = result.new_tensors_digests
+        if digests is not None:  # known as written: the new version is not read again (decision 41)
+            manifest = Manifest(read_header(result.new_tensors_path)[0].tensors, digests.data)
+        else:
+            manifest = manifest_for_file(result.new_tensors_path)
         with self._uow_factory() as uow:
             plan = commit_plan(uow, round_id, self._blobs)
         metrics = dict(plan.client_metrics)
@@ -236,11 +244,13 @@ class RoundAggregator:
             stage_name=plan.stage_name,
             round=plan.round,
             kind="adapter",
-            manifest=manifest_for_file(result.new_tensors_path).to_json(),
+            manifest=manifest.to_json(),
             metrics=metrics,
             sites=plan.sites,
             num_examples=plan.num_examples,
             extra=extra,
+            move=True,
+            tensors_digest=digests.file if digests is not None else None,
         )
         return version.id
 

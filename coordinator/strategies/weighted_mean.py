@@ -18,11 +18,18 @@ import numpy as np
 
 from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo
 from coordinator.strategies.flatfile import FlatFile
-from coordinator.strategies.server_state import CHUNK_ELEMENTS, ServerState
+from coordinator.strategies.server_state import ServerState
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.tensorstream.dtypes import wire_dtype
+from fedtune.tensorstream.dtypes import finite_max_abs_raw, wire_dtype
 from fedtune.tensorstream.manifest import Manifest
-from fedtune.tensorstream.safetensors_file import SafetensorsFileWriter, iter_float32, read_header
+from fedtune.tensorstream.safetensors_file import (
+    SafetensorsFileWriter,
+    iter_float32_views,
+    read_header,
+)
+
+# A fold maps this many update values (16 MiB of float32) and their accumulator window at a time.
+FOLD_ELEMENTS = 1 << 22
 
 
 def check_round_manifest(manifest: Manifest) -> None:
@@ -80,8 +87,8 @@ class WeightedMeanStrategy(Strategy):
         check_file_layout(update.path, inputs.manifest, f"update from {update.site}")
         if weight > 0:
             self._fold_failed = True  # until every chunk is in
-            for start, values in iter_float32(update.path, CHUNK_ELEMENTS):
-                if not np.isfinite(values).all():
+            for start, values in iter_float32_views(update.path, FOLD_ELEMENTS):
+                if finite_max_abs_raw(values, "float32") is None:
                     raise FedtuneError(
                         ErrorCode.NON_FINITE,
                         f"update from {update.site} has NaN/Inf values; it cannot be folded",
@@ -126,12 +133,13 @@ class WeightedMeanStrategy(Strategy):
         state_path = inputs.workdir / f"round-{inputs.round}-{self.name}-state.safetensors"
         has_state = bool(self.state_buffers())
         squared_change = 0.0
-        with SafetensorsFileWriter(tensors_path, inputs.manifest) as writer:
+        with SafetensorsFileWriter(tensors_path, inputs.manifest, digests=True) as writer:
             state_writer = self._state.open_writer(state_path) if has_state else None
             try:
-                for start, global_values in iter_float32(inputs.global_path, CHUNK_ELEMENTS):
+                for start, global_values in iter_float32_views(inputs.global_path, FOLD_ELEMENTS):
                     count = global_values.size
-                    mean = self._sum.read(start, count) / self._total_weight
+                    mean = self._sum.read(start, count)
+                    mean /= self._total_weight
                     state = self._state.read(start, count) if has_state else {}
                     new = self._server_step(mean, global_values.astype(np.float64), state).astype(np.float32)
                     writer.write_flat_float32(start, new)
@@ -153,6 +161,7 @@ class WeightedMeanStrategy(Strategy):
         }
         return RoundResult(
             new_tensors_path=tensors_path,
+            new_tensors_digests=writer.written_digests,
             state_path=state_path if has_state else None,
             state_scalars=self._next_state_scalars(inputs),
             metrics=metrics,
