@@ -65,3 +65,30 @@ def test_create_reserves_the_blocks_so_a_full_disk_fails_there(tmp_path: Path) -
     # Assert: the blocks are allocated (posix_fallocate), not a sparse file mapped pages could overrun
     assert (tmp_path / "sum.f64").stat().st_blocks * 512 >= (1 << 20) * 8
     accumulator.close()
+
+
+def test_add_many_rounds_term_after_term_like_one_add_per_term(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: terms whose float64 sums depend on the order and grouping of the additions
+    monkeypatch.setattr(flatfile, "WINDOW_BYTES", 4096)
+    monkeypatch.setattr(flatfile, "BLOCK_ELEMENTS", 100)
+    rng = np.random.default_rng(3)
+    numel = 5_000
+    terms = [
+        (rng.standard_normal(numel).astype(np.float32) * 10.0**e, w)
+        for e, w in [(0, 3.0), (6, 0.7), (-6, 1.0)]
+    ]
+    batched = FlatFile(tmp_path / "batched.f64", numel).create()
+    one_by_one = FlatFile(tmp_path / "one.f64", numel).create()
+    products = [np.multiply(v, w, dtype=np.float64) for v, w in terms]
+    grouped = products[0] + (products[1] + products[2])  # another grouping of the same sum
+
+    # Execute
+    batched.add_many(7, [(v[7:], w) for v, w in terms])
+    for values, weight in terms:
+        one_by_one.add(7, values[7:], weight)
+
+    # Assert
+    assert np.array_equal(batched.read(0, numel), one_by_one.read(0, numel))
+    assert not np.array_equal(batched.read(7, numel - 7), grouped[7:])  # the test can tell groupings apart

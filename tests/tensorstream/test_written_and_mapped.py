@@ -25,8 +25,12 @@ FLOATS = ("float32", "float16", "bfloat16", "float64")
 
 def _manifest() -> Manifest:
     return Manifest.of(
-        [TensorSpec("a", "float32", (1000,), 4000), TensorSpec("b", "float32", (0,), 0),
-         TensorSpec("c", "bfloat16", (33,), 66), TensorSpec("d", "float32", (2049,), 8196)]
+        [
+            TensorSpec("a", "float32", (1000,), 4000),
+            TensorSpec("b", "float32", (0,), 0),
+            TensorSpec("c", "bfloat16", (33,), 66),
+            TensorSpec("d", "float32", (2049,), 8196),
+        ]
     )
 
 
