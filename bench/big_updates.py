@@ -68,8 +68,14 @@ def site_main(args: argparse.Namespace) -> None:
     end_with_parent_from_env()
     work = Path(args.site_dir)
     work.mkdir(parents=True, exist_ok=True)
-    settings = WorkerSettings(
-        coordinator=args.target, site=args.site, token=args.token, data_root=work, model_root=work
+    settings = WorkerSettings.model_validate(
+        {
+            "coordinator": args.target,
+            "site": args.site,
+            "token": args.token,
+            "data_root": work,
+            "model_root": work,
+        }
     )
     connection = Connection(settings)
     connection.register({"kind": "bench"}, {}, "bench")

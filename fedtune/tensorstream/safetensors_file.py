@@ -239,7 +239,9 @@ class SafetensorsFileWriter:
             stop = min(end_element, self._element_starts[index + 1])  # bisect_right skips empty tensors
             local = position - self._element_starts[index]
             raw = from_float32(flat[position - start_element : stop - start_element], spec.dtype)
-            self.write_bytes(index, local * wire_dtype(spec.dtype).itemsize, memoryview(raw).cast("B"))
+            self.write_bytes(
+                index, local * wire_dtype(spec.dtype).itemsize, raw.reshape(-1).view(np.uint8).data
+            )
             position = stop
 
     def sync(self) -> None:
