@@ -31,6 +31,7 @@ from fedtune.tensorstream.dtypes import (
     to_float32,
     wire_dtype,
 )
+from fedtune.tensorstream.hashing import BackgroundHashes
 from fedtune.tensorstream.manifest import Manifest, TensorSpec
 
 MAX_HEADER_BYTES = 100 << 20  # the limit the safetensors library applies
@@ -152,10 +153,11 @@ class SafetensorsFileWriter:
         self.manifest = manifest
         header = _header_bytes(manifest, metadata)
         self.data_start = len(header)
-        self._hashes: tuple[hashlib._Hash, hashlib._Hash] | None = None
+        self._hashes: BackgroundHashes | None = None  # of the whole file and of the data section
         self._hashed_to = 0  # data bytes hashed so far (writes must come in order to be hashed)
+        self._digests: WrittenDigests | None = None
         if digests:
-            self._hashes = (hashlib.sha256(header), hashlib.sha256())
+            self._hashes = BackgroundHashes(header, b"")
         self._starts = [0]
         self._element_starts = [0]
         for t in manifest.tensors:
@@ -176,7 +178,7 @@ class SafetensorsFileWriter:
             raise FedtuneError(ErrorCode.BAD_MANIFEST, f"{partial} was written for a different manifest")
         writer = cls.__new__(cls)
         writer.path, writer.manifest, writer.data_start = Path(path), manifest, data_start
-        writer._hashes, writer._hashed_to = None, 0
+        writer._hashes, writer._hashed_to, writer._digests = None, 0, None
         writer._starts, writer._element_starts = [0], [0]
         for t in manifest.tensors:
             writer._starts.append(writer._starts[-1] + t.nbytes)
@@ -207,10 +209,10 @@ class SafetensorsFileWriter:
         position = self._starts[tensor_index] + offset
         if self._hashes is not None:
             if position == self._hashed_to:
-                for hasher in self._hashes:
-                    hasher.update(data)
+                self._hashes.update(data)  # on its threads; `data` must not change before commit
                 self._hashed_to += len(data)
             else:
+                self._hashes.close()
                 self._hashes = None  # written out of order: the digests must be read back
         os.pwrite(f.fileno(), data, self.data_start + position)
 
@@ -220,7 +222,10 @@ class SafetensorsFileWriter:
         `digests=True` and every data byte was written exactly once, in order; else None."""
         if self._hashes is None or self._hashed_to != self._starts[-1]:
             return None
-        return WrittenDigests(file=self._hashes[0].hexdigest(), data=self._hashes[1].hexdigest())
+        if self._digests is None:
+            file_digest, data_digest = self._hashes.hexdigests()
+            self._digests = WrittenDigests(file=file_digest, data=data_digest)
+        return self._digests
 
     def write_flat_float32(self, start_element: int, values: np.ndarray) -> None:
         """Write float32 values at flat element `start_element` (all tensors in manifest order, each
@@ -258,12 +263,18 @@ class SafetensorsFileWriter:
 
     def commit(self) -> None:
         """fsync, atomically rename ``<path>.partial`` to `path`, fsync the directory."""
-        self.sync()
+        self.sync()  # the hash threads finish their last pieces meanwhile
+        self.written_digests  # noqa: B018 - waits for them and keeps the digests (or ends the threads)
+        if self._hashes is not None:
+            self._hashes.close()
         self.close()
         os.replace(self.partial_path, self.path)
         fsync_dir(self.path.parent)
 
     def discard(self) -> None:
+        if self._hashes is not None:
+            self._hashes.close()
+            self._hashes = None
         self.close()
         self.partial_path.unlink(missing_ok=True)
 

@@ -125,3 +125,26 @@ def test_the_one_pass_check_agrees_with_finite_then_max_abs(dtype: str, poison: 
         assert found is None
     else:
         assert found == max_abs_raw(raw, dtype)
+
+
+def test_the_hash_threads_end_with_the_writer_committed_or_discarded(tmp_path: Path) -> None:
+    # Prepare
+    import threading
+
+    manifest = _manifest()
+    values = np.ones(1000 + 33 + 2049, dtype=np.float32)
+
+    # Execute
+    with SafetensorsFileWriter(tmp_path / "kept.safetensors", manifest, digests=True) as kept:
+        kept.write_flat_float32(0, values)
+    with (
+        pytest.raises(RuntimeError),
+        SafetensorsFileWriter(tmp_path / "x.safetensors", manifest, digests=True) as x,
+    ):
+        x.write_flat_float32(0, values[:100])
+        raise RuntimeError("the strategy failed midway")
+
+    # Assert
+    assert kept.written_digests is not None
+    assert not (tmp_path / "x.safetensors.partial").exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("fedtune-hash")]
