@@ -38,6 +38,9 @@ FOLD_ELEMENTS = 1 << 22
 # so: memory O(FOLD_BATCH x BATCH_ELEMENTS x 12 bytes), 48 MiB at most, however large the model.
 FOLD_BATCH = 4
 BATCH_ELEMENTS = 1 << 20
+# finish_round computes this many values at a time: its float64 temporaries (a few per value) then stay
+# small enough for the allocator to reuse instead of mapping fresh pages for each (decision 41).
+FINISH_ELEMENTS = 1 << 18
 
 
 def check_round_manifest(manifest: Manifest) -> None:
@@ -172,7 +175,7 @@ class WeightedMeanStrategy(Strategy):
         with SafetensorsFileWriter(tensors_path, inputs.manifest, digests=True) as writer:
             state_writer = self._state.open_writer(state_path) if has_state else None
             try:
-                for start, global_values in iter_float32_views(inputs.global_path, FOLD_ELEMENTS):
+                for start, global_values in iter_float32_views(inputs.global_path, FINISH_ELEMENTS):
                     count = global_values.size
                     mean = self._sum.read(start, count)
                     mean /= self._total_weight

@@ -36,6 +36,8 @@ from fedtune.tensorstream.manifest import Manifest, TensorSpec
 
 MAX_HEADER_BYTES = 100 << 20  # the limit the safetensors library applies
 _READ_BYTES = 1 << 20
+# A mapped piece is read whole: fault its pages in with one call rather than one trap per page.
+_READ_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 def partial_path(path: Path) -> Path:
@@ -384,9 +386,8 @@ def iter_float32_views(path: Path, chunk_elements: int = 1 << 22) -> Iterator[tu
                 count = min(chunk_elements, t.numel - start)
                 offset = position + start * dt.itemsize
                 base = offset - offset % mmap.ALLOCATIONGRANULARITY
-                mapped = mmap.mmap(
-                    f.fileno(), offset - base + count * dt.itemsize, access=mmap.ACCESS_READ, offset=base
-                )
+                length = offset - base + count * dt.itemsize
+                mapped = mmap.mmap(f.fileno(), length, _READ_FLAGS, mmap.PROT_READ, offset=base)
                 try:
                     raw = np.frombuffer(mapped, dt.storage, count, offset - base)
                     yield element + start, raw if t.dtype == "float32" else to_float32(raw, t.dtype)
