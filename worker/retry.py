@@ -26,8 +26,6 @@ def is_transient(code: grpc.StatusCode, details: str) -> bool:
     if code in RETRYABLE:
         return True
     return code == grpc.StatusCode.RESOURCE_EXHAUSTED and not details.startswith(FINAL_EXHAUSTED_PREFIX)
-
-
 UNARY_TIMEOUT_S = 30.0  # deadline of one unary call (streams run without one)
 
 
