@@ -32,8 +32,8 @@ from fedtune.tensorstream.safetensors_file import (
     read_header,
 )
 
-# Judging an update (its finite check) maps this many of its values (16 MiB of float32) at a time.
-FOLD_ELEMENTS = 1 << 22
+# Judging an update (its finite check) maps this many of its values (4 MiB of float32) at a time.
+FOLD_ELEMENTS = 1 << 20
 # Updates added to the float64 sum in one pass, and the values per update mapped at a time while doing
 # so: memory O(FOLD_BATCH x BATCH_ELEMENTS x 12 bytes), 48 MiB at most, however large the model.
 FOLD_BATCH = 4
