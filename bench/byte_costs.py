@@ -67,6 +67,10 @@ def run(work: Path, mib: int, sites: int) -> dict[str, dict[str, float]]:
     size = manifest.total_bytes
     rows: dict[str, dict[str, float]] = {}
 
+    def uploads() -> None:
+        for i in range(sites):
+            upload(i)
+
     def upload(i: int) -> None:
         decoder = StreamDecoder(manifest, work / f"update-{i}.safetensors", max_abs_value=1e9)
         for chunk in iter_chunks_from_arrays(arrays, manifest, DEFAULT_CHUNK_BYTES):
@@ -74,7 +78,7 @@ def run(work: Path, mib: int, sites: int) -> dict[str, dict[str, float]]:
             decoder.add(chunk_from_proto(worker_pb2.PushUpdateRequest.FromString(wire).chunk))
         decoder.finish()
 
-    measure(rows, f"upload + verify x {sites}", sites * size, lambda: [upload(i) for i in range(sites)])
+    measure(rows, f"upload + verify x {sites}", sites * size, uploads)
 
     def serve() -> None:
         for chunk in iter_chunks_from_file(work / "update-0.safetensors", DEFAULT_CHUNK_BYTES):
@@ -95,9 +99,12 @@ def run(work: Path, mib: int, sites: int) -> dict[str, dict[str, float]]:
     source = np.frombuffer(os.urandom(size), np.uint8)
     target = np.empty_like(source)
     np.copyto(target, source)
-    measure(
-        rows, f"memcpy x {sites}", sites * size, lambda: [np.copyto(target, source) for _ in range(sites)]
-    )
+
+    def copies() -> None:
+        for _ in range(sites):
+            np.copyto(target, source)
+
+    measure(rows, f"memcpy x {sites}", sites * size, copies)
     rows["fold / memcpy (CPU)"] = {
         "ratio": round(rows[f"memcpy x {sites}"]["cpu_s"] / rows[f"fold x {sites}"]["cpu_s"], 3)
     }
