@@ -191,7 +191,7 @@ def spec_yaml(sites: list[str], rounds: int) -> str:
 
 
 class Coordinator:
-    def __init__(self, work: Path, sites: dict[str, str]) -> None:
+    def __init__(self, work: Path, sites: dict[str, str], chunk_bytes: int = 0) -> None:
         from demo.processes import free_port
 
         self.port, self.metrics_port = free_port(), free_port()
@@ -207,6 +207,7 @@ class Coordinator:
                     "log_level": "WARNING",
                     "metrics_port": self.metrics_port,
                     "task_lease_seconds": 1800,
+                    **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
                 }
             )
         )
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from fedtune.v1 import admin_pb2, admin_pb2_grpc
 
     sites = {f"site-{i}": f"token-site-{i}" for i in range(args.sites)}
-    coordinator = Coordinator(work, sites)
+    coordinator = Coordinator(work, sites, args.chunk_bytes)
     children: list[subprocess.Popen[bytes]] = [coordinator.process]
     samples: list[dict[str, float]] = []
     stop = threading.Event()
@@ -259,6 +260,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 str(args.tensors),
                 "--tensor-mib",
                 str(args.tensor_mib),
+                "--chunk-bytes",
+                str(args.chunk_bytes),
             ]
             children.append(start_child(argv, out))
         deadline = time.time() + 300
@@ -421,6 +424,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--measure", default="2,3", help="rounds to report (comma separated)")
     parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument("--chunk-bytes", type=int, default=0, help="chunk size both ways (0: the defaults)")
     parser.add_argument("--label", default="after", help="column name in the results (before/after)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "big-updates.json")
     parser.add_argument("--workdir", type=Path, default=None)
