@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING
 from coordinator import lifecycle
 from coordinator.clock import Clock
 from coordinator.privacy_budget import round_privacy_metrics
-from coordinator.round_commit import apply_commit, commit_plan, get_round
-from coordinator.secagg.masked_sum import MaskedSumStrategy, quantization_for, unmask_plan
+from coordinator.round_commit import apply_commit, commit_plan, get_round, version_manifest
+from coordinator.secagg.masked_sum import MaskedSumStrategy, prepare_unmasking, quantization_for
 from coordinator.strategies.base import RoundInputs, Strategy, UpdateInfo
 from coordinator.strategies.registry import build_strategy
 from fedtune.dp_mechanism import round_noise
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import load_spec_json
-from fedtune.tensorstream.encoder import manifest_for_file
 from fedtune.tensorstream.manifest import Manifest
 from storage import models
 from storage.blobs import BlobStore
@@ -237,14 +236,13 @@ class RoundAggregator:
         """finish_round, then the new version + the committed round in one transaction (round lock held)."""
         active = self._ensure(round_id)
         if isinstance(active.strategy, MaskedSumStrategy):
-            with self._uow_factory() as uow:
-                rnd = get_round(uow, round_id)
-                experiment = uow.experiments.get(rnd.experiment_id)
-                assert experiment is not None
-                secagg_spec = load_spec_json(experiment.spec_json).privacy.secagg
-                active.strategy.unmask_with(unmask_plan(uow, round_id, rnd.experiment_id, secagg_spec))
+            prepare_unmasking(active.strategy, self._uow_factory, round_id)
         result = active.strategy.finish_round()
-        state_digest = self._blobs.put_file(result.state_path) if result.state_path else None
+        # The work folder's files are the round's own: moved into the blob store, not copied (a retry
+        # after a failed commit rebuilds them from the spool, decision 26).
+        state_digest = self._blobs.put_file(result.state_path, move=True) if result.state_path else None
+        digests = result.new_tensors_digests
+        manifest = version_manifest(result)
         with self._uow_factory() as uow:
             plan = commit_plan(uow, round_id, self._blobs)
             rnd = get_round(uow, round_id)
@@ -271,11 +269,13 @@ class RoundAggregator:
             stage_name=plan.stage_name,
             round=plan.round,
             kind="adapter",
-            manifest=manifest_for_file(result.new_tensors_path).to_json(),
+            manifest=manifest.to_json(),
             metrics=metrics,
             sites=plan.sites,
             num_examples=plan.num_examples,
             extra=extra,
+            move=True,
+            tensors_digest=digests.file if digests is not None else None,
         )
         return version.id
 

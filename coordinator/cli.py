@@ -93,6 +93,7 @@ def serve(
     from coordinator.logs import configure_logging
     from coordinator.server import start_server
     from coordinator.settings import CoordinatorSettings
+    from fedtune.malloc import return_freed_memory
 
     try:
         settings = CoordinatorSettings.load(
@@ -111,6 +112,9 @@ def serve(
             log_json=log_json,
         )
         configure_logging(settings.log_level, settings.log_json)
+        # Stream chunks and fold windows are large and short-lived: hand them back when freed instead of
+        # keeping a round's peak resident (fedtune/malloc.py; docs/decisions.md 41).
+        return_freed_memory()
         server = start_server(settings)
     except FedtuneError as err:
         click.echo(f"error: {err.message}", err=True)

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 from coordinator import lifecycle
 from coordinator.stages import advance_after_round
+from coordinator.strategies.base import RoundResult
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.tensorstream.encoder import manifest_for_file
+from fedtune.tensorstream.manifest import Manifest
+from fedtune.tensorstream.safetensors_file import read_header
 from storage import models
 from storage.blobs import BlobStore
 from storage.uow import UnitOfWork
@@ -106,3 +110,12 @@ def apply_commit(
         },
     )
     advance_after_round(uow, rnd, version.id, now)
+
+
+def version_manifest(result: RoundResult) -> Manifest:
+    """The new version's manifest: from the digests taken as it was written (it is not read again,
+    decision 41), else by reading the file."""
+    digests = result.new_tensors_digests
+    if digests is not None:
+        return Manifest(read_header(result.new_tensors_path)[0].tensors, digests.data)
+    return manifest_for_file(result.new_tensors_path)

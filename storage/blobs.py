@@ -50,8 +50,11 @@ class BlobStore(ABC):
     """Immutable blobs addressed by the sha256 hex digest of their content."""
 
     @abstractmethod
-    def put_file(self, source: Path, *, move: bool = False) -> str:
-        """Store the file's content and return its digest. `move=True` consumes `source`."""
+    def put_file(self, source: Path, *, move: bool = False, digest: str | None = None) -> str:
+        """Store the file's content and return its digest. `move=True` consumes `source`.
+
+        `digest`: the sha256 of the file as its writer computed it (e.g. ``WrittenDigests.file``). A
+        store may then skip reading the file again; one that reads it anyway checks it."""
 
     @abstractmethod
     def put_stream(self, chunks: Iterable[bytes]) -> str:
@@ -168,7 +171,12 @@ class LocalBlobStore(BlobStore):
         except OSError as err:
             raise _storage_error("write a blob", err) from err
 
-    def put_file(self, source: Path, *, move: bool = False) -> str:
+    def put_file(self, source: Path, *, move: bool = False, digest: str | None = None) -> str:
+        """With `move` on the blob store's filesystem the file is renamed into place, not copied;
+        with `digest` too it is not read at all (the writer's digest is trusted: no 256 MiB re-hash
+        of a version the commit just wrote, decision 41). A copy checks `digest` if one is given."""
+        if digest is not None:
+            validate_digest(digest)
         source = Path(source)
         try:
             handle = source.open("rb")
@@ -182,20 +190,26 @@ class LocalBlobStore(BlobStore):
             raise _storage_error(f"read {source}", err) from err
         with handle:
             if move and source.is_file() and os.stat(source).st_dev == os.stat(self._tmp_dir).st_dev:
-                return self._move_in(source, handle)
-            digest = self.put_stream(iter_file_chunks(handle, self.chunk_size))
+                return self._move_in(source, handle, digest)
+            stored = self.put_stream(iter_file_chunks(handle, self.chunk_size))
+        if digest is not None and stored != digest:
+            raise FedtuneError(
+                ErrorCode.STORAGE, f"{source} changed while it was stored: sha256 {stored}, expected {digest}"
+            )
         if move:
             source.unlink()
-        return digest
+        return stored
 
-    def _move_in(self, source: Path, handle: BinaryIO) -> str:
-        """Hash `source` and rename it into place (same filesystem): no copy of a large file."""
+    def _move_in(self, source: Path, handle: BinaryIO, digest: str | None = None) -> str:
+        """Hash `source` (unless its `digest` is given) and rename it into place (same filesystem):
+        no copy of a large file."""
         try:
-            hasher = hashlib.sha256()
-            for chunk in iter_file_chunks(handle, self.chunk_size):
-                hasher.update(chunk)
+            if digest is None:
+                hasher = hashlib.sha256()
+                for chunk in iter_file_chunks(handle, self.chunk_size):
+                    hasher.update(chunk)
+                digest = hasher.hexdigest()
             os.fsync(handle.fileno())  # the caller may not have; the rename must not outrun the data
-            digest = hasher.hexdigest()
             self._install(source, digest)
             _fsync_dir(source.parent)
             return digest

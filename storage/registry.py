@@ -57,10 +57,12 @@ def store_model_version(
     site_id: int | None = None,
     extra: Callable[[U, ModelVersion], None] | None = None,
     move: bool = False,
+    tensors_digest: str | None = None,
 ) -> ModelVersion:
     """Store a model version: blobs first (durable), then its row, committed in one unit of work.
 
-    `tensors_path` is the safetensors file (consumed when `move=True`); `files` maps side file
+    `tensors_path` is the safetensors file (consumed when `move=True`; `tensors_digest`, its sha256
+    as written, spares the blob store reading it again); `files` maps side file
     names to their bytes. `extra(uow, row)` runs inside the same transaction before the commit
     (e.g. to mark the round committed). Raises FedtuneError: INVALID_ARGUMENT for a bad kind or
     file name, NOT_FOUND for a missing tensors file, experiment or parent, ALREADY_EXISTS when
@@ -74,7 +76,7 @@ def store_model_version(
         _check_side_file_name(name)
 
     # 1. Blobs, durable before any row names them.
-    blob_digest = blobs.put_file(Path(tensors_path), move=move)
+    blob_digest = blobs.put_file(Path(tensors_path), move=move, digest=tensors_digest)
     file_digests = {name: blobs.put_bytes(data) for name, data in sorted(files.items())}
 
     # 2. The row (and the caller's changes), in one transaction.

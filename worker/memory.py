@@ -18,55 +18,20 @@ daemon calls `trim` after each task.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
-import os
 import resource
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+# Re-exported: the daemon pins the threshold at start and trims after each task (fedtune/malloc.py).
+from fedtune.malloc import _glibc as _glibc
+from fedtune.malloc import return_freed_memory as return_freed_memory
+from fedtune.malloc import trim as trim
+
 log = logging.getLogger("fedtune.worker")
 
 MB = 1024 * 1024
-# Blocks from this size up are mmapped and unmapped when freed (glibc's default starts at 128 KiB and
-# grows to 32 MiB as large blocks are freed, which keeps freed activations resident).
-MMAP_THRESHOLD_BYTES = 64 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number, glibc's malloc.h
-_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # set by the site: glibc reads it and we leave it alone
-
-
-def _glibc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def return_freed_memory() -> bool:
-    """Pin glibc's mmap threshold so freed tensors leave the resident set; False where not glibc or
-    where the site set MALLOC_MMAP_THRESHOLD_ itself."""
-    libc = _glibc()
-    if libc is None or _THRESHOLD_ENV in os.environ:
-        return False
-    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    if ok:
-        log.info(
-            "malloc: blocks of %d KiB and more are returned to the system when freed",
-            MMAP_THRESHOLD_BYTES // 1024,
-        )
-    return ok
-
-
-def trim() -> None:
-    """Give the heap's free pages back to the system (glibc's malloc_trim), e.g. after a task."""
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 def peak_rss_mb() -> float:

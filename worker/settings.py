@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedtune.errors import ErrorCode, FedtuneError
+from fedtune.tensorstream.manifest import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 from fedtune.tls import ClientTls
 
 ENV_PREFIX = "FEDTUNE_"
@@ -41,7 +42,7 @@ class WorkerSettings(BaseModel):
     pull_wait_seconds: float = Field(20.0, gt=0, le=300)
     heartbeat_seconds: float = Field(10.0, gt=0, description="replaced by the coordinator's Register answer")
     max_backoff_seconds: float = Field(30.0, gt=0)
-    chunk_bytes: int = Field(1 << 20, ge=1024, le=16 << 20)
+    chunk_bytes: int = Field(DEFAULT_CHUNK_BYTES, ge=1024, le=MAX_CHUNK_BYTES)
     torch_threads: int | None = Field(None, ge=1)
     processes: int = Field(
         1,

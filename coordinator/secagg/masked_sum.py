@@ -29,9 +29,9 @@ from fedtune.secagg.masking import WEIGHT_OFFSET, VectorLayout
 from fedtune.secagg.quantize import QuantizationParams, cap_weight, dequantize_sum, dequantize_weight_sum
 from fedtune.secagg.recovery import RevealedShare, ShareKind, UnmaskPlan, build_unmask_plan
 from fedtune.secagg.site import masked_layout
-from fedtune.spec import SecAggSpec
+from fedtune.spec import SecAggSpec, load_spec_json
 from fedtune.tensorstream.safetensors_file import read_header
-from storage.uow import UnitOfWork
+from storage.uow import UnitOfWork, UowFactory
 
 
 def iter_masked(path: Path, chunk_elements: int) -> Any:
@@ -168,3 +168,13 @@ def unmask_plan(uow: UnitOfWork, round_id: str, experiment_id: str, spec: SecAgg
 
 def _kind(value: str | None) -> ShareKind:
     return "mask_key" if value == "mask_key" else "seed"
+
+
+def prepare_unmasking(strategy: MaskedSumStrategy, uow_factory: UowFactory, round_id: str) -> None:
+    """Give the strategy what removes the masks from its sum, read from the registry at commit."""
+    with uow_factory() as uow:
+        rnd = uow.rounds.get(round_id)
+        experiment = uow.experiments.get(rnd.experiment_id) if rnd is not None else None
+        assert rnd is not None and experiment is not None
+        spec = load_spec_json(experiment.spec_json).privacy.secagg
+        strategy.unmask_with(unmask_plan(uow, round_id, rnd.experiment_id, spec))

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from fedtune.tensorstream.manifest import Manifest
+from fedtune.tensorstream.safetensors_file import WrittenDigests
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class RoundResult:
     state_path: Path | None  # server state to persist (safetensors in workdir) or None
     state_scalars: dict[str, float]
     metrics: dict[str, float]  # e.g. total weight, update norm, per-strategy figures
+    # sha256s of new_tensors_path as written (file, data section), when the strategy's writer knows
+    # them; the commit then moves the file into the blob store without reading it again (decision 41)
+    new_tensors_digests: WrittenDigests | None = None
 
 
 class Strategy(ABC):

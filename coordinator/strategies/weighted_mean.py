@@ -3,27 +3,45 @@
 FedAvg's server step is the identity; FedAvgM and the adaptive server optimisers (FedAdagrad,
 FedAdam, FedYogi) override only `_server_step` and declare the per-tensor buffers they persist.
 
-Precision: the running sum sum_i(w_i * u_i) is a float64 file. Each coordinate receives one
-rounding per site in float64 (relative error ~1e-16 x sites), so the mean is exact to float32
-tolerance for any number of sites and - the point for restart safety - practically independent of
-the order in which updates are folded (a restarted coordinator may re-fold in another order).
+Precision: the running sum sum_i(w_i * u_i) is a float64 file, added to in batches of up to
+`FOLD_BATCH` updates (one pass over the file per batch, with the same roundings as one pass per
+update, decision 41). Each coordinate receives one rounding per site in float64 (relative error
+~1e-16 x sites), so the mean is exact to float32 tolerance for any number of sites and - the point
+for restart safety - practically independent of the order in which updates are folded (a restarted
+coordinator may re-fold in another order): two orders can give different float32 results only where
+the mean lies within ~sites x 2^-53 (relative) of a float32 rounding boundary, then by one ulp.
 The float64 file costs twice the disk of a float32 one, never memory.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
 from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo
 from coordinator.strategies.flatfile import FlatFile
-from coordinator.strategies.server_state import CHUNK_ELEMENTS, ServerState
+from coordinator.strategies.server_state import ServerState
 from fedtune.dp_mechanism import secure_rng
 from fedtune.errors import ErrorCode, FedtuneError
-from fedtune.tensorstream.dtypes import wire_dtype
+from fedtune.tensorstream.dtypes import finite_max_abs_raw, wire_dtype
 from fedtune.tensorstream.manifest import Manifest
-from fedtune.tensorstream.safetensors_file import SafetensorsFileWriter, iter_float32, read_header
+from fedtune.tensorstream.safetensors_file import (
+    SafetensorsFileWriter,
+    iter_float32_views,
+    read_header,
+)
+
+# Judging an update (its finite check) maps this many of its values (4 MiB of float32) at a time.
+FOLD_ELEMENTS = 1 << 20
+# Updates added to the float64 sum in one pass, and the values per update mapped at a time while doing
+# so: memory O(FOLD_BATCH x BATCH_ELEMENTS x 12 bytes), 48 MiB at most, however large the model.
+FOLD_BATCH = 4
+BATCH_ELEMENTS = 1 << 20
+# finish_round computes this many values at a time: its float64 temporaries (a few per value) then stay
+# small enough for the allocator to reuse instead of mapping fresh pages for each (decision 41).
+FINISH_ELEMENTS = 1 << 18
 
 
 def check_round_manifest(manifest: Manifest) -> None:
@@ -60,6 +78,7 @@ class WeightedMeanStrategy(Strategy):
         self._sum = FlatFile(inputs.workdir / f"{self.name}-weighted-sum.f64", numel, np.float64).create()
         self._total_weight = 0.0
         self._num_folded = 0
+        self._pending: list[tuple[Path, float]] = []  # judged, not yet added to the sum
         self._fold_failed = False
         self._state = ServerState(inputs.workdir, inputs.manifest, self.state_buffers())
         self._state.load(inputs.state_path)
@@ -84,15 +103,17 @@ class WeightedMeanStrategy(Strategy):
             )
         check_file_layout(update.path, inputs.manifest, f"update from {update.site}")
         if weight > 0:
-            self._fold_failed = True  # until every chunk is in
-            for start, values in iter_float32(update.path, CHUNK_ELEMENTS):
-                if not np.isfinite(values).all():
+            self._fold_failed = True  # until the update is queued; a refused one spoils the instance
+            for _, values in iter_float32_views(update.path, FOLD_ELEMENTS):
+                if finite_max_abs_raw(values, "float32") is None:
                     raise FedtuneError(
                         ErrorCode.NON_FINITE,
                         f"update from {update.site} has NaN/Inf values; it cannot be folded",
                     )
-                self._sum.add(start, values, weight)
+            self._pending.append((update.path, weight))
             self._fold_failed = False
+            if len(self._pending) >= FOLD_BATCH:
+                self._add_pending()
         self._total_weight += weight
         self._num_folded += 1
 
@@ -100,12 +121,36 @@ class WeightedMeanStrategy(Strategy):
         """Add a chunk of sum_i w_i u_i computed elsewhere (secure aggregation: the unmasked, dequantized
         sum of the masked updates, coordinator/secagg/masked_sum.py); flat element `start` on."""
         self._round()
+        self._add_pending()
         self._sum.add(start, weighted_sum)
 
     def count_folded(self, total_weight: float, updates: int) -> None:
         """Count updates whose weighted sum came through ``fold_weighted_sum``, with their total weight."""
         self._total_weight += total_weight
         self._num_folded += updates
+
+    def _add_pending(self) -> None:
+        """Add the queued updates to the float64 sum in one pass, in the order they were folded.
+
+        Judging an update (layout, weight, finite values) happens in `fold`; the sum itself is deferred
+        until `FOLD_BATCH` updates are queued (or the round finishes), so that each block of the sum is
+        read and written once per batch instead of once per update, with the same roundings in the same
+        order as one pass per update (decision 41). A failure here is not the refusal of the update
+        being folded: it surfaces as an OSError, so the caller drops and rebuilds the accumulator."""
+        if not self._pending:
+            return
+        self._fold_failed = True
+        try:
+            readers = [iter_float32_views(path, BATCH_ELEMENTS) for path, _ in self._pending]
+            for pieces in zip(*readers, strict=True):
+                terms = [
+                    (values, weight) for (_, values), (_, weight) in zip(pieces, self._pending, strict=True)
+                ]
+                self._sum.add_many(pieces[0][0], terms)
+        except FedtuneError as err:  # a spooled file that changed after it was judged
+            raise OSError(f"{self.name}: adding the queued updates failed: {err.message}") from err
+        self._pending = []
+        self._fold_failed = False
 
     # --- hooks for variants -------------------------------------------------------------------
     def state_buffers(self) -> dict[str, float]:
@@ -125,6 +170,8 @@ class WeightedMeanStrategy(Strategy):
     # ------------------------------------------------------------------------------------------
     def finish_round(self) -> RoundResult:
         inputs = self._round()
+        if not self._fold_failed:
+            self._add_pending()
         if self._fold_failed:
             raise FedtuneError(
                 ErrorCode.WRONG_STATE,
@@ -143,15 +190,15 @@ class WeightedMeanStrategy(Strategy):
         has_state = bool(self.state_buffers())
         squared_change = 0.0
         noise = secure_rng() if inputs.sum_noise_std > 0 else None
-        with SafetensorsFileWriter(tensors_path, inputs.manifest) as writer:
+        with SafetensorsFileWriter(tensors_path, inputs.manifest, digests=True) as writer:
             state_writer = self._state.open_writer(state_path) if has_state else None
             try:
-                for start, global_values in iter_float32(inputs.global_path, CHUNK_ELEMENTS):
+                for start, global_values in iter_float32_views(inputs.global_path, FINISH_ELEMENTS):
                     count = global_values.size
-                    total = self._sum.read(start, count)
+                    mean = self._sum.read(start, count)
                     if noise is not None:  # site-level DP: Gaussian noise on the sum (decision 36)
-                        total = total + noise.normal(0.0, inputs.sum_noise_std, size=count)
-                    mean = total / self._total_weight
+                        mean += noise.normal(0.0, inputs.sum_noise_std, size=count)
+                    mean /= self._total_weight
                     state = self._state.read(start, count) if has_state else {}
                     new = self._server_step(mean, global_values.astype(np.float64), state).astype(np.float32)
                     writer.write_flat_float32(start, new)
@@ -174,6 +221,7 @@ class WeightedMeanStrategy(Strategy):
         }
         return RoundResult(
             new_tensors_path=tensors_path,
+            new_tensors_digests=writer.written_digests,
             state_path=state_path if has_state else None,
             state_scalars=self._next_state_scalars(inputs),
             metrics=metrics,

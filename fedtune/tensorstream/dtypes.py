@@ -6,6 +6,7 @@ numpy has no bfloat16: its bytes are carried as uint16 and widened to float32 by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +103,19 @@ def is_finite_raw(raw: np.ndarray, dtype_name: str) -> bool:
     if dtype_name == "bfloat16":
         return not bool(np.any((raw & 0x7F80) == 0x7F80))
     return bool(np.isfinite(raw).all())
+
+
+def finite_max_abs_raw(raw: np.ndarray, dtype_name: str) -> float | None:
+    """The largest |value| in raw storage `raw` (0.0 when empty), or None when a value is NaN or Inf.
+
+    For float16/32/64 this is two SIMD reductions (max and min, which propagate NaN) with no temporary
+    array: the per-chunk check of every received byte, so it must cost far less than the sha256."""
+    if raw.size == 0 or not wire_dtype(dtype_name).floating:
+        return max_abs_raw(raw, dtype_name)
+    if dtype_name == "bfloat16":
+        return max_abs_raw(raw, dtype_name) if is_finite_raw(raw, dtype_name) else None
+    largest = max(abs(float(raw.max())), abs(float(raw.min())))
+    return largest if math.isfinite(largest) else None
 
 
 def max_abs_raw(raw: np.ndarray, dtype_name: str) -> float:

@@ -9,11 +9,14 @@ manifest digest. bfloat16 tensors are handled as their raw uint16 bits (numpy ha
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
+import mmap
 import os
 import struct
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -28,10 +31,13 @@ from fedtune.tensorstream.dtypes import (
     to_float32,
     wire_dtype,
 )
+from fedtune.tensorstream.hashing import BackgroundHashes
 from fedtune.tensorstream.manifest import Manifest, TensorSpec
 
 MAX_HEADER_BYTES = 100 << 20  # the limit the safetensors library applies
 _READ_BYTES = 1 << 20
+# A mapped piece is read whole: fault its pages in with one call rather than one trap per page.
+_READ_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 def partial_path(path: Path) -> Path:
@@ -121,6 +127,12 @@ def _header_bytes(manifest: Manifest, metadata: Mapping[str, str] | None) -> byt
     return struct.pack("<Q", len(encoded)) + encoded
 
 
+@dataclass(frozen=True)
+class WrittenDigests:
+    file: str  # sha256 hex of the whole file (a blob store's content address)
+    data: str  # sha256 hex of the data section (the manifest digest)
+
+
 class SafetensorsFileWriter:
     """Writes a safetensors file for `manifest` into ``<path>.partial``, then atomically renames it.
 
@@ -128,12 +140,26 @@ class SafetensorsFileWriter:
     neither commit nor discard was called).
     """
 
-    def __init__(self, path: Path, manifest: Manifest, metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        metadata: dict[str, str] | None = None,
+        *,
+        digests: bool = False,
+    ) -> None:
+        """`digests=True`: hash the bytes as they are written, so that a file written front to back
+        knows its sha256s without being read again (`written_digests`)."""
         manifest.validate()
         self.path = Path(path)
         self.manifest = manifest
         header = _header_bytes(manifest, metadata)
         self.data_start = len(header)
+        self._hashes: BackgroundHashes | None = None  # of the whole file and of the data section
+        self._hashed_to = 0  # data bytes hashed so far (writes must come in order to be hashed)
+        self._digests: WrittenDigests | None = None
+        if digests:
+            self._hashes = BackgroundHashes(header, b"")
         self._starts = [0]
         self._element_starts = [0]
         for t in manifest.tensors:
@@ -154,6 +180,7 @@ class SafetensorsFileWriter:
             raise FedtuneError(ErrorCode.BAD_MANIFEST, f"{partial} was written for a different manifest")
         writer = cls.__new__(cls)
         writer.path, writer.manifest, writer.data_start = Path(path), manifest, data_start
+        writer._hashes, writer._hashed_to, writer._digests = None, 0, None
         writer._starts, writer._element_starts = [0], [0]
         for t in manifest.tensors:
             writer._starts.append(writer._starts[-1] + t.nbytes)
@@ -170,7 +197,7 @@ class SafetensorsFileWriter:
             raise FedtuneError(ErrorCode.WRONG_STATE, f"writer for {self.path} is already closed")
         return self._file
 
-    def write_bytes(self, tensor_index: int, offset: int, data: bytes) -> None:
+    def write_bytes(self, tensor_index: int, offset: int, data: bytes | memoryview) -> None:
         """Write raw bytes of tensor `tensor_index` starting `offset` bytes into that tensor."""
         f = self._open_file()
         if not 0 <= tensor_index < len(self.manifest.tensors):
@@ -181,7 +208,26 @@ class SafetensorsFileWriter:
                 ErrorCode.INVALID_ARGUMENT,
                 f"bytes [{offset}, {offset + len(data)}) overrun tensor {tensor_index} of {nbytes} bytes",
             )
-        os.pwrite(f.fileno(), data, self.data_start + self._starts[tensor_index] + offset)
+        position = self._starts[tensor_index] + offset
+        if self._hashes is not None:
+            if position == self._hashed_to:
+                self._hashes.update(data)  # on its threads; `data` must not change before commit
+                self._hashed_to += len(data)
+            else:
+                self._hashes.close()
+                self._hashes = None  # written out of order: the digests must be read back
+        os.pwrite(f.fileno(), data, self.data_start + position)
+
+    @property
+    def written_digests(self) -> WrittenDigests | None:
+        """The sha256s of the file and of its data section, when the writer was made with
+        `digests=True` and every data byte was written exactly once, in order; else None."""
+        if self._hashes is None or self._hashed_to != self._starts[-1]:
+            return None
+        if self._digests is None:
+            file_digest, data_digest = self._hashes.hexdigests()
+            self._digests = WrittenDigests(file=file_digest, data=data_digest)
+        return self._digests
 
     def write_flat_float32(self, start_element: int, values: np.ndarray) -> None:
         """Write float32 values at flat element `start_element` (all tensors in manifest order, each
@@ -200,7 +246,9 @@ class SafetensorsFileWriter:
             stop = min(end_element, self._element_starts[index + 1])  # bisect_right skips empty tensors
             local = position - self._element_starts[index]
             raw = from_float32(flat[position - start_element : stop - start_element], spec.dtype)
-            self.write_bytes(index, local * wire_dtype(spec.dtype).itemsize, raw.tobytes())
+            self.write_bytes(
+                index, local * wire_dtype(spec.dtype).itemsize, raw.reshape(-1).view(np.uint8).data
+            )
             position = stop
 
     def sync(self) -> None:
@@ -217,12 +265,18 @@ class SafetensorsFileWriter:
 
     def commit(self) -> None:
         """fsync, atomically rename ``<path>.partial`` to `path`, fsync the directory."""
-        self.sync()
+        self.sync()  # the hash threads finish their last pieces meanwhile
+        self.written_digests  # noqa: B018 - waits for them and keeps the digests (or ends the threads)
+        if self._hashes is not None:
+            self._hashes.close()
         self.close()
         os.replace(self.partial_path, self.path)
         fsync_dir(self.path.parent)
 
     def discard(self) -> None:
+        if self._hashes is not None:
+            self._hashes.close()
+            self._hashes = None
         self.close()
         self.partial_path.unlink(missing_ok=True)
 
@@ -312,6 +366,37 @@ def iter_float32(path: Path, chunk_elements: int = 262144) -> Iterator[tuple[int
                 raw = np.frombuffer(buffer, dtype=dt.storage)
                 yield element + start, to_float32(raw, t.dtype)
             element += t.numel
+
+
+def iter_float32_views(path: Path, chunk_elements: int = 1 << 22) -> Iterator[tuple[int, np.ndarray]]:
+    """Like `iter_float32`, without copying float32 tensors: each piece is a read-only view of a memory
+    map of at most `chunk_elements` values, valid only until the next piece is asked for (keep a copy to
+    keep it). Other dtypes are widened into a fresh array as in `iter_float32`. One piece is mapped at a
+    time, so resident memory stays O(chunk) (decision 41)."""
+    if chunk_elements <= 0:
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT, f"chunk_elements must be positive, got {chunk_elements}"
+        )
+    manifest, data_start = read_header(path)
+    element, position = 0, data_start
+    with open(path, "rb") as f:
+        for t in manifest.tensors:
+            dt = wire_dtype(t.dtype)
+            for start in range(0, t.numel, chunk_elements):
+                count = min(chunk_elements, t.numel - start)
+                offset = position + start * dt.itemsize
+                base = offset - offset % mmap.ALLOCATIONGRANULARITY
+                length = offset - base + count * dt.itemsize
+                mapped = mmap.mmap(f.fileno(), length, _READ_FLAGS, mmap.PROT_READ, offset=base)
+                try:
+                    raw = np.frombuffer(mapped, dt.storage, count, offset - base)
+                    yield element + start, raw if t.dtype == "float32" else to_float32(raw, t.dtype)
+                    del raw
+                finally:
+                    with contextlib.suppress(BufferError):  # the caller still holds the view: GC unmaps
+                        mapped.close()
+            element += t.numel
+            position += t.nbytes
 
 
 def data_digest(path: Path) -> str:

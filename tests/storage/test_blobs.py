@@ -183,3 +183,37 @@ class TestLocalBlobStore(BlobStoreContract):
         digest = store.put_bytes(PAYLOAD)
 
         assert store.local_path(digest).stat().st_mode & 0o222 == 0
+
+    def test_a_move_with_the_writers_digest_does_not_read_the_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Prepare: the commit of a round knows the new version's sha256 as it wrote it (decision 41)
+        store = LocalBlobStore(tmp_path / "blobs")
+        source = tmp_path / "blobs" / "version.safetensors"  # on the store's filesystem
+        source.write_bytes(PAYLOAD)
+
+        def no_reading(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the file was read again")
+
+        monkeypatch.setattr("storage.blobs.iter_file_chunks", no_reading)
+
+        # Execute
+        digest = store.put_file(source, move=True, digest=PAYLOAD_DIGEST)
+
+        # Assert
+        assert digest == PAYLOAD_DIGEST
+        assert not source.exists()
+        assert store.local_path(digest).read_bytes() == PAYLOAD
+
+    def test_a_copy_checks_the_digest_it_was_given(self, tmp_path: Path) -> None:
+        # Prepare
+        store = LocalBlobStore(tmp_path / "blobs")
+        source = tmp_path / "version.safetensors"
+        source.write_bytes(PAYLOAD)
+
+        # Execute / Assert
+        assert store.put_file(source, digest=PAYLOAD_DIGEST) == PAYLOAD_DIGEST
+        with pytest.raises(FedtuneError) as err:
+            store.put_file(source, digest=MISSING_DIGEST)
+        assert err.value.code is ErrorCode.STORAGE
+        assert source.exists()  # not moved: the caller still has it
