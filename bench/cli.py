@@ -14,6 +14,7 @@ from bench.config import (
     BenchConfig,
     parse_configs,
     parse_methods,
+    parse_privacy,
     parse_transport,
 )
 from fedtune.errors import FedtuneError
@@ -129,6 +130,11 @@ def bench_group() -> None:
     default="",
     help="the spec's transport for federated runs, e.g. update_encoding=int8,topk_fraction=0.1 [fp32]",
 )
+@click.option(
+    "--privacy",
+    default="",
+    help="more of the spec's privacy block for federated runs, e.g. secure_aggregation=true [none]",
+)
 def quality_command(
     sites: int,
     alpha: float,
@@ -151,6 +157,7 @@ def quality_command(
     quick: bool,
     timeout: float,
     transport: str,
+    privacy: str,
 ) -> None:
     """Train every configuration on one non-IID split and compare held-out test accuracy.
 
@@ -199,6 +206,7 @@ def quality_command(
             quick=quick,
             timeout_seconds=timeout,
             transport=parse_transport(transport),
+            privacy=parse_privacy(privacy),
         )
         from bench.comparison import run_quality
         from bench.report import write_outputs

@@ -126,6 +126,8 @@ class BenchConfig(BaseModel):
     timeout_seconds: float = 6 * 3600
     # the spec's `transport` for every federated run (decision 40), e.g. {"update_encoding": "int8"}
     transport: dict[str, Any] = Field(default_factory=dict)
+    # more of the spec's `privacy` for every federated run, e.g. {"secure_aggregation": True} (decision 35)
+    privacy: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def federated(self) -> list[RunConfig]:
@@ -263,6 +265,7 @@ def experiment_spec(
             "clip_norm": config.dp_clip_norm,
             "delta": DP_DELTA,
         }
+    privacy.update(config.privacy)
     data: dict[str, Any] = {
         "name": f"quality-{method}-{run.label if run else 'baseline'}".replace(":", "-").replace("+", "-"),
         "base_model": {"name": config.model_name},
@@ -282,16 +285,24 @@ def experiment_spec(
 
 def parse_transport(text: str) -> dict[str, Any]:
     """``update_encoding=int8,topk_fraction=0.1`` -> the spec's transport mapping (values parsed as YAML)."""
-    transport: dict[str, Any] = {}
+    return _key_values(text, "--transport", "update_encoding=int8")
+
+
+def parse_privacy(text: str) -> dict[str, Any]:
+    """``secure_aggregation=true`` -> settings merged into the spec's privacy block (values as YAML)."""
+    return _key_values(text, "--privacy", "secure_aggregation=true")
+
+
+def _key_values(text: str, option: str, example: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
     for pair in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise FedtuneError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"--transport {text!r}: {pair!r} is not key=value (e.g. update_encoding=int8)",
+                ErrorCode.INVALID_ARGUMENT, f"{option} {text!r}: {pair!r} is not key=value (e.g. {example})"
             )
-        transport[key.strip()] = yaml.safe_load(value)
-    return transport
+        values[key.strip()] = yaml.safe_load(value)
+    return values
 
 
 def spec_yaml(spec: ExperimentSpec) -> str:

@@ -125,3 +125,24 @@ def test_dp_noise_multiplier_puts_record_level_dp_into_the_spec() -> None:
     dp = experiment_spec(config, ["a", "b"], "lora", config.configs[0]).privacy.dp
     assert dp is not None and dp.level == "record" and dp.noise_multiplier == 1.4 and dp.clip_norm == 1.0
     assert dp.delta == 1e-5
+
+
+def test_privacy_option_puts_secure_aggregation_into_the_spec_and_refuses_a_bare_word() -> None:
+    from bench.config import parse_privacy
+    from fedtune.errors import FedtuneError
+
+    config = _config(
+        configs=parse_configs("fedprox:mu=0.01"), privacy=parse_privacy("secure_aggregation=true")
+    )
+    spec = experiment_spec(config, ["a", "b", "c"], "lora", config.configs[0])
+    assert spec.privacy.secure_aggregation is True
+    assert (
+        experiment_spec(
+            _config(), ["a", "b", "c"], "lora", parse_configs("fedprox")[0]
+        ).privacy.secure_aggregation
+        is False
+    )
+    with pytest.raises(
+        FedtuneError, match="--privacy 'secure_aggregation': 'secure_aggregation' is not key=value"
+    ):
+        parse_privacy("secure_aggregation")
