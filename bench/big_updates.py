@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # would shadow top-level ones: put the repository root there instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from bench.synthetic_run import proc_sample, synthetic_spec_yaml  # noqa: E402
+
 ADMIN_TOKEN = "bench-admin"
 MB = 1e6
 
@@ -126,20 +128,6 @@ def site_main(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------- coordinator
-def proc_sample(pid: int) -> dict[str, float]:
-    status = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-    )
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return {
-        "t": time.time(),
-        "rss_mib": float(status["VmRSS"].split()[0]) / 1024,
-        "hwm_mib": float(status["VmHWM"].split()[0]) / 1024,
-        "cpu_s": (int(fields[11]) + int(fields[12])) / ticks,
-    }
-
-
 def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
     wanted = (
@@ -167,27 +155,6 @@ def time_memcpy(nbytes: int, copies: int, repeats: int = 3) -> float:
             np.copyto(target, source)
         best = min(best, time.perf_counter() - started)
     return best
-
-
-def spec_yaml(sites: list[str], rounds: int) -> str:
-    return str(
-        yaml.safe_dump(
-            {
-                "name": "big-updates-bench",
-                "base_model": {"name": "synthetic"},
-                "task": "causal-lm",
-                "stages": [
-                    {
-                        "kind": "finetune",
-                        "rounds": rounds,
-                        "deadline_seconds": 1800,
-                        "selection": {"mode": "all", "min_sites": len(sites), "sites": sites},
-                        "strategy": {"name": "fedavg"},
-                    }
-                ],
-            }
-        )
-    )
 
 
 class Coordinator:
@@ -279,7 +246,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         threading.Thread(target=sample, daemon=True).start()
         experiment = admin.SubmitExperiment(
-            admin_pb2.SubmitExperimentRequest(spec_yaml=spec_yaml(list(sites), args.rounds), start=True),
+            admin_pb2.SubmitExperimentRequest(
+                spec_yaml=synthetic_spec_yaml("big-updates-bench", list(sites), args.rounds, 1800), start=True
+            ),
             metadata=metadata,
             timeout=60,
         )

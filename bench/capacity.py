@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (cli, config, report ...) would shadow top-level ones: import them as `bench.*` from the root.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from bench.synthetic_run import proc_sample, synthetic_spec_yaml  # noqa: E402
 from demo.processes import ProcessGroup, free_port  # noqa: E402
 from fedtune.serde import UpdateHeaderRecord, task_from_proto, update_header_to_proto  # noqa: E402
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_arrays  # noqa: E402
@@ -221,21 +222,6 @@ async def training_site(
     await beats
 
 
-def proc_sample(pid: int) -> dict[str, float]:
-    status = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-    )
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return {
-        "t": time.monotonic(),
-        "threads": float(status["Threads"].strip()),
-        "fds": float(len(os.listdir(f"/proc/{pid}/fd"))),
-        "rss_mib": float(status["VmRSS"].split()[0]) / 1024,
-        "cpu_s": (int(fields[11]) + int(fields[12])) / ticks,
-    }
-
-
 async def admin_probe(
     admin: admin_pb2_grpc.AdminStub, experiment_id: str, stats: Stats, pid: int, stop: asyncio.Event
 ) -> None:
@@ -258,27 +244,6 @@ async def admin_probe(
             await asyncio.wait_for(stop.wait(), 1.0)
         except TimeoutError:
             pass
-
-
-def spec_yaml(train_sites: list[str], rounds: int) -> str:
-    return str(
-        yaml.safe_dump(
-            {
-                "name": "capacity-bench",
-                "base_model": {"name": "synthetic"},
-                "task": "causal-lm",
-                "stages": [
-                    {
-                        "kind": "finetune",
-                        "rounds": rounds,
-                        "deadline_seconds": 600,
-                        "selection": {"mode": "all", "min_sites": len(train_sites), "sites": train_sites},
-                        "strategy": {"name": "fedavg"},
-                    }
-                ],
-            }
-        )
-    )
 
 
 async def run(args: argparse.Namespace, target: str, pid: int, sites: dict[str, str]) -> dict[str, Any]:
@@ -310,7 +275,9 @@ async def run(args: argparse.Namespace, target: str, pid: int, sites: dict[str, 
         for i, s in enumerate(train)
     ]
     experiment = await admin.SubmitExperiment(
-        admin_pb2.SubmitExperimentRequest(spec_yaml=spec_yaml(train, args.rounds), start=True),
+        admin_pb2.SubmitExperimentRequest(
+            spec_yaml=synthetic_spec_yaml("capacity-bench", train, args.rounds, 600), start=True
+        ),
         metadata=metadata,
         timeout=30,
     )

@@ -46,6 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from bench.synthetic_run import proc_sample, synthetic_spec_yaml  # noqa: E402
 from demo.processes import ProcessGroup, free_port  # noqa: E402
 from fedtune.lifetime import child_env  # noqa: E402
 from fedtune.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
@@ -56,20 +57,6 @@ RESULTS = ROOT / "bench" / "results"
 
 
 # -- the coordinator process ---------------------------------------------------------------------------
-def proc_sample(pid: int) -> dict[str, float]:
-    status = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-    )
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return {
-        "t": time.time(),
-        "threads": float(status["Threads"].strip()),
-        "rss_mib": float(status["VmRSS"].split()[0]) / 1024,
-        "cpu_s": (int(fields[11]) + int(fields[12])) / ticks,
-    }
-
-
 def cpu_at(samples: list[dict[str, float]], t: float) -> float:
     """The coordinator's CPU seconds at wall time `t`, interpolated between samples."""
     before = [s for s in samples if s["t"] <= t] or samples[:1]
@@ -127,27 +114,6 @@ def drop_database(url: str, name: str) -> None:
 
 
 # -- one cell ------------------------------------------------------------------------------------------
-def spec_yaml(sites: list[str], rounds: int, deadline: float) -> str:
-    return str(
-        yaml.safe_dump(
-            {
-                "name": "load-bench",
-                "base_model": {"name": "synthetic"},
-                "task": "causal-lm",
-                "stages": [
-                    {
-                        "kind": "finetune",
-                        "rounds": rounds,
-                        "deadline_seconds": deadline,
-                        "selection": {"mode": "all", "min_sites": len(sites), "sites": sites},
-                        "strategy": {"name": "fedavg"},
-                    }
-                ],
-            }
-        )
-    )
-
-
 async def drive(
     args: argparse.Namespace, target: str, pid: int, metrics_url: str, sites: list[str], sql_counts: Path
 ) -> dict[str, Any]:
@@ -168,7 +134,9 @@ async def drive(
     samples: list[dict[str, float]] = [proc_sample(pid)]
     scrapes: dict[int, dict[str, float]] = {}
     experiment = await admin.SubmitExperiment(
-        admin_pb2.SubmitExperimentRequest(spec_yaml=spec_yaml(sites, args.rounds, args.deadline), start=True),
+        admin_pb2.SubmitExperimentRequest(
+            spec_yaml=synthetic_spec_yaml("load-bench", sites, args.rounds, args.deadline), start=True
+        ),
         metadata=metadata,
         timeout=60,
     )

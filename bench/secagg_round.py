@@ -39,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from bench.synthetic_run import proc_sample, synthetic_spec_yaml  # noqa: E402
 from demo.processes import ProcessGroup, free_port  # noqa: E402
 from fedtune.secagg.site import MASKED_TENSOR, SiteRound  # noqa: E402
 from fedtune.secagg.wire import keys_to_proto, revealed_to_proto  # noqa: E402
@@ -54,16 +55,6 @@ CHUNK_BYTES = 1 << 20
 # coordinator is told to wait this long before it calls a silent site offline (and drops its task).
 OFFLINE_AFTER_SECONDS = 15.0
 TENSOR_ELEMENTS = 1 << 20  # the synthetic update: float32 tensors of at most 4 MiB
-
-
-def proc_sample(pid: int) -> tuple[float, float]:
-    """(cpu seconds, rss MiB) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    status = dict(ln.split(":", 1) for ln in lines if ":" in ln)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), float(
-        status["VmRSS"].split()[0]
-    ) / 1024
 
 
 def synthetic(total_elements: int, seed: int) -> dict[str, np.ndarray]:
@@ -208,26 +199,10 @@ class Site(threading.Thread):
 
 
 def spec_yaml(sites: list[str], secure: bool, max_weight: float) -> str:
-    spec: dict[str, Any] = {
-        "name": "secagg-bench",
-        "base_model": {"name": "synthetic"},
-        "task": "causal-lm",
-        "stages": [
-            {
-                "kind": "finetune",
-                "rounds": 1,
-                "deadline_seconds": 1800,
-                "selection": {"mode": "all", "min_sites": 3, "sites": sites},
-                "strategy": {"name": "fedavg"},
-            }
-        ],
-    }
-    if secure:
-        spec["privacy"] = {
-            "secure_aggregation": True,
-            "secagg": {"clip_range": 1.0, "max_weight": max_weight},
-        }
-    return str(yaml.safe_dump(spec))
+    privacy = {"secure_aggregation": True, "secagg": {"clip_range": 1.0, "max_weight": max_weight}}
+    return synthetic_spec_yaml(
+        "secagg-bench", sites, 1, 1800, min_sites=3, privacy=privacy if secure else None
+    )
 
 
 def run_one(
@@ -287,7 +262,7 @@ def run_one(
                 if status.workers_online >= sites_n:
                     break
                 time.sleep(0.2)
-            cpu0, rss_max = proc_sample(coordinator.pid)[0], 0.0
+            cpu0, rss_max = proc_sample(coordinator.pid)["cpu_s"], 0.0
             experiment = admin.SubmitExperiment(
                 admin_pb2.SubmitExperimentRequest(
                     spec_yaml=spec_yaml(list(names), secure, 100.0), start=True
@@ -298,7 +273,7 @@ def run_one(
             started, info = time.monotonic(), None
             while time.monotonic() - started < timeout:
                 group.check_alive()
-                rss_max = max(rss_max, proc_sample(coordinator.pid)[1])
+                rss_max = max(rss_max, proc_sample(coordinator.pid)["rss_mib"])
                 rounds = admin.ListRounds(
                     admin_pb2.ListRoundsRequest(experiment_id=experiment.experiment_id),
                     metadata=metadata,
@@ -308,7 +283,7 @@ def run_one(
                     info = rounds[-1]
                     break
                 time.sleep(0.2)
-            cpu = proc_sample(coordinator.pid)[0] - cpu0
+            cpu = proc_sample(coordinator.pid)["cpu_s"] - cpu0
             stop.set()
             for thread in threads:
                 thread.join(timeout=30)
