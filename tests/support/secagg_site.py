@@ -1,5 +1,5 @@
 """A scripted site of a secure-aggregation round: a FakeWorker (real stubs) answering each step with the
-kernel's ``SiteRound`` (the same code the worker daemon runs, worker/secagg.py)."""
+worker daemon's own ``SiteSecAgg`` (worker/secagg.py) and masking scripted updates with ``SiteRound``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from fedtune.secagg.site import MASKED_TENSOR, SiteRound
-from fedtune.secagg.wire import keys_to_proto, revealed_to_proto
 from fedtune.serde import TaskRecord, task_from_proto
 from fedtune.spec import load_spec_json
 from fedtune.v1 import worker_pb2
 from tests.support.fake_worker import FakeWorker
+from worker.secagg import SiteSecAgg
 
 
 @dataclass
@@ -27,35 +27,11 @@ class SecAggFakeSite:
         return task_from_proto(task) if task is not None else None
 
     def _round(self, task: TaskRecord) -> SiteRound:
-        assert task.secagg is not None
-        return SiteRound(self.state_dir / f"{task.secagg.round_id}.json")
+        return SiteRound(SiteSecAgg(self.state_dir).state_path(task))
 
     def answer(self, task: TaskRecord) -> None:
-        """Answer an advertise, share or unmask task through SubmitSecAgg."""
-        record = task.secagg
-        assert record is not None
-        site_round = self._round(task)
-        request = worker_pb2.SubmitSecAggRequest(task_id=task.task_id)
-        if task.kind == "secagg_advertise":
-            request.keys.CopyFrom(keys_to_proto(record.site_index, site_round.advertise()))
-        else:
-            setup = record.setup(load_spec_json(task.spec_json), task.experiment_id)
-            if task.kind == "secagg_share":
-                request.boxes.update(
-                    site_round.deal(setup, record.site_index, record.sites, record.graph_seed)
-                )
-            else:
-                assert task.kind == "secagg_unmask", task.kind
-                shares = site_round.reveal(
-                    setup,
-                    record.site_index,
-                    record.sites,
-                    record.graph_seed,
-                    record.boxes,
-                    record.survivors,
-                    record.dropped,
-                )
-                request.shares.extend(revealed_to_proto(shares))
+        """Answer an advertise, share or unmask task through SubmitSecAgg, as the daemon does."""
+        request = SiteSecAgg(self.state_dir).answer(task, load_spec_json(task.spec_json))
         self.worker.stub.SubmitSecAgg(request, metadata=self.worker.metadata, timeout=10)
 
     def masked(self, task: TaskRecord, update: Mapping[str, np.ndarray], num_examples: int) -> np.ndarray:
