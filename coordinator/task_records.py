@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from coordinator.secagg.payload import secagg_payload
 from coordinator.stages import base_version_for_stage
 from coordinator.strategies.registry import build_strategy
 from fedtune.serde import TaskRecord
@@ -45,31 +46,41 @@ def spec_json_for_stage(spec_json: str, stage_index: int) -> str:
 class TaskRecords:
     def __init__(self, capacity: int = CACHED_TEMPLATES) -> None:
         self._capacity = capacity
-        self._templates: OrderedDict[_Key, TaskRecord] = OrderedDict()
+        # the shared record, and whether its experiment runs secure aggregation (then each task carries
+        # its own per-site, per-step part: coordinator/secagg/payload.py)
+        self._templates: OrderedDict[_Key, tuple[TaskRecord, bool]] = OrderedDict()
         self._lock = threading.Lock()
 
     def record(self, uow: UnitOfWork, task: models.Task) -> TaskRecord:
         """The task's record; the shared part from the cache, or read with `uow` and cached."""
         key = (task.experiment_id, task.stage_index, task.round_id, task.model_version_id)
         with self._lock:
-            template = self._templates.get(key)
-            if template is not None:
+            cached = self._templates.get(key)
+            if cached is not None:
                 self._templates.move_to_end(key)
-        if template is None:
-            template = self._template(uow, task)
+        if cached is None:
+            cached = self._template(uow, task)
             with self._lock:
-                self._templates[key] = template
+                self._templates[key] = cached
                 while len(self._templates) > self._capacity:
                     self._templates.popitem(last=False)
-        return dataclasses.replace(template, task_id=task.id, kind=task.kind, deadline_unix=task.deadline_at)
+        template, secure = cached
+        return dataclasses.replace(
+            template,
+            task_id=task.id,
+            kind=task.kind,
+            deadline_unix=task.deadline_at,
+            secagg=secagg_payload(uow, task) if secure else None,  # no registry read for a plain round
+        )
 
     @staticmethod
-    def _template(uow: UnitOfWork, task: models.Task) -> TaskRecord:
+    def _template(uow: UnitOfWork, task: models.Task) -> tuple[TaskRecord, bool]:
         experiment = uow.experiments.get(task.experiment_id)
         assert experiment is not None
         stage = uow.stages.get(task.experiment_id, task.stage_index)
         rnd = uow.rounds.get(task.round_id) if task.round_id else None
         version = uow.versions.get(task.model_version_id) if task.model_version_id else None
+        secure = load_spec_json(experiment.spec_json).privacy.secure_aggregation
         return TaskRecord(
             task_id="",
             kind=task.kind,
@@ -83,4 +94,4 @@ class TaskRecords:
             deadline_unix=0.0,
             update_kind="weights",
             base_version_id=base_version_for_stage(uow, task.experiment_id, task.stage_index) or "",
-        )
+        ), secure

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -12,7 +11,6 @@ from coordinator import lifecycle
 from coordinator.clock import Clock
 from coordinator.notify import Notifier
 from coordinator.ratelimit import SlidingWindow
-from coordinator.secagg.payload import secagg_payload
 from coordinator.settings import CoordinatorSettings
 from coordinator.task_records import TaskRecords
 from fedtune import limits
@@ -217,9 +215,7 @@ class TaskService:
         return None
 
     def _task_record(self, uow: UnitOfWork, task: models.Task) -> TaskRecord:
-        record = self._records.record(uow, task)
-        secagg = secagg_payload(uow, task)  # per site and phase: not part of the cached template
-        return record if secagg is None else dataclasses.replace(record, secagg=secagg)
+        return self._records.record(uow, task)
 
     def report_result(
         self,
