@@ -93,7 +93,7 @@ def serve(
     from coordinator.logs import configure_logging
     from coordinator.server import start_server
     from coordinator.settings import CoordinatorSettings
-    from fedtune.malloc import return_freed_memory
+    from fedtune.malloc import coordinator_mmap_threshold, return_freed_memory
 
     try:
         settings = CoordinatorSettings.load(
@@ -112,9 +112,10 @@ def serve(
             log_json=log_json,
         )
         configure_logging(settings.log_level, settings.log_json)
-        # Stream chunks and fold windows are large and short-lived: hand them back when freed instead of
-        # keeping a round's peak resident (fedtune/malloc.py; docs/decisions.md 41).
-        return_freed_memory()
+        # Stream chunks and fold windows are large and short-lived: keep glibc from growing its mmap
+        # threshold to 32 MiB and holding a round's peak resident, without making every 4 MiB chunk a
+        # fresh mmap (fedtune/malloc.py; docs/decisions.md 41 and 43).
+        return_freed_memory(coordinator_mmap_threshold(settings.chunk_bytes))
         server = start_server(settings)
     except FedtuneError as err:
         click.echo(f"error: {err.message}", err=True)

@@ -19,8 +19,11 @@ import sys
 log = logging.getLogger("fedtune.malloc")
 
 # Blocks from this size up are mmapped and unmapped when freed (glibc's default starts at 128 KiB and
-# grows to 32 MiB as large blocks are freed, which keeps freed buffers resident).
+# grows to 32 MiB as large blocks are freed, which keeps freed buffers resident). A worker's training
+# activations are many mid-sized blocks: 64 KiB gives them back (decision 34).
 MMAP_THRESHOLD_BYTES = 64 * 1024
+# glibc accepts a pinned threshold up to 32 MiB on 64-bit systems.
+MAX_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number, glibc's malloc.h
 _THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # set by the operator: glibc reads it and we leave it alone
 
@@ -35,19 +38,30 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-def return_freed_memory() -> bool:
-    """Pin glibc's mmap threshold so freed buffers leave the resident set; False where not glibc or
-    where MALLOC_MMAP_THRESHOLD_ is set already."""
+def return_freed_memory(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Pin glibc's mmap threshold at `threshold_bytes` so freed buffers of that size and more leave the
+    resident set; False where not glibc or where MALLOC_MMAP_THRESHOLD_ is set already."""
     libc = _glibc()
     if libc is None or _THRESHOLD_ENV in os.environ:
         return False
-    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
     if ok:
         log.info(
             "malloc: blocks of %d KiB and more are returned to the system when freed",
-            MMAP_THRESHOLD_BYTES // 1024,
+            threshold_bytes // 1024,
         )
     return ok
+
+
+def coordinator_mmap_threshold(chunk_bytes: int) -> int:
+    """The coordinator's threshold: twice its stream chunk size (8 MiB for 4 MiB chunks), within glibc's cap.
+
+    Its large transient blocks are stream chunks (plus framing) and fold windows. Below the chunk size
+    every chunk would be a fresh mmap, page-faulted in and unmapped again: measured at 8 sites x 256 MiB
+    on an idle machine, 41 s of coordinator CPU per round at 64 KiB against 25 s at 8 MiB, for 370
+    against 500 MiB of peak RSS (decision 43). Pinned, it still never grows to 32 MiB by itself.
+    """
+    return max(MMAP_THRESHOLD_BYTES, min(2 * chunk_bytes, MAX_MMAP_THRESHOLD_BYTES))
 
 
 def trim() -> None:
