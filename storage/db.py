@@ -7,6 +7,10 @@ in-memory databases.
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,10 +98,34 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Apply Alembic migrations up to `revision` (``fedtune db upgrade``). Safe to run twice."""
+    """Apply Alembic migrations up to `revision` (``fedtune db upgrade``). Safe to run twice, and from
+    several processes at once: PostgreSQL serialises them with an advisory lock (migrations/env.py), a
+    SQLite file with a lock file beside it, so the later ones find the schema at `revision` and do
+    nothing (two coordinators, or `fedtune db upgrade` and a coordinator, started together)."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    with _sqlite_migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def _sqlite_migration_lock(url: str) -> Iterator[None]:
+    """Hold `<database>.migrate.lock` (flock) for a SQLite file database; nothing for other databases.
+
+    BEGIN IMMEDIATE alone was seen not to serialise the first upgrades of a new file: under load one of
+    two concurrent upgrades failed creating a table. The lock makes the order explicit."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or _is_memory_sqlite(url):
+        yield
+        return
+    lock_path = Path(str(parsed.database)).with_name(Path(str(parsed.database)).name + ".migrate.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def head_revision() -> str:
