@@ -12,7 +12,7 @@ help:
 	@echo "make install       create $(VENV) with the coordinator, worker, demo and dev dependencies"
 	@echo "make demo          run the 4-site federated demo on MiniLM + BBC News (about 10 minutes on 2 CPU cores)"
 	@echo "make test          check the generated protobuf code, then run the whole test suite (what CI runs)"
-	@echo "make test-fast     a fast loop for daily work: the suite without the slow tests, on SQLite (about a minute)"
+	@echo "make test-fast     a fast loop for daily work: the suite without the slow tests, on SQLite (about 3 minutes)"
 	@echo "make proto         regenerate fedtune/v1/ from proto/fedtune/v1/*.proto"
 	@echo "make lint          ruff + mypy + the layer contract (import-linter, .importlinter)"
 	@echo "make bench         run the benchmarks in bench/ (figures land in bench/results/)"
