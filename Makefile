@@ -12,7 +12,7 @@ help:
 	@echo "make install       create $(VENV) with the coordinator, worker, demo and dev dependencies"
 	@echo "make demo          run the 4-site federated demo on MiniLM + BBC News (about 10 minutes on 2 CPU cores)"
 	@echo "make test          check the generated protobuf code, then run the whole test suite (what CI runs)"
-	@echo "make test-fast     a fast loop for daily work: the suite without the slow tests, on SQLite (about 3 minutes)"
+	@echo "make test-fast     a fast loop for daily work: the suite without the slow tests, on SQLite, on 2 processes (under 2 minutes)"
 	@echo "make proto         regenerate fedtune/v1/ from proto/fedtune/v1/*.proto"
 	@echo "make lint          ruff + mypy + the layer contract (import-linter, .importlinter)"
 	@echo "make bench         run the benchmarks in bench/ (figures land in bench/results/)"
@@ -38,14 +38,23 @@ check-protos: $(STAMP)
 	  diff -u fedtune/v1/$$(basename $$f) $$f >/dev/null || { echo "fedtune/v1/$$(basename $$f) is stale: run 'make proto' and commit"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated protobuf code is up to date"
 
+# The fast tests run on TEST_WORKERS processes (pytest-xdist; each test has its own folders, ports and
+# PostgreSQL database), then the slow ones one at a time: they start coordinators and workers that train,
+# and some check how quickly processes stop, which two of them at once on 2 cores would skew.
+TEST_WORKERS ?= 2
 test: check-protos
-	$(PY) -m pytest -q $(PYTEST_ARGS) --durations=10
+	@rc=0; \
+	echo "== fast tests on $(TEST_WORKERS) processes"; \
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS) --durations=5 || rc=1; \
+	echo "== slow tests, one at a time"; \
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) --durations=10 || rc=1; \
+	exit $$rc
 
 # Tests marked `slow` (they train a model or start processes) are left out, and the database is SQLite
 # only unless TEST_FAST_DATABASE_URL names a PostgreSQL server; `make test` still runs everything.
 TEST_FAST_DATABASE_URL ?=
 test-fast: $(STAMP)
-	FEDTUNE_TEST_DATABASE_URL="$(TEST_FAST_DATABASE_URL)" $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) --durations=5
+	FEDTUNE_TEST_DATABASE_URL="$(TEST_FAST_DATABASE_URL)" $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS) --durations=5
 
 demo: $(STAMP)
 	$(PY) -m demo
