@@ -43,14 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # `python bench/big_updates.py` puts bench/ first on the path, where the modules of the bench package
 # would shadow top-level ones: put the repository root there instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from bench.synthetic_run import proc_sample, synthetic_spec_yaml  # noqa: E402
+from bench.synthetic_run import proc_sample, synthetic_spec_yaml, write_coordinator_config  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin"
 MB = 1e6
@@ -162,21 +161,14 @@ class Coordinator:
         from demo.processes import free_port
 
         self.port, self.metrics_port = free_port(), free_port()
-        config = work / "coordinator.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "host": "127.0.0.1",
-                    "port": self.port,
-                    "data_dir": str(work / "data"),
-                    "admin_token": ADMIN_TOKEN,
-                    "sites": ",".join(f"{s}:{t}" for s, t in sites.items()),
-                    "log_level": "WARNING",
-                    "metrics_port": self.metrics_port,
-                    "task_lease_seconds": 1800,
-                    **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
-                }
-            )
+        config = write_coordinator_config(
+            work,
+            self.port,
+            sites,
+            ADMIN_TOKEN,
+            metrics_port=self.metrics_port,
+            task_lease_seconds=1800,
+            **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
         )
         self.log = (work / "coordinator.log").open("wb")
         self.process = start_child(

@@ -32,14 +32,13 @@ from typing import Any
 import grpc
 import grpc.aio
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # `python bench/capacity.py` puts bench/ first on the path, where the modules of the bench package
 # (cli, config, report ...) would shadow top-level ones: import them as `bench.*` from the root.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from bench.synthetic_run import proc_sample, synthetic_spec_yaml  # noqa: E402
+from bench.synthetic_run import proc_sample, synthetic_spec_yaml, write_coordinator_config  # noqa: E402
 from demo.processes import ProcessGroup, free_port  # noqa: E402
 from fedtune.serde import UpdateHeaderRecord, task_from_proto, update_header_to_proto  # noqa: E402
 from fedtune.tensorstream.encoder import iter_chunks_from_arrays, manifest_for_arrays  # noqa: E402
@@ -350,21 +349,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedtune-capacity-") as tmp:
         work = Path(tmp)
         port = free_port()
-        config = work / "coordinator.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "data_dir": str(work / "data"),
-                    "admin_token": ADMIN_TOKEN,
-                    "sites": ",".join(f"{s}:{t}" for s, t in sites.items()),
-                    "log_level": "WARNING",
-                    "heartbeat_seconds": args.heartbeat_seconds,
-                    "max_pull_wait_seconds": args.pull_wait,
-                    "worker_offline_after_seconds": max(30.0, 6 * args.heartbeat_seconds),
-                }
-            )
+        config = write_coordinator_config(
+            work,
+            port,
+            sites,
+            ADMIN_TOKEN,
+            heartbeat_seconds=args.heartbeat_seconds,
+            max_pull_wait_seconds=args.pull_wait,
+            worker_offline_after_seconds=max(30.0, 6 * args.heartbeat_seconds),
         )
         with ProcessGroup(work / "logs") as group:
             coordinator = group.start("coordinator", ["coordinator", "serve", "--config", str(config)])

@@ -41,12 +41,11 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from bench.synthetic_run import proc_sample, synthetic_spec_yaml  # noqa: E402
+from bench.synthetic_run import proc_sample, synthetic_spec_yaml, write_coordinator_config  # noqa: E402
 from demo.processes import ProcessGroup, free_port  # noqa: E402
 from fedtune.lifetime import child_env  # noqa: E402
 from fedtune.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
@@ -286,12 +285,6 @@ def run_cell(args: argparse.Namespace, sites_n: int, mib: float) -> dict[str, An
             db_name = f"fedtune_load_{os.getpid()}"
             database_url = make_database(args.database_url, db_name)
         settings: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": port,
-            "data_dir": str(work / "data"),
-            "admin_token": ADMIN_TOKEN,
-            "sites": ",".join(f"{s}:{t}" for s, t in sites.items()),
-            "log_level": "WARNING",
             "heartbeat_seconds": args.heartbeat_seconds,
             "max_pull_wait_seconds": args.pull_wait,
             "worker_offline_after_seconds": max(60.0, 6 * args.heartbeat_seconds),
@@ -301,8 +294,7 @@ def run_cell(args: argparse.Namespace, sites_n: int, mib: float) -> dict[str, An
         }
         if database_url:
             settings["database_url"] = database_url
-        config = work / "coordinator.yaml"
-        config.write_text(yaml.safe_dump(settings))
+        config = write_coordinator_config(work, port, sites, ADMIN_TOKEN, **settings)
         sql_counts = work / "sql-counts.json"
         clients: list[subprocess.Popen[bytes]] = []
         try:

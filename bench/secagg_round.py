@@ -34,12 +34,11 @@ from typing import Any
 
 import grpc
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from bench.synthetic_run import proc_sample, synthetic_spec_yaml  # noqa: E402
+from bench.synthetic_run import proc_sample, synthetic_spec_yaml, write_coordinator_config  # noqa: E402
 from demo.processes import ProcessGroup, free_port  # noqa: E402
 from fedtune.secagg.site import MASKED_TENSOR, SiteRound  # noqa: E402
 from fedtune.secagg.wire import keys_to_proto, revealed_to_proto  # noqa: E402
@@ -214,23 +213,16 @@ def run_one(
     with tempfile.TemporaryDirectory(prefix="fedtune-secagg-bench-") as tmp:
         work = Path(tmp)
         port = free_port()
-        config = work / "coordinator.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "data_dir": str(work / "data"),
-                    "admin_token": ADMIN_TOKEN,
-                    "sites": ",".join(f"{s}:{t}" for s, t in names.items()),
-                    "log_level": "WARNING",
-                    "heartbeat_seconds": 1.0,
-                    "worker_offline_after_seconds": OFFLINE_AFTER_SECONDS,
-                    "max_pull_wait_seconds": 1.0,
-                    "scheduler_tick_seconds": 0.2,
-                    "max_update_bytes": 1 << 34,
-                }
-            )
+        config = write_coordinator_config(
+            work,
+            port,
+            names,
+            ADMIN_TOKEN,
+            heartbeat_seconds=1.0,
+            worker_offline_after_seconds=OFFLINE_AFTER_SECONDS,
+            max_pull_wait_seconds=1.0,
+            scheduler_tick_seconds=0.2,
+            max_update_bytes=1 << 34,
         )
         with ProcessGroup(work / "logs") as group:
             coordinator = group.start("coordinator", ["coordinator", "serve", "--config", str(config)])

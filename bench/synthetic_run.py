@@ -1,5 +1,6 @@
-"""What the synthetic-site benchmarks (capacity, load, big_updates, secagg_round) share: a sample of the
-coordinator process from /proc, and the one-stage spec their scripted sites run."""
+"""What the synthetic-site benchmarks (capacity, load, big_updates, secagg_round) share: the coordinator's
+config file, a sample of the coordinator process from /proc, and the one-stage spec their scripted sites
+run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+def write_coordinator_config(
+    work: Path, port: int, sites: dict[str, str], admin_token: str, **settings: Any
+) -> Path:
+    """`work`/coordinator.yaml for a loopback coordinator with `sites` (name -> token) registered, its data
+    in `work`/data, warnings-only logs, and `settings` on top; returns its path."""
+    config = work / "coordinator.yaml"
+    base: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "data_dir": str(work / "data"),
+        "admin_token": admin_token,
+        "sites": ",".join(f"{s}:{t}" for s, t in sites.items()),
+        "log_level": "WARNING",
+    }
+    config.write_text(yaml.safe_dump({**base, **settings}))
+    return config
 
 
 def proc_sample(pid: int) -> dict[str, float]:
