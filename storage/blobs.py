@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fedtune.errors import ErrorCode, FedtuneError
+from storage.file_lock import exclusive_file_lock
 
 CHUNK_SIZE = 1 << 20
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -216,14 +217,8 @@ class LocalBlobStore(BlobStore):
         except OSError as err:
             raise _storage_error(f"move {source} into the store", err) from err
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_file_lock(self._lock_path)
 
     def _install(self, path: Path, digest: str) -> None:
         """Rename the complete, fsynced file `path` to the blob path of `digest`, durably."""

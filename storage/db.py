@@ -7,8 +7,6 @@ in-memory databases.
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from storage.file_lock import exclusive_file_lock
 from storage.uow import READ_ONLY_OPTION, RELAXED_OPTION, UnitOfWorkFactory
 
 if TYPE_CHECKING:
@@ -118,14 +117,10 @@ def _sqlite_migration_lock(url: str) -> Iterator[None]:
     if parsed.get_backend_name() != "sqlite" or _is_memory_sqlite(url):
         yield
         return
-    lock_path = Path(str(parsed.database)).with_name(Path(str(parsed.database)).name + ".migrate.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    database = Path(str(parsed.database))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_file_lock(database.with_name(database.name + ".migrate.lock")):
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def head_revision() -> str:
