@@ -32,6 +32,7 @@ from fedtune.spec import DpSpec, TrainingSpec
 from worker import interrupt, schedule
 from worker.batches import encode_batch
 from worker.device import DeviceChoice
+from worker.loss_check import check_finite_loss
 from worker.training import PROGRESS_EVERY, TrainResult, total_steps
 
 
@@ -124,11 +125,7 @@ def train_dp_sgd(
                 batch = encode_batch(tokenizer, chosen, task, training.max_length, device.device)
                 with torch.autocast(device.device.type, dtype=device.train_dtype, enabled=device.autocast):
                     loss = wrapped(**batch).loss.float()
-                if not torch.isfinite(loss):
-                    raise FedtuneError(
-                        ErrorCode.NON_FINITE,
-                        f"training loss became {loss.item()} at step {step}; lower learning_rate",
-                    )
+                check_finite_loss(loss, step)
                 loss.backward()
                 loss_sum += float(loss.detach())
                 seen += len(indices)

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.spec import TrainingSpec
 from worker.device import DeviceChoice
 from worker.instruction import scored_tokens
+from worker.loss_check import check_finite_loss
 from worker.ranks import RankGroup
 
 
@@ -66,11 +66,7 @@ def accumulate_shard(
             if anchors:  # each rank adds the whole term once per step, so the average is the term
                 drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
                 objective = objective + 0.5 * training.proximal_mu * drift / len(micro)
-            if not torch.isfinite(objective):
-                raise FedtuneError(
-                    ErrorCode.NON_FINITE,
-                    f"training loss became {objective.item()} at step {step}; lower learning_rate",
-                )
+            check_finite_loss(objective, step)
             scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
         step_loss += float(loss.detach())
     return step_loss

@@ -29,6 +29,7 @@ from worker.data import Example
 from worker.device import DeviceChoice
 from worker.instruction import scored_tokens
 from worker.logit_adjustment import adjusted_cross_entropy, site_log_prior
+from worker.loss_check import check_finite_loss
 from worker.model import load_trainable_arrays, trainable_arrays
 from worker.privacy import site_level_update
 from worker.ranks import RankGroup
@@ -227,11 +228,7 @@ def _accumulate(
         if anchors:
             drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
             objective = loss + 0.5 * training.proximal_mu * drift / count
-        if not torch.isfinite(objective):
-            raise FedtuneError(
-                ErrorCode.NON_FINITE,
-                f"training loss became {objective.item()} at step {step}; lower learning_rate",
-            )
+        check_finite_loss(objective, step)
         scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
         step_loss += float(loss.detach())
     return step_loss
