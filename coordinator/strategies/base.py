@@ -18,6 +18,7 @@ exactly the layout (names, dtypes, shapes) of the version the round started from
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.tensorstream.manifest import Manifest
 from fedtune.tensorstream.safetensors_file import WrittenDigests
 
@@ -69,9 +71,18 @@ class Strategy(ABC):
     name: ClassVar[str]
     config_model: ClassVar[type[BaseModel]]  # pydantic, extra="forbid", validates itself
     needs_all_updates: ClassVar[bool] = False  # True: finish_round reads all spooled updates
+    _inputs: RoundInputs | None = None  # set by begin_round
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config
+
+    def _round(self) -> RoundInputs:
+        """The current round's inputs; WRONG_STATE before begin_round."""
+        if self._inputs is None:
+            raise FedtuneError(
+                ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round"
+            )
+        return self._inputs
 
     def client_training_overrides(self) -> dict[str, Any]:
         """Fields merged into each site's TrainingSpec for this stage (e.g. ``{"proximal_mu": 0.01}``)."""
@@ -92,3 +103,12 @@ class Strategy(ABC):
     @abstractmethod
     def finish_round(self) -> RoundResult:
         """Finalise the round: write the new global tensors (and server state) into the workdir."""
+
+
+def check_fold_weight(update: UpdateInfo, weight: float) -> None:
+    """INVALID_ARGUMENT unless an update's aggregation weight is finite and >= 0."""
+    if not math.isfinite(weight) or weight < 0:
+        raise FedtuneError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"update from {update.site}: weight must be finite and >= 0, got {weight}",
+        )

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo
+from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo, check_fold_weight
 from coordinator.strategies.weighted_mean import check_file_layout, check_round_manifest
 from fedtune.errors import ErrorCode, FedtuneError
 from fedtune.tensorstream.safetensors_file import SafetensorsFileWriter, iter_float32
@@ -28,8 +28,6 @@ class CoordinateWiseStrategy(Strategy):
     needs_all_updates: ClassVar[bool] = True
     min_updates: ClassVar[int] = 1
 
-    _inputs: RoundInputs | None = None
-
     def begin_round(self, inputs: RoundInputs) -> None:
         check_round_manifest(inputs.manifest)
         check_file_layout(inputs.global_path, inputs.manifest, "global version")
@@ -37,16 +35,9 @@ class CoordinateWiseStrategy(Strategy):
         self._updates: dict[str, tuple[UpdateInfo, float]] = {}
 
     def fold(self, update: UpdateInfo, weight: float) -> None:
-        if self._inputs is None:
-            raise FedtuneError(
-                ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round"
-            )
-        if not math.isfinite(weight) or weight < 0:
-            raise FedtuneError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"update from {update.site}: weight must be finite and >= 0, got {weight}",
-            )
-        check_file_layout(update.path, self._inputs.manifest, f"update from {update.site}")
+        inputs = self._round()
+        check_fold_weight(update, weight)
+        check_file_layout(update.path, inputs.manifest, f"update from {update.site}")
         self._updates[str(update.path)] = (update, weight)  # re-folding the same file is idempotent
 
     @abstractmethod
@@ -54,11 +45,7 @@ class CoordinateWiseStrategy(Strategy):
         """(sites, chunk) float32 -> (chunk,) aggregated values."""
 
     def finish_round(self) -> RoundResult:
-        inputs = self._inputs
-        if inputs is None:
-            raise FedtuneError(
-                ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round"
-            )
+        inputs = self._round()
         used = [u for u, w in self._updates.values() if w > 0]
         if len(used) < max(1, self.min_updates):
             raise FedtuneError(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo
+from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo, check_fold_weight
 from coordinator.strategies.flatfile import FlatFile
 from coordinator.strategies.server_state import ServerState
 from fedtune.dp_mechanism import secure_rng
@@ -67,8 +67,6 @@ def check_file_layout(path: object, manifest: Manifest, what: str) -> None:
 class WeightedMeanStrategy(Strategy):
     """mean = sum_i w_i u_i / sum_i w_i, streamed into a float64 file; new = _server_step(mean, global)."""
 
-    _inputs: RoundInputs | None = None
-
     def begin_round(self, inputs: RoundInputs) -> None:
         check_round_manifest(inputs.manifest)
         check_file_layout(inputs.global_path, inputs.manifest, "global version")
@@ -83,24 +81,13 @@ class WeightedMeanStrategy(Strategy):
         self._state = ServerState(inputs.workdir, inputs.manifest, self.state_buffers())
         self._state.load(inputs.state_path)
 
-    def _round(self) -> RoundInputs:
-        if self._inputs is None:
-            raise FedtuneError(
-                ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round"
-            )
-        return self._inputs
-
     def weight(self, update: UpdateInfo, inputs: RoundInputs) -> float:
         """The example count, or 1 under site-level DP (uniform weights bound each site's influence)."""
         return 1.0 if inputs.uniform_weights else float(update.num_examples)
 
     def fold(self, update: UpdateInfo, weight: float) -> None:
         inputs = self._round()
-        if not math.isfinite(weight) or weight < 0:
-            raise FedtuneError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"update from {update.site}: weight must be finite and >= 0, got {weight}",
-            )
+        check_fold_weight(update, weight)
         check_file_layout(update.path, inputs.manifest, f"update from {update.site}")
         if weight > 0:
             self._fold_failed = True  # until the update is queued; a refused one spoils the instance

@@ -50,8 +50,6 @@ class FedNCM(Strategy):
     name = "fedncm"
     config_model: ClassVar[type[BaseModel]] = FedNCMConfig
 
-    _inputs: RoundInputs | None = None
-
     @property
     def _config(self) -> FedNCMConfig:
         assert isinstance(self.config, FedNCMConfig)
@@ -81,13 +79,6 @@ class FedNCM(Strategy):
         self._counts = np.zeros(bias_shape, dtype=np.float64)
         self._num_folded = 0
         self._inputs = inputs
-
-    def _round(self) -> RoundInputs:
-        if self._inputs is None:
-            raise FedtuneError(
-                ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round"
-            )
-        return self._inputs
 
     def _read_head(self, path: object) -> tuple[np.ndarray, np.ndarray]:
         """The (sums, counts) in a file's head tensors, read chunk by chunk (never the whole file)."""

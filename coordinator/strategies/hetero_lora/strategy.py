@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo
+from coordinator.strategies.base import RoundInputs, RoundResult, Strategy, UpdateInfo, check_fold_weight
 from coordinator.strategies.flatfile import FlatFile
 from coordinator.strategies.hetero_lora.config import HeteroLoraConfig
 from coordinator.strategies.lora_math import (
@@ -93,8 +93,6 @@ class HeteroLora(Strategy):
     config_model = HeteroLoraConfig
     needs_all_updates: ClassVar[bool] = True  # each site's product, never only the sum (no SecAgg)
 
-    _inputs: RoundInputs | None = None
-
     @property
     def method(self) -> str:
         assert isinstance(self.config, HeteroLoraConfig)
@@ -120,23 +118,12 @@ class HeteroLora(Strategy):
         self._total_weight = 0.0
         self._fold_failed = False
 
-    def _round(self) -> RoundInputs:
-        if self._inputs is None:
-            raise FedtuneError(
-                ErrorCode.WRONG_STATE, f"{self.name}: call begin_round before fold/finish_round"
-            )
-        return self._inputs
-
     def _tensor_at(self, element: int) -> int:
         return bisect.bisect_right(self._element_starts, element) - 1
 
     def fold(self, update: UpdateInfo, weight: float) -> None:
         inputs = self._round()
-        if not math.isfinite(weight) or weight < 0:
-            raise FedtuneError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"update from {update.site}: weight must be finite and >= 0, got {weight}",
-            )
+        check_fold_weight(update, weight)
         check_file_layout(update.path, inputs.manifest, f"update from {update.site}")
         key = str(update.path)
         if key in self._updates:  # re-folding the same file is idempotent
